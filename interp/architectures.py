@@ -1,0 +1,75 @@
+"""Where things live inside a Hugging Face causal LM, per architecture family.
+
+Used by the nnsight backend (module paths for each activation kind) and by the layer-resume
+machinery (the list of decoder layers). Adding a family means adding one ``Layout``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class UnsupportedArchitectureError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Attribute paths, relative to the model root or to one decoder layer.
+
+    ``qkv`` is either three paths (separate q/k/v projections) or one fused path with a
+    ``fused_qkv`` style: "concat" (GPT-2: [q|k|v] along features) or "per_head" (GPT-NeoX:
+    [head, (q k v), d_head]).
+    """
+
+    layers: str
+    attn: str
+    z_proj: str  # module whose input is the concatenated head outputs z
+    qkv: tuple[str, ...]
+    mlp: str
+    mlp_out_proj: str  # module whose input is the MLP neurons' activations
+    fused_qkv: str | None = None
+
+
+_LLAMA_LIKE = Layout(
+    layers="model.layers", attn="self_attn", z_proj="self_attn.o_proj",
+    qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    mlp="mlp", mlp_out_proj="mlp.down_proj",
+)
+
+LAYOUTS: dict[str, Layout] = {
+    "GPT2LMHeadModel": Layout(
+        layers="transformer.h", attn="attn", z_proj="attn.c_proj", qkv=("attn.c_attn",),
+        mlp="mlp", mlp_out_proj="mlp.c_proj", fused_qkv="concat",
+    ),
+    "GPTNeoXForCausalLM": Layout(
+        layers="gpt_neox.layers", attn="attention", z_proj="attention.dense",
+        qkv=("attention.query_key_value",), mlp="mlp", mlp_out_proj="mlp.dense_4h_to_h",
+        fused_qkv="per_head",
+    ),
+    "LlamaForCausalLM": _LLAMA_LIKE,
+    "MistralForCausalLM": _LLAMA_LIKE,
+    "Qwen2ForCausalLM": _LLAMA_LIKE,
+    "GemmaForCausalLM": _LLAMA_LIKE,
+}
+
+
+def layout_for(architecture: str) -> Layout:
+    if architecture not in LAYOUTS:
+        raise UnsupportedArchitectureError(
+            f"architecture {architecture!r} has no module layout; supported: {', '.join(LAYOUTS)}"
+        )
+    return LAYOUTS[architecture]
+
+
+def get_path(root: object, path: str) -> object:
+    """Follow a dotted attribute path ("model.layers")."""
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def decoder_layers(hf_model: torch.nn.Module, architecture: str) -> torch.nn.ModuleList:
+    return get_path(hf_model, layout_for(architecture).layers)

@@ -1,0 +1,82 @@
+"""The one interface every backend implements: a forward with reads and edits at sites.
+
+Every activation crosses the interface in its canonical shape (see ``interp.components``):
+``[batch, pos, d_model]`` for residual/attention/MLP outputs, ``[batch, pos, heads, d_head]``
+for z/q/k/v, ``[batch, heads, query_pos, key_pos]`` for patterns, ``[batch, pos, d_mlp]`` for
+MLP neurons.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from interp.components import Site
+
+Edit = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RunSpec:
+    """One forward pass.
+
+    ``edits[site]`` are applied in order to the site's canonical tensor; ``reads`` are returned
+    after edits. ``logits_to_keep`` = k > 0 unembeds only the last k positions (0 = all).
+    ``past_key_values`` feeds a KV cache for earlier positions; ``return_cache`` asks for the
+    updated cache back. ``keep_grad`` keeps read tensors in the autograd graph (``retain_grad``).
+    """
+
+    input_ids: torch.Tensor
+    edits: dict[Site, list[Edit]] = field(default_factory=dict)
+    reads: set[Site] = field(default_factory=set)
+    logits_to_keep: int = 0
+    past_key_values: Any = None
+    return_cache: bool = False
+    keep_grad: bool = False
+
+    @property
+    def sites(self) -> list[Site]:
+        return sorted(set(self.edits) | set(self.reads))
+
+
+@dataclass
+class RunOutput:
+    logits: torch.Tensor  # [batch, kept positions, d_vocab]
+    activations: dict[Site, torch.Tensor]
+    past_key_values: Any = None
+
+
+class Backend(ABC):
+    """Runs ``hf_model`` (a transformers causal LM) with reads and edits."""
+
+    name: str
+    hf_model: torch.nn.Module
+
+    @abstractmethod
+    def forward(self, spec: RunSpec) -> RunOutput:
+        """Run one forward pass as described by ``spec``."""
+
+    @staticmethod
+    def model_kwargs(spec: RunSpec) -> dict:
+        """Keyword arguments for the Hugging Face forward shared by every backend."""
+        kwargs: dict = {"use_cache": spec.return_cache or spec.past_key_values is not None}
+        if spec.past_key_values is not None:
+            kwargs["past_key_values"] = spec.past_key_values
+        if spec.logits_to_keep:
+            kwargs["logits_to_keep"] = spec.logits_to_keep
+        return kwargs
+
+
+def apply_edits(spec: RunSpec, site: Site, value: torch.Tensor) -> torch.Tensor:
+    """Apply a site's edits to its canonical tensor and keep it for reading."""
+    for edit in spec.edits.get(site, ()):
+        value = edit(value)
+    if spec.keep_grad and site in spec.reads:
+        if value.requires_grad:
+            value.retain_grad()
+        else:  # nothing upstream needs a gradient (weights are frozen): start the graph here
+            value = value.detach().requires_grad_()
+    return value

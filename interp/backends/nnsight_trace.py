@@ -1,0 +1,122 @@
+"""The nnsight trace itself. nnsight compiles the source of a ``with model.trace()`` block,
+so this module holds only that block and its helpers (kept in a file, never built at run time).
+
+Activations are visited in execution order, one access per module port, and converted to and
+from the canonical shapes of ``interp.components``.
+"""
+
+from __future__ import annotations
+
+import nnsight
+import torch
+
+from interp.architectures import Layout, get_path
+from interp.backends.base import RunSpec, apply_edits
+from interp.components import Site
+
+# (port, kinds served) in the order a decoder layer executes them.
+_PORTS = (
+    ("layer.input", ("resid_pre",)),
+    ("qkv", ("q", "k", "v")),
+    ("z_proj.input", ("z",)),
+    ("attn.output", ("attn_out", "pattern")),
+    ("mlp_out_proj.input", ("mlp_post",)),
+    ("mlp.output", ("mlp_out",)),
+    ("layer.output", ("resid_post",)),
+)
+
+
+def _split_qkv(layout: Layout, fused: torch.Tensor, n_heads: int, n_kv: int, d_head: int) -> list[torch.Tensor]:
+    batch, pos, _ = fused.shape
+    if layout.fused_qkv == "concat":
+        return [part.reshape(batch, pos, n, d_head) for part, n in zip(fused.split(n_heads * d_head, dim=-1), (n_heads, n_kv, n_kv))]
+    per_head = fused.reshape(batch, pos, n_heads, 3 * d_head)
+    return list(per_head.split(d_head, dim=-1))
+
+
+def _join_qkv(layout: Layout, parts: list[torch.Tensor]) -> torch.Tensor:
+    batch, pos = parts[0].shape[:2]
+    if layout.fused_qkv == "concat":
+        return torch.cat([p.reshape(batch, pos, -1) for p in parts], dim=-1)
+    return torch.cat(parts, dim=-1).reshape(batch, pos, -1)
+
+
+def run_trace(lm, layout: Layout, n_heads: int, n_kv: int, d_head: int, spec: RunSpec, model_kwargs: dict, remote: bool):
+    """Run ``spec`` through nnsight; returns (logits, activations by site, past_key_values)."""
+    by_layer: dict[int, set[str]] = {}
+    for site in spec.sites:
+        by_layer.setdefault(site.layer, set()).add(site.kind)
+    saved: dict[Site, torch.Tensor] = {}
+    layers = get_path(lm, layout.layers)
+    inputs = {"input_ids": spec.input_ids, "attention_mask": torch.ones_like(spec.input_ids)}
+    with lm.trace(inputs, remote=remote, **model_kwargs):
+        for layer in sorted(by_layer):
+            kinds = by_layer[layer]
+            block = layers[layer]
+            for port, served in _PORTS:
+                wanted = [k for k in served if k in kinds]
+                if not wanted:
+                    continue
+                if port == "layer.input":
+                    site = Site("resid_pre", layer)
+                    value = apply_edits(spec, site, block.input)
+                    block.input = value
+                    saved[site] = value
+                elif port == "layer.output":
+                    site = Site("resid_post", layer)
+                    value = apply_edits(spec, site, block.output)
+                    block.output = value
+                    saved[site] = value
+                elif port == "mlp.output":
+                    module = get_path(block, layout.mlp)
+                    site = Site("mlp_out", layer)
+                    value = apply_edits(spec, site, module.output)
+                    module.output = value
+                    saved[site] = value
+                elif port == "attn.output":
+                    module = get_path(block, layout.attn)
+                    out = module.output
+                    site = Site("attn_out", layer)
+                    value = apply_edits(spec, site, out[0])
+                    module.output = (value, *out[1:])
+                    saved[site] = value
+                    saved[Site("pattern", layer)] = out[1]
+                elif port == "z_proj.input":
+                    module = get_path(block, layout.z_proj)
+                    flat = module.input
+                    site = Site("z", layer)
+                    value = apply_edits(spec, site, flat.reshape(*flat.shape[:2], n_heads, d_head))
+                    module.input = value.reshape(flat.shape)
+                    saved[site] = value
+                elif port == "mlp_out_proj.input":
+                    module = get_path(block, layout.mlp_out_proj)
+                    site = Site("mlp_post", layer)
+                    value = apply_edits(spec, site, module.input)
+                    module.input = value
+                    saved[site] = value
+                else:  # qkv
+                    kinds_qkv = ("q", "k", "v")
+                    if layout.fused_qkv:
+                        module = get_path(block, layout.qkv[0])
+                        fused = module.output
+                        parts = _split_qkv(layout, fused, n_heads, n_kv, d_head)
+                        parts = [apply_edits(spec, Site(kind, layer), part) for kind, part in zip(kinds_qkv, parts)]
+                        module.output = _join_qkv(layout, parts)
+                        for kind, part in zip(kinds_qkv, parts):
+                            saved[Site(kind, layer)] = part
+                    else:
+                        for kind, path, n in zip(kinds_qkv, layout.qkv, (n_heads, n_kv, n_kv)):
+                            if kind not in kinds:
+                                continue
+                            module = get_path(block, path)
+                            flat = module.output
+                            value = apply_edits(spec, Site(kind, layer), flat.reshape(*flat.shape[:2], n, d_head))
+                            module.output = value.reshape(flat.shape)
+                            saved[Site(kind, layer)] = value
+        output = lm.output
+        results = nnsight.save({
+            "logits": output.logits,
+            "cache": output.past_key_values if spec.return_cache else None,
+            "activations": {site: saved[site] for site in spec.reads},
+        })
+    return results["logits"], results["activations"], results["cache"]

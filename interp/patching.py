@@ -1,0 +1,251 @@
+"""Activation patching: one generic sweep over the components of a granularity.
+
+For each component n, the target run gets n's activation from the source run and the metric is
+recorded (noising: corrupt -> clean run; denoising: clean -> corrupt run). Exact, and cheap:
+
+* many patched variants share one forward, stacked on the batch axis (variant-major: row
+  ``v * n_prompts + i`` is prompt i under variant v);
+* a patch at layer l and position p resumes the target run there (``interp.resume``): layers < l
+  are replayed from the recorded residual stream and positions < p come from the recorded KV
+  cache, so only what the patch can change is recomputed;
+* only the last position, which the metric reads, is unembedded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from interp.backends.base import Edit, RunSpec
+from interp.components import Component, Site, enumerate_components, granularity_shape
+from interp.metrics import get_metric, normalized
+from interp.model import Model, component_index
+from interp.results import Result
+from interp.resume import Resume, kv_prefix
+from interp.tasks import Task
+
+AXES = {
+    "resid": ["layer", "position"], "attn_out": ["layer"], "attn_out_pos": ["layer", "position"],
+    "mlp_out": ["layer"], "mlp_out_pos": ["layer", "position"], "block": ["kind", "layer", "position"],
+    "heads": ["layer", "head"], "heads_pos": ["layer", "head", "position"], "q": ["layer", "head"],
+    "k": ["layer", "kv_group"], "v": ["layer", "kv_group"], "q_pos": ["layer", "head", "position"],
+    "k_pos": ["layer", "kv_group", "position"], "v_pos": ["layer", "kv_group", "position"],
+    "pattern": ["layer", "head"], "neurons": ["layer", "neuron"],
+}
+DIRECTIONS = ("noising", "denoising")
+CORRUPTIONS = ("tokens", "gaussian")
+
+
+@dataclass
+class _Runs:
+    """The two runs of a sweep and what the patched forwards resume from."""
+
+    target_tokens: torch.Tensor
+    target_noise: torch.Tensor | None  # Gaussian noise on the target run's embeddings, [n, pos, d_model]
+    target_resid: dict[int, torch.Tensor]
+    target_cache: object
+    source_acts: dict[Site, torch.Tensor]
+    target_metric: torch.Tensor  # [n]
+    source_metric: torch.Tensor  # [n]
+    clean_metric: torch.Tensor
+    corrupt_metric: torch.Tensor
+
+
+def gaussian_noise(model: Model, task: Task, std_multiple: float, seed: int) -> torch.Tensor:
+    """Noise for causal tracing: N(0, (std_multiple * sigma)^2) on the subject tokens, where sigma
+    is the std of the embedding matrix; zero elsewhere. Shape [n, pos, d_model]."""
+    sigma = model.hf_model.get_input_embeddings().weight.float().std().item()
+    generator = torch.Generator().manual_seed(seed)
+    shape = (*task.clean_tokens.shape, model.config.d_model)
+    noise = torch.randn(shape, generator=generator) * std_multiple * sigma
+    mask = task.subject_positions.cpu()[..., None]
+    if not mask.any():
+        raise ValueError(f"task {task.name!r} has no subject tokens (clean and corrupt prompts are identical) to noise")
+    return (noise * mask).to(device=task.clean_tokens.device, dtype=model.hf_model.dtype)
+
+
+def _add_noise(noise: torch.Tensor, start: int, repeats: int) -> Edit:
+    chunk = noise[:, start:].repeat(repeats, 1, 1)
+    return lambda resid: resid + chunk
+
+
+def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, corruption: str,
+                    noise_std: float, seed: int, metric_of) -> tuple[_Runs, int]:
+    if corruption == "gaussian":
+        corrupt = (task.clean_tokens, gaussian_noise(model, task, noise_std, seed))
+    else:
+        corrupt = (task.corrupt_tokens, None)
+    clean = (task.clean_tokens, None)
+    target, source = (clean, corrupt) if direction == "noising" else (corrupt, clean)
+
+    def noise_edits(noise: torch.Tensor | None) -> dict[Site, list[Edit]]:
+        return {} if noise is None else {Site("resid_pre", 0): [_add_noise(noise, 0, 1)]}
+
+    resid_sites = {Site("resid_pre", layer) for layer in range(model.config.n_layers)}
+    target_out = model.forward(RunSpec(target[0], edits=noise_edits(target[1]), reads=resid_sites, logits_to_keep=1, return_cache=True))
+    source_out = model.forward(RunSpec(source[0], edits=noise_edits(source[1]), reads=sites, logits_to_keep=1))
+    target_metric, source_metric = metric_of(target_out.logits[:, -1]), metric_of(source_out.logits[:, -1])
+    clean_metric, corrupt_metric = (target_metric, source_metric) if direction == "noising" else (source_metric, target_metric)
+    runs = _Runs(
+        target_tokens=target[0], target_noise=target[1],
+        target_resid={site.layer: act for site, act in target_out.activations.items()},
+        target_cache=target_out.past_key_values, source_acts=source_out.activations,
+        target_metric=target_metric, source_metric=source_metric,
+        clean_metric=clean_metric, corrupt_metric=corrupt_metric,
+    )
+    return runs, 2
+
+
+def _patch_edit(assignments: list[tuple[int, Component]], source: torch.Tensor, n_prompts: int, start: int) -> Edit:
+    """One edit writing each variant's component from the source run into its batch rows."""
+
+    def edit(activation: torch.Tensor) -> torch.Tensor:
+        patched = activation.clone()
+        for variant, component in assignments:
+            source_index = component_index(component, source.dim())
+            shifted = component if component.position is None else component.at(component.position - start)
+            target_index = component_index(shifted, activation.dim())
+            rows = patched[variant * n_prompts:(variant + 1) * n_prompts]
+            rows[target_index] = source[source_index]
+        return patched
+
+    return edit
+
+
+def _variant_bytes(model: Model, n_prompts: int, n_positions: int, layer: int, start: int) -> int:
+    """Rough peak memory of one patched variant (activations of one layer + KV prefix copy), bytes."""
+    c = model.config
+    length = n_positions - start
+    per_token = 6 * c.d_model + 3 * c.d_mlp + 2 * c.n_heads * n_positions
+    kv = (c.n_layers - layer) * 2 * c.n_kv_heads * c.d_head * start
+    return 4 * n_prompts * (length * per_token + kv + c.d_vocab)
+
+
+def activation_patching(
+    model: Model,
+    task: Task,
+    granularity: str = "heads",
+    *,
+    direction: str = "noising",
+    metric: str = "logit_diff",
+    corruption: str = "tokens",
+    noise_std: float = 3.0,
+    seed: int = 0,
+    layers: list[int] | None = None,
+    batch_size: int | None = None,
+    memory_budget_mb: float = 2048,
+    progress: bool = True,
+) -> Result:
+    """Exact activation patching of every component of ``granularity``.
+
+    Args:
+        direction: "noising" (corrupt activation into the clean run) or "denoising" (clean into corrupt).
+        metric: "logit_diff", "prob" or "kl" (see ``interp.metrics``).
+        corruption: "tokens" (the task's corrupt prompts) or "gaussian" (noise of ``noise_std``
+            embedding standard deviations on the subject tokens, seeded).
+        layers: restrict the sweep to these layers (default all).
+        batch_size: patched variants per forward; default from ``memory_budget_mb``.
+
+    Returns a :class:`Result` whose ``scores`` are normalized mean effects (0 = no effect,
+    1 = the whole clean-vs-corrupt difference) and whose arrays hold ``per_prompt`` normalized
+    effects and ``patched_metric`` raw metric values, both [n_prompts, n_components].
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; known: {', '.join(DIRECTIONS)}")
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {corruption!r}; known: {', '.join(CORRUPTIONS)}")
+    if task.clean_tokens.max().item() >= model.config.d_vocab:
+        raise ValueError(f"task {task.name!r} has token ids beyond the vocabulary of {model.config.name} ({model.config.d_vocab})")
+    metric_fn = get_metric(metric)
+    start_time = time.perf_counter()
+    n_prompts, n_positions = task.clean_tokens.shape
+    components = enumerate_components(model.config, granularity, n_positions, layers)
+    sites = {component.site for component in components}
+
+    with torch.no_grad():
+        clean_logprobs = model.run(task.clean_tokens, logits_to_keep=1)[:, -1].float().log_softmax(-1)
+
+        def metric_of(logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            rows = torch.arange(n_prompts, device=logits.device) if rows is None else rows
+            return metric_fn(logits, task.answers[rows], task.wrong_answers[rows], clean_logprobs[rows]).float()
+
+        runs, n_forward = _reference_runs(model, task, sites, direction, corruption, noise_std, seed, metric_of)
+        n_forward += 1
+        target_mean, source_mean = runs.target_metric.mean().item(), runs.source_metric.mean().item()
+        patched = torch.empty(n_prompts, len(components))
+
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, component in enumerate(components):
+            groups[(component.layer, component.position or 0)].append(i)
+        forward_equivalents = 3.0
+        bar = tqdm(total=len(components), desc=f"patching {granularity}", disable=not progress, unit="component")
+        for (layer, start), indices in sorted(groups.items()):
+            per_batch = batch_size or max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_prompts, n_positions, layer, start)))
+            for chunk_start in range(0, len(indices), per_batch):
+                chunk = indices[chunk_start:chunk_start + per_batch]
+                values = _patched_forward(model, runs, [components[i] for i in chunk], layer, start, n_prompts, metric_of)
+                patched[:, chunk] = values.T.cpu()
+                n_forward += 1
+                forward_equivalents += len(chunk) * (n_positions - start) / n_positions * (model.config.n_layers - layer) / model.config.n_layers
+                bar.update(len(chunk))
+        bar.close()
+
+    scores = normalized(patched.mean(0), target_mean, source_mean)
+    # per prompt, normalized by the mean difference so that the rows average to ``scores``
+    per_prompt = (patched - runs.target_metric.cpu()[:, None]) / (source_mean - target_mean)
+    shape = list(granularity_shape(model.config, granularity, n_positions, layers))
+    return Result(
+        method="exact", model=model.config.name, task=task.name, metric=metric, granularity=granularity,
+        components=[str(c) for c in components], scores=scores.numpy().astype(np.float64), shape=shape,
+        axes=AXES[granularity], clean_metric=runs.clean_metric.mean().item(),
+        corrupt_metric=runs.corrupt_metric.mean().item(), wall_seconds=time.perf_counter() - start_time,
+        n_forward_passes=n_forward,
+        settings={"direction": direction, "corruption": corruption, "noise_std": noise_std, "seed": seed,
+                  "layers": layers, "n_prompts": n_prompts, "backend": model.backend.name, **task.settings},
+        tokens=model.to_str_tokens(task.clean_tokens[0]),
+        arrays={"per_prompt": per_prompt.numpy(), "patched_metric": patched.numpy(),
+                "clean_metric": runs.clean_metric.cpu().numpy(), "corrupt_metric": runs.corrupt_metric.cpu().numpy()},
+        extra={"forward_equivalents": forward_equivalents, "clean_prompts": task.clean_prompts,
+               "corrupt_prompts": task.corrupt_prompts},
+    )
+
+
+def _patched_forward(model: Model, runs: _Runs, components: list[Component], layer: int, start: int,
+                     n_prompts: int, metric_of) -> torch.Tensor:
+    """Metric [variants, n_prompts] with each component patched in its own batch rows."""
+    n_variants = len(components)
+    rows = torch.arange(n_prompts, device=runs.target_tokens.device).repeat(n_variants)
+    edits: dict[Site, list[Edit]] = defaultdict(list)
+    if layer == 0 and runs.target_noise is not None:  # the target run's own noise, on the positions computed
+        edits[Site("resid_pre", 0)].append(_add_noise(runs.target_noise, start, n_variants))
+    by_site: dict[Site, list[tuple[int, Component]]] = defaultdict(list)
+    for variant, component in enumerate(components):
+        by_site[component.site].append((variant, component))
+    for site, assignments in by_site.items():
+        edits[site].append(_patch_edit(assignments, runs.source_acts[site], n_prompts, start))
+    resid = runs.target_resid[layer][:, start:].repeat(n_variants, 1, 1) if layer > 0 else None
+    resume = Resume(layer, start, resid, kv_prefix(runs.target_cache, start, rows))
+    out = model.forward(RunSpec(runs.target_tokens[:, start:].repeat(n_variants, 1), edits=dict(edits), logits_to_keep=1), resume)
+    return metric_of(out.logits[:, -1], rows).view(n_variants, n_prompts)
+
+
+# Thin named wrappers, one per granularity (TransformerLens' naming style).
+def patch_resid(model: Model, task: Task, **kwargs) -> Result:
+    return activation_patching(model, task, "resid", **kwargs)
+
+
+def patch_heads(model: Model, task: Task, **kwargs) -> Result:
+    return activation_patching(model, task, "heads", **kwargs)
+
+
+def patch_heads_by_pos(model: Model, task: Task, **kwargs) -> Result:
+    return activation_patching(model, task, "heads_pos", **kwargs)
+
+
+def patch_block(model: Model, task: Task, **kwargs) -> Result:
+    return activation_patching(model, task, "block", **kwargs)

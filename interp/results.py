@@ -1,0 +1,136 @@
+"""``Result``: what was run and the per-component arrays, saved as a run folder.
+
+A run folder holds ``result.json`` (metadata, component names, mean scores) and ``arrays.npz``
+(every array, including per-prompt values). Both are written to temporary names and moved into
+place, so an interrupted run never leaves a half-written ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "interp-result"
+FORMAT_VERSION = 1
+
+
+class ResultError(ValueError):
+    """A run folder that cannot be read."""
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    import interp
+
+    found = {"interp": interp.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+             "python": platform.python_version()}
+    for name in ("transformer_lens", "nnsight"):
+        try:
+            from importlib.metadata import version
+
+            found[name] = version(name.replace("_", "-"))
+        except Exception:
+            pass
+    return found
+
+
+@dataclass
+class Result:
+    """Scores per component plus everything needed to reproduce and plot them.
+
+    ``scores`` has one value per entry of ``components`` (same order); ``shape`` and ``axes``
+    say how to fold it into a grid (e.g. [n_layers, n_heads] with axes ["layer", "head"]).
+    ``arrays`` holds further arrays, e.g. ``per_prompt`` [n_prompts, n_components].
+    """
+
+    method: str
+    model: str
+    task: str
+    metric: str
+    granularity: str
+    components: list[str]
+    scores: np.ndarray
+    shape: list[int]
+    axes: list[str]
+    clean_metric: float
+    corrupt_metric: float
+    wall_seconds: float
+    n_forward_passes: int
+    settings: dict = field(default_factory=dict)
+    tokens: list[str] = field(default_factory=list)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=versions)
+
+    def grid(self, name: str = "scores") -> np.ndarray:
+        """``scores`` (or a named array) folded to ``shape``."""
+        values = self.scores if name == "scores" else self.arrays[name]
+        return np.asarray(values).reshape(self.shape) if values.ndim == 1 else values.reshape(values.shape[0], *self.shape)
+
+    def top(self, k: int = 10) -> list[tuple[str, float]]:
+        """The k components with the largest |score|."""
+        order = np.argsort(-np.abs(self.scores))[:k]
+        return [(self.components[i], float(self.scores[i])) for i in order]
+
+    def to_json_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("arrays")
+        data["scores"] = [float(x) for x in self.scores]
+        data["format"] = FORMAT
+        data["format_version"] = FORMAT_VERSION
+        data["arrays"] = sorted(self.arrays)
+        return data
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``result.json`` and ``arrays.npz`` into ``folder``; returns the folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays_tmp = folder / ".arrays.npz.tmp"
+        with open(arrays_tmp, "wb") as handle:
+            np.savez_compressed(handle, scores=self.scores, **self.arrays)
+        json_tmp = folder / ".result.json.tmp"
+        json_tmp.write_text(json.dumps(self.to_json_dict(), indent=2))
+        os.replace(arrays_tmp, folder / "arrays.npz")
+        os.replace(json_tmp, folder / "result.json")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Result":
+        """Read a run folder; a missing, corrupt or foreign folder raises :class:`ResultError`."""
+        folder = Path(folder)
+        path = folder / "result.json"
+        if not path.is_file():
+            raise ResultError(f"{folder} is not an interp run folder (no result.json)")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ResultError(f"{path} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ResultError(f"{path} was not written by interp (no 'format': '{FORMAT}')")
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise ResultError(f"{path} has format version {data['format_version']}; this interp reads up to {FORMAT_VERSION}")
+        names = data.pop("arrays", [])
+        arrays: dict[str, np.ndarray] = {}
+        if names:
+            try:
+                with np.load(folder / "arrays.npz") as npz:
+                    arrays = {name: npz[name] for name in names}
+            except Exception as exc:
+                raise ResultError(f"{folder / 'arrays.npz'} is missing or unreadable ({type(exc).__name__})") from None
+        data.pop("format")
+        data.pop("format_version")
+        data["scores"] = np.asarray(data["scores"], dtype=np.float64)
+        try:
+            result = cls(arrays=arrays, **data)
+        except TypeError as exc:
+            raise ResultError(f"{path} lacks fields interp needs ({exc})") from None
+        if len(result.scores) != len(result.components):
+            raise ResultError(f"{path} has {len(result.scores)} scores for {len(result.components)} components")
+        return result
