@@ -1,5 +1,5 @@
 """Train the toy induction model (2-layer, attention-only Llama) and save it to
-interp/data/toy-induction. Takes about a minute on a 2-core CPU.
+interp/data/toy-induction. Takes one to two minutes on a 2-core CPU.
 
     python scripts/train_toy_induction.py [--steps 1500] [--out DIR]
 """
@@ -20,7 +20,7 @@ HALF = 20
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--out", default=str(TOY_INDUCTION_DIR))
     args = parser.parse_args()
 
@@ -33,7 +33,10 @@ def main() -> None:
     optimizer = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.01)
     bar = tqdm(range(args.steps), desc="training toy induction model")
     for step in bar:
-        tokens = repeated_random_tokens(64, HALF, seed=step + 1)
+        # a varying repeat distance, so that only content-based induction (not a fixed positional
+        # offset) predicts the second half
+        half = int(torch.randint(4, 31, (1,)))
+        tokens = repeated_random_tokens(64, half, seed=step + 1)
         loss = model(tokens, labels=tokens).loss
         optimizer.zero_grad()
         loss.backward()

@@ -48,7 +48,10 @@ def run_trace(lm, layout: Layout, n_heads: int, n_kv: int, d_head: int, spec: Ru
         by_layer.setdefault(site.layer, set()).add(site.kind)
     saved: dict[Site, torch.Tensor] = {}
     layers = get_path(lm, layout.layers)
-    inputs = {"input_ids": spec.input_ids, "attention_mask": torch.ones_like(spec.input_ids)}
+    batch, length = spec.input_ids.shape
+    past = spec.past_key_values.get_seq_length() if spec.past_key_values is not None else 0
+    mask = torch.ones(batch, past + length, dtype=torch.long, device=spec.input_ids.device)
+    inputs = {"input_ids": spec.input_ids, "attention_mask": mask}
     with lm.trace(inputs, remote=remote, **model_kwargs):
         for layer in sorted(by_layer):
             kinds = by_layer[layer]

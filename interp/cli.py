@@ -1,0 +1,99 @@
+"""The ``interp`` command line. Every subcommand writes a run folder and prints where it is.
+
+    interp patch --model smollm2-135m --task ioi --n-prompts 16 --granularity heads \
+        --method exact --direction noising --out runs/ioi-heads
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from interp.components import GRANULARITIES
+
+# Errors that are the user's input, reported as one line (never a traceback).
+_USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError, KeyError)
+
+
+def _add_patch(subparsers) -> None:
+    from interp.backends import BACKENDS
+    from interp.metrics import METRICS
+    from interp.patching import CORRUPTIONS, DIRECTIONS
+
+    p = subparsers.add_parser("patch", help="activation patching sweep over one granularity",
+                              description="Activation patching: the effect of each component on the task's metric.")
+    p.add_argument("--model", default="smollm2-135m", help="bundled name, toy model, HF folder, .gguf file or hub name")
+    p.add_argument("--task", default="ioi", help="ioi | capitals | greater_than | induction | path.jsonl")
+    p.add_argument("--n-prompts", type=int, default=16)
+    p.add_argument("--granularity", default="heads", choices=list(GRANULARITIES))
+    p.add_argument("--method", default="exact", choices=["exact"])
+    p.add_argument("--direction", default="noising", choices=list(DIRECTIONS))
+    p.add_argument("--corruption", default="tokens", choices=list(CORRUPTIONS))
+    p.add_argument("--metric", default="logit_diff", choices=list(METRICS))
+    p.add_argument("--backend", default="transformer_lens", choices=list(BACKENDS))
+    p.add_argument("--layers", default=None, help="comma-separated layers to sweep (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="patched variants per forward (default: from --memory-mb)")
+    p.add_argument("--memory-mb", type=float, default=2048, help="memory budget for one batched forward")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="run folder (default runs/<task>-<granularity>)")
+    p.set_defaults(func=_run_patch)
+
+
+def _run_patch(args: argparse.Namespace) -> int:
+    from interp.loading import load_model
+    from interp.patching import activation_patching
+    from interp.plotting import result_heatmap
+    from interp.tasks import get_task
+
+    if args.n_prompts < 1:
+        raise ValueError(f"--n-prompts must be at least 1, got {args.n_prompts}")
+    layers = None
+    if args.layers:
+        try:
+            layers = [int(x) for x in args.layers.split(",")]
+        except ValueError:
+            raise ValueError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
+    out = Path(args.out or f"runs/{Path(args.task).stem}-{args.granularity}")
+    print(f"loading {args.model} ({args.backend}) ...", file=sys.stderr)
+    model = load_model(args.model, backend=args.backend, device=args.device)
+    task = get_task(model, args.task, n_prompts=args.n_prompts, seed=args.seed)
+    result = activation_patching(
+        model, task, args.granularity, direction=args.direction, metric=args.metric, corruption=args.corruption,
+        seed=args.seed, layers=layers, batch_size=args.batch_size, memory_budget_mb=args.memory_mb,
+    )
+    result.save(out)
+    result_heatmap(result).write_html(out / "heatmap.html", include_plotlyjs=True)
+    print(f"{result.method} patching, {args.granularity}, {task.name} on {model.config.name}: "
+          f"clean {args.metric} {result.clean_metric:.3f}, corrupt {result.corrupt_metric:.3f}, "
+          f"{result.n_forward_passes} forward passes, {result.wall_seconds:.1f} s")
+    print("top components (normalized effect):")
+    for name, score in result.top(10):
+        print(f"  {name:<16} {score:+.4f}")
+    print(f"wrote {out / 'result.json'} and {out / 'heatmap.html'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interp", description="Mechanistic interpretability toolkit.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_patch(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _USER_ERRORS as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"interp: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interp: interrupted; no result was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Shared fixtures. Nothing here reaches the network: HF_HUB_OFFLINE is forced on."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest
+import torch
+
+import interp
+from interp import tasks
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return interp.load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def random_llama():
+    return interp.load_model("random-llama")
+
+
+@pytest.fixture(scope="session")
+def toy_induction():
+    return interp.load_model("toy-induction")
+
+
+@pytest.fixture(scope="session")
+def llama_ioi(random_llama):
+    return tasks.ioi(random_llama, n_prompts=4, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
