@@ -2,6 +2,7 @@
 brute force through ``Model.patch``, and known ground truth."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from transformer_lens import patching as tl_patching
@@ -45,12 +46,36 @@ def test_matches_transformer_lens_on_random_llama(random_llama, llama_ioi, granu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("granularity", list(TL_ORACLES))
+@pytest.mark.parametrize("granularity", ["resid", "heads", "block"])
 def test_matches_transformer_lens_on_smollm2(smollm2, granularity):
     task = tasks.capitals(smollm2, n_prompts=2, seed=0)
     result = activation_patching(smollm2, task, granularity, direction="denoising", progress=False)
     reference = _tl_reference(smollm2, task, granularity)
     assert torch.allclose(_mean_patched(result), reference.float(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_heads_by_position_matches_transformer_lens_on_smollm2_layers(smollm2):
+    """TransformerLens' by-position head patching on three layers of SmolLM2 (its generic sweep
+    with an explicit index, since the full sweep costs one forward per cell)."""
+    task = tasks.capitals(smollm2, n_prompts=2, seed=0)
+    layers = [0, 14, 29]
+    result = activation_patching(smollm2, task, "heads_pos", layers=layers, direction="denoising", progress=False)
+    n_heads, n_positions = smollm2.config.n_heads, task.n_positions
+    index = pd.DataFrame([(l, p, h) for l in layers for h in range(n_heads) for p in range(n_positions)],
+                         columns=["layer", "pos", "head"])
+    bridge = smollm2.backend.bridge
+
+    def metric(logits):
+        return interp.metrics.logit_diff(logits[:, -1], task.answers, task.wrong_answers, None).mean()
+
+    with torch.no_grad():
+        _, clean_cache = bridge.run_with_cache(task.clean_tokens)
+        reference = tl_patching.generic_activation_patch(
+            bridge, task.corrupt_tokens, clean_cache, metric, tl_patching.layer_pos_head_vector_patch_setter,
+            "z", index_df=index)
+    ours = torch.tensor(result.arrays["patched_metric"]).mean(0)
+    assert torch.allclose(ours, reference.float(), atol=1e-4)
 
 
 @pytest.mark.parametrize("granularity", ["heads_pos", "k_pos", "neurons", "pattern", "mlp_out_pos"])

@@ -26,6 +26,25 @@ _PORTS = (
 )
 
 
+# kind -> (module path inside the layer, "input" or "output") for ports that are one tensor
+_SIMPLE_PORTS = {
+    "resid_pre": lambda layout: ("", "input"),
+    "resid_post": lambda layout: ("", "output"),
+    "z": lambda layout: (layout.z_proj, "input"),
+    "mlp_post": lambda layout: (layout.mlp_out_proj, "input"),
+    "mlp_out": lambda layout: (layout.mlp, "output"),
+}
+
+
+def _visit(spec: RunSpec, site: Site, module, attribute: str, view: tuple[int, ...] | None) -> torch.Tensor:
+    """Read a module port, apply the site's edits in canonical shape, write it back."""
+    raw = getattr(module, attribute)
+    canonical = raw if view is None else raw.reshape(*raw.shape[:2], *view)
+    value = apply_edits(spec, site, canonical)
+    setattr(module, attribute, value.reshape(raw.shape))
+    return value
+
+
 def _split_qkv(layout: Layout, fused: torch.Tensor, n_heads: int, n_kv: int, d_head: int) -> list[torch.Tensor]:
     batch, pos, _ = fused.shape
     if layout.fused_qkv == "concat":
@@ -60,23 +79,7 @@ def run_trace(lm, layout: Layout, n_heads: int, n_kv: int, d_head: int, spec: Ru
                 wanted = [k for k in served if k in kinds]
                 if not wanted:
                     continue
-                if port == "layer.input":
-                    site = Site("resid_pre", layer)
-                    value = apply_edits(spec, site, block.input)
-                    block.input = value
-                    saved[site] = value
-                elif port == "layer.output":
-                    site = Site("resid_post", layer)
-                    value = apply_edits(spec, site, block.output)
-                    block.output = value
-                    saved[site] = value
-                elif port == "mlp.output":
-                    module = get_path(block, layout.mlp)
-                    site = Site("mlp_out", layer)
-                    value = apply_edits(spec, site, module.output)
-                    module.output = value
-                    saved[site] = value
-                elif port == "attn.output":
+                if port == "attn.output":
                     module = get_path(block, layout.attn)
                     out = module.output
                     site = Site("attn_out", layer)
@@ -84,19 +87,12 @@ def run_trace(lm, layout: Layout, n_heads: int, n_kv: int, d_head: int, spec: Ru
                     module.output = (value, *out[1:])
                     saved[site] = value
                     saved[Site("pattern", layer)] = out[1]
-                elif port == "z_proj.input":
-                    module = get_path(block, layout.z_proj)
-                    flat = module.input
-                    site = Site("z", layer)
-                    value = apply_edits(spec, site, flat.reshape(*flat.shape[:2], n_heads, d_head))
-                    module.input = value.reshape(flat.shape)
-                    saved[site] = value
-                elif port == "mlp_out_proj.input":
-                    module = get_path(block, layout.mlp_out_proj)
-                    site = Site("mlp_post", layer)
-                    value = apply_edits(spec, site, module.input)
-                    module.input = value
-                    saved[site] = value
+                elif port != "qkv":
+                    kind = served[0]
+                    path, attribute = _SIMPLE_PORTS[kind](layout)
+                    module = get_path(block, path) if path else block
+                    view = (n_heads, d_head) if kind == "z" else None
+                    saved[Site(kind, layer)] = _visit(spec, Site(kind, layer), module, attribute, view)
                 else:  # qkv
                     kinds_qkv = ("q", "k", "v")
                     if layout.fused_qkv:
