@@ -24,16 +24,17 @@ def _mean_patched(result):
     return torch.tensor(result.arrays["patched_metric"]).mean(0).reshape(result.shape)
 
 
+def _tl_metric(task):
+    """Mean logit difference at the last position: the scalar metric TransformerLens' sweeps take."""
+    return lambda logits: interp.metrics.logit_diff(logits[:, -1], task.answers, task.wrong_answers, None).mean()
+
+
 def _tl_reference(model, task, granularity):
     function, permutation = TL_ORACLES[granularity]
     bridge = model.backend.bridge
-
-    def metric(logits):
-        return interp.metrics.logit_diff(logits[:, -1], task.answers, task.wrong_answers, None).mean()
-
     with torch.no_grad():
         _, clean_cache = bridge.run_with_cache(task.clean_tokens)
-        reference = function(bridge, task.corrupt_tokens, clean_cache, metric)
+        reference = function(bridge, task.corrupt_tokens, clean_cache, _tl_metric(task))
     return reference.permute(*permutation) if permutation else reference
 
 
@@ -65,14 +66,10 @@ def test_heads_by_position_matches_transformer_lens_on_smollm2_layers(smollm2):
     index = pd.DataFrame([(l, p, h) for l in layers for h in range(n_heads) for p in range(n_positions)],
                          columns=["layer", "pos", "head"])
     bridge = smollm2.backend.bridge
-
-    def metric(logits):
-        return interp.metrics.logit_diff(logits[:, -1], task.answers, task.wrong_answers, None).mean()
-
     with torch.no_grad():
         _, clean_cache = bridge.run_with_cache(task.clean_tokens)
         reference = tl_patching.generic_activation_patch(
-            bridge, task.corrupt_tokens, clean_cache, metric, tl_patching.layer_pos_head_vector_patch_setter,
+            bridge, task.corrupt_tokens, clean_cache, _tl_metric(task), tl_patching.layer_pos_head_vector_patch_setter,
             "z", index_df=index)
     ours = torch.tensor(result.arrays["patched_metric"]).mean(0)
     assert torch.allclose(ours, reference.float(), atol=1e-4)
