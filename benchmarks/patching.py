@@ -1,7 +1,11 @@
 """Exact head x position patching: interp's sweep vs TransformerLens'
 ``get_act_patch_attn_head_out_by_pos``, same model, same prompts, same process, in turn.
 
-    python benchmarks/patching.py --n-prompts 16 [--model smollm2-135m] [--out benchmarks/results/patching.json]
+    python benchmarks/patching.py --n-prompts 16 [--model smollm2-135m] [--layers 0,7,14,22,29] [--out ...]
+
+``--layers`` restricts both sweeps to the same layers (TransformerLens through its generic sweep
+with an explicit index of the same cells), for machines where the full TransformerLens sweep
+(one forward per cell: 3,780 on SmolLM2) takes too long.
 
 Prints a table (wall time, peak memory, forward passes, forward-pass equivalents of work) and
 the largest difference between the two result grids; writes the same as JSON.
@@ -16,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -32,10 +37,12 @@ def main() -> None:
     parser.add_argument("--n-prompts", type=int, default=16)
     parser.add_argument("--memory-mb", type=float, default=2048)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--layers", default=None, help="comma-separated layers (default all)")
     parser.add_argument("--out", default="benchmarks/results/patching.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
 
     model = interp.load_model(args.model)
     task = tasks.ioi(model, n_prompts=args.n_prompts, seed=0)
@@ -46,7 +53,8 @@ def main() -> None:
     gc.collect()
     start = time.perf_counter()
     with peak_rss_mb(memory, "interp"):
-        ours = activation_patching(model, task, "heads_pos", direction="denoising", memory_budget_mb=args.memory_mb)
+        ours = activation_patching(model, task, "heads_pos", direction="denoising", layers=layers,
+                                   memory_budget_mb=args.memory_mb)
     ours_seconds = time.perf_counter() - start
     ours_grid = torch.tensor(ours.arrays["patched_metric"]).mean(0).reshape(ours.shape)
 
@@ -67,14 +75,21 @@ def main() -> None:
     start = time.perf_counter()
     with peak_rss_mb(memory, "transformer_lens"), torch.no_grad():
         _, clean_cache = bridge.run_with_cache(task.clean_tokens)
-        reference = tl_patching.get_act_patch_attn_head_out_by_pos(bridge, task.corrupt_tokens, clean_cache, metric)
+        if layers is None:
+            reference = tl_patching.get_act_patch_attn_head_out_by_pos(bridge, task.corrupt_tokens, clean_cache, metric)
+        else:
+            index = pd.DataFrame([(l, p, h) for l in layers for h in range(c.n_heads) for p in range(positions)],
+                                 columns=["layer", "pos", "head"])
+            reference = tl_patching.generic_activation_patch(
+                bridge, task.corrupt_tokens, clean_cache, metric, tl_patching.layer_pos_head_vector_patch_setter,
+                "z", index_df=index)
     tl_seconds = time.perf_counter() - start
-    reference = reference.permute(0, 2, 1).float()
+    reference = (reference.permute(0, 2, 1) if layers is None else reference.reshape(ours.shape)).float()
 
     n_components = len(ours.components)
     lower_bound = sum((c.n_layers - int(name.split(".")[0][1:])) / c.n_layers for name in ours.components)
     report = {
-        "model": args.model, "task": "ioi", "n_prompts": n, "n_positions": positions, "granularity": "heads_pos",
+        "model": args.model, "task": "ioi", "n_prompts": n, "layers": layers or "all", "n_positions": positions, "granularity": "heads_pos",
         "n_components": n_components, "threads": torch.get_num_threads(),
         "interp": {"seconds": ours_seconds, "peak_rss_mb": memory["interp"], "forward_passes": ours.n_forward_passes,
                    "forward_equivalents": ours.extra["forward_equivalents"]},
@@ -88,7 +103,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(f"\nhead x position patching, {args.model}, {n} IOI prompts x {positions} tokens, {n_components} components, "
+    print(f"\nhead x position patching, {args.model}, {n} IOI prompts x {positions} tokens, {n_components} components "
+          f"(layers {args.layers or 'all'}), "
           f"{report['threads']} threads")
     print(f"{'':18}{'seconds':>10}{'peak MiB':>10}{'forwards':>10}{'fwd-equiv':>11}")
     for name in ("interp", "transformer_lens"):

@@ -2,6 +2,7 @@
 
     interp patch --model smollm2-135m --task ioi --n-prompts 16 --granularity heads \
         --method exact --direction noising --out runs/ioi-heads
+    interp patch --method atp* --granularity heads_pos --verify-top 20 --diagnose
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from interp.components import GRANULARITIES
 
@@ -27,7 +30,14 @@ def _add_patch(subparsers) -> None:
     p.add_argument("--task", default="ioi", help="ioi | capitals | greater_than | induction | path.jsonl")
     p.add_argument("--n-prompts", type=int, default=16)
     p.add_argument("--granularity", default="heads", choices=list(GRANULARITIES))
-    p.add_argument("--method", default="exact", choices=["exact"])
+    p.add_argument("--method", default="exact", choices=["exact", "atp", "atp*"],
+                   help="exact patching, or attribution patching (AtP; AtP* = QK fix + GradDrop)")
+    p.add_argument("--grad-drop", default="block", choices=["block", "sublayer"], help="AtP*: GradDrop unit")
+    p.add_argument("--verify-top", type=int, default=0, metavar="K", help="AtP/AtP*: exactly patch the K top-ranked components")
+    p.add_argument("--diagnose", action="store_true", help="AtP/AtP*: bound the effect of unverified components")
+    p.add_argument("--diagnose-samples", type=int, default=64)
+    p.add_argument("--diagnose-p", type=float, default=0.1, help="inclusion probability per component and sample")
+    p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--direction", default="noising", choices=list(DIRECTIONS))
     p.add_argument("--corruption", default="tokens", choices=list(CORRUPTIONS))
     p.add_argument("--metric", default="logit_diff", choices=list(METRICS))
@@ -55,24 +65,62 @@ def _run_patch(args: argparse.Namespace) -> int:
             layers = [int(x) for x in args.layers.split(",")]
         except ValueError:
             raise ValueError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
-    out = Path(args.out or f"runs/{Path(args.task).stem}-{args.granularity}")
+    suffix = "" if args.method == "exact" else "-" + args.method.replace("*", "star")
+    out = Path(args.out or f"runs/{Path(args.task).stem}-{args.granularity}{suffix}")
     print(f"loading {args.model} ({args.backend}) ...", file=sys.stderr)
     model = load_model(args.model, backend=args.backend, device=args.device)
     task = get_task(model, args.task, n_prompts=args.n_prompts, seed=args.seed)
-    result = activation_patching(
-        model, task, args.granularity, direction=args.direction, metric=args.metric, corruption=args.corruption,
-        seed=args.seed, layers=layers, batch_size=args.batch_size, memory_budget_mb=args.memory_mb,
-    )
+    if args.method == "exact":
+        if args.verify_top or args.diagnose:
+            raise ValueError("--verify-top and --diagnose check an AtP/AtP* ranking; use them with --method atp or atp*")
+        result = activation_patching(
+            model, task, args.granularity, direction=args.direction, metric=args.metric, corruption=args.corruption,
+            seed=args.seed, layers=layers, batch_size=args.batch_size, memory_budget_mb=args.memory_mb,
+        )
+    else:
+        result = _attribution(args, model, task, layers)
     result.save(out)
     result_heatmap(result).write_html(out / "heatmap.html", include_plotlyjs=True)
     print(f"{result.method} patching, {args.granularity}, {task.name} on {model.config.name}: "
           f"clean {args.metric} {result.clean_metric:.3f}, corrupt {result.corrupt_metric:.3f}, "
-          f"{result.n_forward_passes} forward passes, {result.wall_seconds:.1f} s")
-    print("top components (normalized effect):")
-    for name, score in result.top(10):
-        print(f"  {name:<16} {score:+.4f}")
+          f"{result.n_forward_passes} forward + {result.n_backward_passes} backward passes, {result.wall_seconds:.1f} s")
+    _print_top(result)
     print(f"wrote {out / 'result.json'} and {out / 'heatmap.html'}")
     return 0
+
+
+def _attribution(args: argparse.Namespace, model, task, layers):
+    from interp.attribution import attribution_patching, diagnose, verify_top
+
+    result = attribution_patching(
+        model, task, args.granularity, method=args.method, grad_drop=args.grad_drop if args.method == "atp*" else False,
+        direction=args.direction, metric=args.metric, corruption=args.corruption, seed=args.seed, layers=layers,
+        batch_size=args.batch_size,
+    )
+    if args.verify_top:
+        verify_top(model, task, result, args.verify_top)
+        check = result.extra["verification"]
+        print(f"verified the top {check['k']} exactly ({check['forward_passes']} forward passes, {check['seconds']:.1f} s): "
+              f"largest |estimate - exact| {check['max_abs_error']:.4f}")
+    if args.diagnose:
+        diagnose(model, task, result, samples=args.diagnose_samples, p=args.diagnose_p, confidence=args.confidence,
+                 seed=args.seed)
+        bound = result.extra["diagnostic"]
+        print(f"diagnostic: no unverified component has |effect| above {bound['bound']:.4f} (normalized) at "
+              f"{bound['confidence']:.0%} confidence (largest: {bound['component']}; {bound['samples']} samples; "
+              f"{bound['n_without_enough_samples']} of {bound['n_unverified']} components sampled too rarely to bound; "
+              "assumes jointly patched effects add)")
+    return result
+
+
+def _print_top(result) -> None:
+    exact = result.arrays.get("exact")
+    print("top components (normalized effect" + (", exact where verified):" if exact is not None else "):"))
+    for i in result.ranking()[:10]:
+        line = f"  {result.components[i]:<16} {result.scores[i]:+.4f}"
+        if exact is not None and not np.isnan(exact[i]):
+            line += f"   exact {exact[i]:+.4f}"
+        print(line)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,3 +52,25 @@ def normalized(patched: torch.Tensor, target: float, source: float) -> torch.Ten
             "check that the corrupt prompts really change the answer"
         )
     return (patched - target) / difference
+
+
+def task_metric(name: str, model, task) -> tuple[Callable[..., torch.Tensor], int]:
+    """The metric ``name`` bound to a task: ``metric_of(logits [batch, d_vocab], rows=None) -> [batch]``.
+
+    ``rows`` maps each batch row to its prompt (default: row i is prompt i), so batches that
+    stack several variants of the prompts share the task's answers. Also returns the number of
+    forward passes spent (1 for ``kl``, which needs the clean run's distribution; else 0).
+    """
+    fn = get_metric(name)
+    n_prompts = task.clean_tokens.shape[0]
+    clean_logprobs = None
+    if name == "kl":
+        with torch.no_grad():
+            clean_logprobs = model.run(task.clean_tokens, logits_to_keep=1)[:, -1].float().log_softmax(-1)
+
+    def metric_of(logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        rows = torch.arange(n_prompts, device=logits.device) if rows is None else rows
+        reference = None if clean_logprobs is None else clean_logprobs[rows]
+        return fn(logits, task.answers[rows], task.wrong_answers[rows], reference).float()
+
+    return metric_of, int(clean_logprobs is not None)

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from interp.backends.base import Edit, RunSpec
 from interp.components import Component, Site, enumerate_components, granularity_shape
-from interp.metrics import get_metric, normalized
+from interp.corruption import CORRUPTIONS, DIRECTIONS, RunInput, check_settings, noise_edit, target_and_source
+from interp.metrics import normalized, task_metric
 from interp.model import Model, component_index
 from interp.results import Result
 from interp.resume import Resume, kv_prefix
@@ -37,16 +38,11 @@ AXES = {
     "k_pos": ["layer", "kv_group", "position"], "v_pos": ["layer", "kv_group", "position"],
     "pattern": ["layer", "head"], "neurons": ["layer", "neuron"],
 }
-DIRECTIONS = ("noising", "denoising")
-CORRUPTIONS = ("tokens", "gaussian")
-
-
 @dataclass
 class _Runs:
     """The two runs of a sweep and what the patched forwards resume from."""
 
-    target_tokens: torch.Tensor
-    target_noise: torch.Tensor | None  # Gaussian noise on the target run's embeddings, [n, pos, d_model]
+    target: RunInput
     target_resid: dict[int, torch.Tensor]
     target_cache: object
     source_acts: dict[Site, torch.Tensor]
@@ -56,44 +52,16 @@ class _Runs:
     corrupt_metric: torch.Tensor
 
 
-def gaussian_noise(model: Model, task: Task, std_multiple: float, seed: int) -> torch.Tensor:
-    """Noise for causal tracing: N(0, (std_multiple * sigma)^2) on the subject tokens, where sigma
-    is the std of the embedding matrix; zero elsewhere. Shape [n, pos, d_model]."""
-    sigma = model.hf_model.get_input_embeddings().weight.float().std().item()
-    generator = torch.Generator().manual_seed(seed)
-    shape = (*task.clean_tokens.shape, model.config.d_model)
-    noise = torch.randn(shape, generator=generator) * std_multiple * sigma
-    mask = task.subject_positions.cpu()[..., None]
-    if not mask.any():
-        raise ValueError(f"task {task.name!r} has no subject tokens (clean and corrupt prompts are identical) to noise")
-    return (noise * mask).to(device=task.clean_tokens.device, dtype=model.hf_model.dtype)
-
-
-def _add_noise(noise: torch.Tensor, start: int, repeats: int) -> Edit:
-    chunk = noise[:, start:].repeat(repeats, 1, 1)
-    return lambda resid: resid + chunk
-
-
 def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, corruption: str,
                     noise_std: float, seed: int, metric_of) -> tuple[_Runs, int]:
-    if corruption == "gaussian":
-        corrupt = (task.clean_tokens, gaussian_noise(model, task, noise_std, seed))
-    else:
-        corrupt = (task.corrupt_tokens, None)
-    clean = (task.clean_tokens, None)
-    target, source = (clean, corrupt) if direction == "noising" else (corrupt, clean)
-
-    def noise_edits(noise: torch.Tensor | None) -> dict[Site, list[Edit]]:
-        return {} if noise is None else {Site("resid_pre", 0): [_add_noise(noise, 0, 1)]}
-
+    target, source = target_and_source(model, task, direction, corruption, noise_std, seed)
     resid_sites = {Site("resid_pre", layer) for layer in range(model.config.n_layers)}
-    target_out = model.forward(RunSpec(target[0], edits=noise_edits(target[1]), reads=resid_sites, logits_to_keep=1, return_cache=True))
-    source_out = model.forward(RunSpec(source[0], edits=noise_edits(source[1]), reads=sites, logits_to_keep=1))
+    target_out = model.forward(RunSpec(target.tokens, edits=target.edits(), reads=resid_sites, logits_to_keep=1, return_cache=True))
+    source_out = model.forward(RunSpec(source.tokens, edits=source.edits(), reads=sites, logits_to_keep=1))
     target_metric, source_metric = metric_of(target_out.logits[:, -1]), metric_of(source_out.logits[:, -1])
     clean_metric, corrupt_metric = (target_metric, source_metric) if direction == "noising" else (source_metric, target_metric)
     runs = _Runs(
-        target_tokens=target[0], target_noise=target[1],
-        target_resid={site.layer: act for site, act in target_out.activations.items()},
+        target=target, target_resid={site.layer: act for site, act in target_out.activations.items()},
         target_cache=target_out.past_key_values, source_acts=source_out.activations,
         target_metric=target_metric, source_metric=source_metric,
         clean_metric=clean_metric, corrupt_metric=corrupt_metric,
@@ -126,6 +94,17 @@ def _variant_bytes(model: Model, n_prompts: int, n_positions: int, layer: int, s
     return 4 * n_prompts * (length * per_token + kv + c.d_vocab)
 
 
+def resolve_components(model: Model, granularity: str, n_positions: int, layers: list[int] | None,
+                       components: list | None) -> tuple[list[Component], list[int], list[str]]:
+    """(components, shape, axes): every component of a granularity, or an explicit list (shape [n])."""
+    if components is None:
+        found = enumerate_components(model.config, granularity, n_positions, layers)
+        return found, list(granularity_shape(model.config, granularity, n_positions, layers)), AXES[granularity]
+    parsed = [Component.parse(c).validate(model.config, n_positions) for c in components]
+    parsed = [c if c.position is None else c.at(c.position % n_positions) for c in parsed]
+    return parsed, [len(parsed)], ["component"]
+
+
 def activation_patching(
     model: Model,
     task: Task,
@@ -139,6 +118,7 @@ def activation_patching(
     layers: list[int] | None = None,
     batch_size: int | None = None,
     memory_budget_mb: float = 2048,
+    components: list[Component] | None = None,
     progress: bool = True,
 ) -> Result:
     """Exact activation patching of every component of ``granularity``.
@@ -150,39 +130,30 @@ def activation_patching(
             embedding standard deviations on the subject tokens, seeded).
         layers: restrict the sweep to these layers (default all).
         batch_size: patched variants per forward; default from ``memory_budget_mb``.
+        components: patch exactly these components instead of every one of ``granularity``
+            (the result then has shape [len(components)]).
 
     Returns a :class:`Result` whose ``scores`` are normalized mean effects (0 = no effect,
     1 = the whole clean-vs-corrupt difference) and whose arrays hold ``per_prompt`` normalized
     effects and ``patched_metric`` raw metric values, both [n_prompts, n_components].
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction {direction!r}; known: {', '.join(DIRECTIONS)}")
-    if corruption not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {corruption!r}; known: {', '.join(CORRUPTIONS)}")
-    if task.clean_tokens.max().item() >= model.config.d_vocab:
-        raise ValueError(f"task {task.name!r} has token ids beyond the vocabulary of {model.config.name} ({model.config.d_vocab})")
-    metric_fn = get_metric(metric)
+    check_settings(model, task, direction, corruption)
     start_time = time.perf_counter()
     n_prompts, n_positions = task.clean_tokens.shape
-    components = enumerate_components(model.config, granularity, n_positions, layers)
+    components, shape, axes = resolve_components(model, granularity, n_positions, layers, components)
     sites = {component.site for component in components}
 
     with torch.no_grad():
-        clean_logprobs = model.run(task.clean_tokens, logits_to_keep=1)[:, -1].float().log_softmax(-1)
-
-        def metric_of(logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-            rows = torch.arange(n_prompts, device=logits.device) if rows is None else rows
-            return metric_fn(logits, task.answers[rows], task.wrong_answers[rows], clean_logprobs[rows]).float()
-
+        metric_of, metric_forwards = task_metric(metric, model, task)
         runs, n_forward = _reference_runs(model, task, sites, direction, corruption, noise_std, seed, metric_of)
-        n_forward += 1
+        n_forward += metric_forwards
         target_mean, source_mean = runs.target_metric.mean().item(), runs.source_metric.mean().item()
         patched = torch.empty(n_prompts, len(components))
 
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, component in enumerate(components):
             groups[(component.layer, component.position or 0)].append(i)
-        forward_equivalents = 3.0
+        forward_equivalents = float(n_forward)
         bar = tqdm(total=len(components), desc=f"patching {granularity}", disable=not progress, unit="component")
         for (layer, start), indices in sorted(groups.items()):
             per_batch = batch_size or max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_prompts, n_positions, layer, start)))
@@ -198,11 +169,10 @@ def activation_patching(
     scores = normalized(patched.mean(0), target_mean, source_mean)
     # per prompt, normalized by the mean difference so that the rows average to ``scores``
     per_prompt = (patched - runs.target_metric.cpu()[:, None]) / (source_mean - target_mean)
-    shape = list(granularity_shape(model.config, granularity, n_positions, layers))
     return Result(
         method="exact", model=model.config.name, task=task.name, metric=metric, granularity=granularity,
         components=[str(c) for c in components], scores=scores.numpy().astype(np.float64), shape=shape,
-        axes=AXES[granularity], clean_metric=runs.clean_metric.mean().item(),
+        axes=axes, clean_metric=runs.clean_metric.mean().item(),
         corrupt_metric=runs.corrupt_metric.mean().item(), wall_seconds=time.perf_counter() - start_time,
         n_forward_passes=n_forward,
         settings={"direction": direction, "corruption": corruption, "noise_std": noise_std, "seed": seed,
@@ -219,10 +189,10 @@ def _patched_forward(model: Model, runs: _Runs, components: list[Component], lay
                      n_prompts: int, metric_of) -> torch.Tensor:
     """Metric [variants, n_prompts] with each component patched in its own batch rows."""
     n_variants = len(components)
-    rows = torch.arange(n_prompts, device=runs.target_tokens.device).repeat(n_variants)
+    rows = torch.arange(n_prompts, device=runs.target.tokens.device).repeat(n_variants)
     edits: dict[Site, list[Edit]] = defaultdict(list)
-    if layer == 0 and runs.target_noise is not None:  # the target run's own noise, on the positions computed
-        edits[Site("resid_pre", 0)].append(_add_noise(runs.target_noise, start, n_variants))
+    if layer == 0 and runs.target.noise is not None:  # the target run's own noise, on the positions computed
+        edits[Site("resid_pre", 0)].append(noise_edit(runs.target.noise, start, n_variants))
     by_site: dict[Site, list[tuple[int, Component]]] = defaultdict(list)
     for variant, component in enumerate(components):
         by_site[component.site].append((variant, component))
@@ -230,7 +200,7 @@ def _patched_forward(model: Model, runs: _Runs, components: list[Component], lay
         edits[site].append(_patch_edit(assignments, runs.source_acts[site], n_prompts, start))
     resid = runs.target_resid[layer][:, start:].repeat(n_variants, 1, 1) if layer > 0 else None
     resume = Resume(layer, start, resid, kv_prefix(runs.target_cache, start, rows))
-    out = model.forward(RunSpec(runs.target_tokens[:, start:].repeat(n_variants, 1), edits=dict(edits), logits_to_keep=1), resume)
+    out = model.forward(RunSpec(runs.target.tokens[:, start:].repeat(n_variants, 1), edits=dict(edits), logits_to_keep=1), resume)
     return metric_of(out.logits[:, -1], rows).view(n_variants, n_prompts)
 
 

@@ -63,6 +63,7 @@ class Result:
     corrupt_metric: float
     wall_seconds: float
     n_forward_passes: int
+    n_backward_passes: int = 0
     settings: dict = field(default_factory=dict)
     tokens: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -74,10 +75,15 @@ class Result:
         values = self.scores if name == "scores" else self.arrays[name]
         return np.asarray(values).reshape(self.shape) if values.ndim == 1 else values.reshape(values.shape[0], *self.shape)
 
+    def ranking(self) -> np.ndarray:
+        """Component indices, most important first: by the ``importance`` array where a method
+        ranks by something other than |score| (AtP*'s GradDrop), else by |score|."""
+        key = self.arrays["importance"] if "importance" in self.arrays else np.abs(self.scores)
+        return np.argsort(-np.asarray(key), kind="stable")
+
     def top(self, k: int = 10) -> list[tuple[str, float]]:
-        """The k components with the largest |score|."""
-        order = np.argsort(-np.abs(self.scores))[:k]
-        return [(self.components[i], float(self.scores[i])) for i in order]
+        """The k most important components and their scores."""
+        return [(self.components[i], float(self.scores[i])) for i in self.ranking()[:k]]
 
     def to_json_dict(self) -> dict:
         data = asdict(self)

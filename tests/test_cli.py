@@ -47,3 +47,18 @@ def test_interrupted_sweep_writes_nothing(tmp_path, monkeypatch, capsys):
     assert cli.main(BASE + ["--out", str(tmp_path / "r")]) == 130
     assert not (tmp_path / "r" / "result.json").exists()
     assert "no result was written" in capsys.readouterr().err
+
+
+def test_patch_atp_star_with_verification(tmp_path, capsys):
+    out = tmp_path / "atp"
+    assert cli.main(BASE + ["--granularity", "heads", "--method", "atp*", "--verify-top", "3", "--out", str(out)]) == 0
+    data = json.loads((out / "result.json").read_text())
+    assert data["method"] == "atp*" and data["n_backward_passes"] == 1 + 3
+    assert len(data["extra"]["verification"]["exact"]) == 3
+    assert "exact" in capsys.readouterr().out
+    assert {"exact", "importance", "per_prompt"} <= set(Result.load(out).arrays)
+
+
+def test_verification_needs_an_attribution_method(tmp_path, capsys):
+    assert cli.main(BASE + ["--verify-top", "3", "--out", str(tmp_path / "r")]) == 2
+    assert "interp: error: --verify-top and --diagnose check an AtP/AtP* ranking" in capsys.readouterr().err

@@ -1,0 +1,140 @@
+"""Attribution patching: AtP and AtP* (Kramar et al. 2024) for every node type of the patching engine.
+
+AtP estimates each node's patching effect as (n(source) - n(target)) . dL/dn on the target run,
+for all nodes at once from one target forward + backward and one source forward, batched over
+prompts. AtP* adds the QK fix (exact softmax for queries and keys, ``interp.attribution.qk_fix``)
+and GradDrop (``interp.attribution.backward``): a node's importance is
+E[ 1/(U-1) * sum_u |I_u(n)| ] where I_u is its estimate with residual-stream write u dropped from
+the backward (U = layers, or sublayers). Rank by importance; ``scores`` keep the signed estimate
+in the units of exact patching (0 = no effect, 1 = the whole clean-vs-corrupt difference).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from interp.attribution.backward import layer_gradients, n_units, traced_run, units_below
+from interp.attribution.estimates import QK_KINDS, NodeEstimator
+from interp.backends.base import RunSpec
+from interp.corruption import check_settings, select_rows, target_and_source
+from interp.metrics import normalized, task_metric
+from interp.model import Model
+from interp.patching import resolve_components
+from interp.results import Result
+from interp.tasks import Task
+
+# method -> (QK fix, GradDrop unit)
+METHODS = {"atp": (False, None), "atp*": (True, "block")}
+
+
+def attribution_patching(
+    model: Model,
+    task: Task,
+    granularity: str = "heads",
+    *,
+    method: str = "atp*",
+    qk_fix: bool | None = None,
+    grad_drop: str | None | bool = True,
+    direction: str = "noising",
+    metric: str = "logit_diff",
+    corruption: str = "tokens",
+    noise_std: float = 3.0,
+    seed: int = 0,
+    layers: list[int] | None = None,
+    components: list | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> Result:
+    """AtP or AtP* estimates for every component of ``granularity`` (or of ``components``).
+
+    Args:
+        method: "atp" (plain) or "atp*" (QK fix + GradDrop); ``qk_fix`` and ``grad_drop``
+            override its parts (``grad_drop``: "block", "sublayer", False; True = the method's).
+        direction, metric, corruption, noise_std, seed, layers: as in exact patching.
+        batch_size: prompts per forward/backward (default: all at once).
+
+    Returns a :class:`Result` (``method`` "atp" or "atp*") whose ``scores`` are the signed
+    normalized estimates, with arrays ``per_prompt`` [n_prompts, n_components] and
+    ``importance`` [n_components] (the ranking key: E|I| for AtP, the GradDrop score for AtP*,
+    normalized by |clean - corrupt|), and ``n_backward_passes``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; known: {', '.join(METHODS)}")
+    default_qk, default_drop = METHODS[method]
+    drop = default_drop if grad_drop is True else (grad_drop or None)
+    check_settings(model, task, direction, corruption)
+    start_time = time.perf_counter()
+    n_prompts, n_positions = task.clean_tokens.shape
+    nodes, shape, axes = resolve_components(model, granularity, n_positions, layers, components)
+    if qk_fix and not any(c.kind in QK_KINDS for c in nodes):
+        raise ValueError(f"the QK fix applies to query and key nodes only; granularity {granularity!r} has none")
+    use_qk = default_qk if qk_fix is None else qk_fix
+    if drop is not None and model.config.n_layers < 2:
+        raise ValueError("GradDrop needs at least two layers to drop in turn")
+    estimator = NodeEstimator(model, nodes, use_qk)
+    metric_of, n_forward = task_metric(metric, model, task)
+    target, source = target_and_source(model, task, direction, corruption, noise_std, seed)
+
+    estimates = torch.zeros(n_prompts, len(nodes))
+    dropped = torch.zeros(n_prompts, len(nodes))
+    target_metric, source_metric = torch.zeros(n_prompts), torch.zeros(n_prompts)
+    units = n_units(model.config.n_layers, drop)
+    lowest = min(c.layer for c in nodes)
+    step = batch_size or n_prompts
+    block_backwards = 0
+    bar = tqdm(total=n_prompts, desc=f"{method} {granularity}", disable=not progress, unit="prompt")
+    for first in range(0, n_prompts, step):
+        rows = slice(first, first + step)
+        chunk_target, chunk_source = select_rows(target, rows), select_rows(source, rows)
+        row_ids = torch.arange(n_prompts, device=task.clean_tokens.device)[rows]
+
+        def chunk_metric(logits: torch.Tensor) -> torch.Tensor:
+            return metric_of(logits, row_ids)
+
+        with torch.no_grad():
+            source_out = model.forward(RunSpec(chunk_source.tokens, edits=chunk_source.edits(),
+                                               reads=estimator.activation_sites(), logits_to_keep=1))
+        source_metric[rows] = chunk_metric(source_out.logits[:, -1]).cpu()
+        run = traced_run(model, chunk_target.tokens, chunk_target.edits(),
+                         estimator.activation_sites() | estimator.grad_sites(), chunk_metric, drop)
+        target_metric[rows] = run.metric.cpu()
+        estimator.bind({s: a.detach() for s, a in run.activations.items()}, source_out.activations)
+        n_forward += 2
+        for layer, unit, grads in layer_gradients(run, estimator.grad_sites(), drop, lowest):
+            block_backwards += 1
+            for indices, values in estimator.estimate(layer, grads):
+                if unit is None:
+                    estimates[rows, indices] = values.cpu()
+                    dropped[rows, indices] += units_below(layer, drop) * values.abs().cpu()
+                else:
+                    dropped[rows, indices] += values.abs().cpu()
+        del run
+        bar.update(row_ids.numel())
+    bar.close()
+
+    target_mean, source_mean = target_metric.mean().item(), source_metric.mean().item()
+    difference = source_mean - target_mean
+    scores = normalized(target_mean + estimates.mean(0), target_mean, source_mean)
+    importance = (dropped / (units - 1) if drop else estimates.abs()).mean(0) / abs(difference)
+    clean, corrupt = (target_metric, source_metric) if direction == "noising" else (source_metric, target_metric)
+    n_chunks = -(-n_prompts // step)
+    n_backward = n_chunks * (1 + units)
+    chosen = "atp*" if use_qk and drop else "+".join(["atp"] + ["qk"] * use_qk + ["graddrop"] * bool(drop))
+    return Result(
+        method=chosen, model=model.config.name, task=task.name, metric=metric, granularity=granularity,
+        components=[str(c) for c in nodes], scores=scores.numpy().astype(np.float64), shape=shape, axes=axes,
+        clean_metric=clean.mean().item(), corrupt_metric=corrupt.mean().item(),
+        wall_seconds=time.perf_counter() - start_time, n_forward_passes=n_forward, n_backward_passes=n_backward,
+        settings={"direction": direction, "corruption": corruption, "noise_std": noise_std, "seed": seed,
+                  "layers": layers, "n_prompts": n_prompts, "backend": model.backend.name, "qk_fix": use_qk,
+                  "grad_drop": drop, **task.settings},
+        tokens=model.to_str_tokens(task.clean_tokens[0]),
+        arrays={"per_prompt": (estimates / difference).numpy(), "importance": importance.numpy().astype(np.float64),
+                "clean_metric": clean.numpy(), "corrupt_metric": corrupt.numpy()},
+        extra={"forward_equivalents": n_forward + 2.0 * block_backwards / model.config.n_layers,
+               "clean_prompts": task.clean_prompts, "corrupt_prompts": task.corrupt_prompts},
+    )

@@ -1,0 +1,139 @@
+"""One forward with the graph cut at every block, then backward passes block by block.
+
+The residual stream entering each block is detached and made a leaf, so the backward can be
+driven by hand one block at a time. That gives, from one forward, both the ordinary gradient
+and GradDrop's gradients: for a dropped unit (a block, or one attention/MLP sublayer) the
+backward skips the unit's write to the residual stream (its cotangent flows through the skip
+connection only), and every unit's backward below it reuses the same graph.
+
+Cost: the plain gradient is one backward; GradDrop with U units adds, per unit, a backward
+through the layers below it (about U/2 full backwards in all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from interp.backends.base import Edit, RunSpec
+from interp.components import Site
+
+GRAD_DROP_UNITS = ("block", "sublayer")
+ATTENTION_KINDS = frozenset({"z", "q", "k", "v", "pattern", "attn_out"})
+MLP_KINDS = frozenset({"mlp_post", "mlp_out"})
+
+Unit = tuple[int, str]  # (layer, "block" | "attn" | "mlp"): a residual-stream write GradDrop can drop
+
+
+@dataclass
+class TracedRun:
+    """The cut graph of one forward: per-prompt metric values and activations in the graph."""
+
+    metric: torch.Tensor  # [n_prompts], detached
+    total: torch.Tensor  # scalar: sum of the per-prompt metrics, in the graph
+    activations: dict[Site, torch.Tensor]
+    n_layers: int
+    parallel: bool  # attention and MLP read the same residual (no resid_mid)
+
+
+def traced_run(model, tokens: torch.Tensor, edits: dict[Site, list[Edit]], sites: set[Site], metric_of,
+               grad_drop: str | None) -> TracedRun:
+    """Forward ``tokens`` keeping the graph, cut at each block's input.
+
+    ``sites`` are the activations whose gradients are wanted; ``metric_of(logits [n, d_vocab])``
+    gives one value per prompt (prompts are independent, so the gradient of the sum is each
+    prompt's own gradient).
+    """
+    config = model.config
+    reads = set(sites)
+    reads |= {Site("resid_pre", layer) for layer in range(config.n_layers)}
+    reads |= {Site("resid_post", layer) for layer in range(config.n_layers)}
+    if grad_drop == "sublayer":
+        reads |= {Site(kind, layer) for kind in ("attn_out", "mlp_out") for layer in range(config.n_layers)}
+        if not config.parallel_attn_mlp:
+            reads |= {Site("resid_mid", layer) for layer in range(config.n_layers)}
+    all_edits = {site: list(fns) for site, fns in edits.items()}
+    for layer in range(1, config.n_layers):
+        all_edits.setdefault(Site("resid_pre", layer), []).append(torch.Tensor.detach)
+    with torch.enable_grad():
+        out = model.forward(RunSpec(tokens, edits=all_edits, reads=reads, logits_to_keep=1, keep_grad=True))
+        values = metric_of(out.logits[:, -1])
+        total = values.sum()
+    return TracedRun(values.detach(), total, out.activations, config.n_layers, config.parallel_attn_mlp)
+
+
+def _grad(outputs: torch.Tensor, inputs: list[torch.Tensor], cotangent: torch.Tensor) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(outputs, inputs, cotangent, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+
+
+def _block_backward(run: TracedRun, layer: int, node_sites: list[Site], cotangent: torch.Tensor,
+                    skip: str | None) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
+    """Cotangent at the block's input and the gradients at ``node_sites`` (all in ``layer``),
+    given the cotangent at its output, with nothing, the block, its attention or its MLP dropped."""
+    acts = run.activations
+    resid_pre = acts[Site("resid_pre", layer)]
+    attention = [s for s in node_sites if s.kind in ATTENTION_KINDS]
+    mlp = [s for s in node_sites if s.kind in MLP_KINDS]
+    grads: dict[Site, torch.Tensor] = {s: torch.zeros_like(acts[s]) for s in node_sites if s.kind != "resid_pre"}
+    if skip is None:
+        inner = attention + mlp
+        found = _grad(acts[Site("resid_post", layer)], [resid_pre] + [acts[s] for s in inner], cotangent)
+        upstream = found[0]
+    elif skip == "block":
+        inner, found, upstream = [], [None], cotangent
+    elif skip == "mlp":  # the attention write stays: resid_post = resid_pre + attn(resid_pre) + const
+        inner = attention
+        found = _grad(acts[Site("attn_out", layer)], [resid_pre] + [acts[s] for s in inner], cotangent)
+        upstream = cotangent + found[0]
+    else:  # skip == "attn": only the MLP write stays, and it reads resid_pre through the skip path
+        inner = mlp
+        mlp_input = resid_pre if run.parallel else acts[Site("resid_mid", layer)]
+        found = _grad(acts[Site("mlp_out", layer)], [mlp_input] + [acts[s] for s in inner], cotangent)
+        upstream = cotangent + found[0]
+    grads.update(zip(inner, found[1:]))
+    if Site("resid_pre", layer) in node_sites:
+        grads[Site("resid_pre", layer)] = upstream
+    return upstream, grads
+
+
+def layer_gradients(run: TracedRun, node_sites: set[Site], grad_drop: str | None,
+                    lowest_layer: int = 0) -> Iterator[tuple[int, Unit | None, dict[Site, torch.Tensor]]]:
+    """Yield ``(layer, dropped unit or None, gradients at the node sites of that layer)``.
+
+    Layers run from the top down to ``lowest_layer``. At each layer the plain gradient comes
+    first (unit None), then one entry per unit already dropped above, then the layer's own units.
+    A unit below a node's layer leaves the node's gradient equal to the plain one and is not
+    yielded for it.
+    """
+    if grad_drop not in (None, *GRAD_DROP_UNITS):
+        raise ValueError(f"unknown GradDrop unit {grad_drop!r}; known: {', '.join(GRAD_DROP_UNITS)}")
+    parts = {None: (), "block": ("block",), "sublayer": ("mlp", "attn")}[grad_drop]
+    top = run.activations[Site("resid_post", run.n_layers - 1)]
+    live: dict[Unit | None, torch.Tensor] = {None: torch.autograd.grad(run.total, top, retain_graph=True)[0]}
+    by_layer: dict[int, list[Site]] = {}
+    for site in node_sites:
+        by_layer.setdefault(site.layer, []).append(site)
+    for layer in range(run.n_layers - 1, lowest_layer - 1, -1):
+        sites = sorted(by_layer.get(layer, []))
+        below: dict[Unit | None, torch.Tensor] = {}
+        for unit, cotangent in live.items():
+            below[unit], grads = _block_backward(run, layer, sites, cotangent, None)
+            yield layer, unit, grads
+        for part in parts:
+            unit = (layer, part)
+            below[unit], grads = _block_backward(run, layer, sites, live[None], part)
+            yield layer, unit, grads
+        live = below
+
+
+def n_units(n_layers: int, grad_drop: str | None) -> int:
+    """How many residual-stream writes GradDrop drops in turn."""
+    return {None: 0, "block": n_layers, "sublayer": 2 * n_layers}[grad_drop]
+
+
+def units_below(layer: int, grad_drop: str | None) -> int:
+    """Units strictly below ``layer``: dropping them leaves a node of ``layer`` with its plain gradient."""
+    return {None: 0, "block": layer, "sublayer": 2 * layer}[grad_drop]

@@ -1,0 +1,107 @@
+"""First-order effects per node from one layer's gradients: plain AtP, and the QK fix for
+query and key nodes (values, head outputs, MLPs, neurons and the residual stream keep AtP).
+
+A node is a slice of a site tensor (``interp.components``); its AtP estimate is
+sum over the slice of (source - target) * dL/d(activation) on the target run.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from interp.attention_geometry import AttentionGeometry
+from interp.attribution.qk_fix import all_keys_fix, key_fix, query_fix
+from interp.components import INDEX_AXIS, POSITION_AXIS, Component, Site
+
+QK_KINDS = ("q", "k")
+
+
+def per_node(products: torch.Tensor, kind: str, components: list[Component]) -> torch.Tensor:
+    """Sum a site-shaped tensor over each component's slice: [batch, len(components)]."""
+    axes = [0] + ([INDEX_AXIS[kind]] if kind in INDEX_AXIS else []) + [POSITION_AXIS[kind]]
+    rest = [a for a in range(products.dim()) if a not in axes]
+    n_index = products.shape[INDEX_AXIS[kind]] if kind in INDEX_AXIS else 1
+    shape = (products.shape[0], n_index, products.shape[POSITION_AXIS[kind]], -1)
+    folded = products.permute(*axes, *rest).reshape(shape).sum(-1)  # [batch, index, position]
+    return _pick(folded, components)
+
+
+def _pick(by_index_position: torch.Tensor, components: list[Component]) -> torch.Tensor:
+    """[batch, index, position] -> [batch, len(components)] (a component without position sums them)."""
+    columns = []
+    for c in components:
+        row = by_index_position[:, c.index or 0]
+        columns.append(row.sum(-1) if c.position is None else row[:, c.position])
+    return torch.stack(columns, dim=1)
+
+
+class NodeEstimator:
+    """Estimates for a fixed list of components, given target and source activations.
+
+    ``target`` and ``source`` hold (detached) activations of every site in ``sites``;
+    :meth:`grad_sites` says which gradients :meth:`estimate` needs.
+    """
+
+    def __init__(self, model, components: list[Component], qk_fix: bool) -> None:
+        self.config = model.config
+        self.qk_fix = qk_fix
+        self.by_site: dict[Site, list[int]] = defaultdict(list)
+        for i, c in enumerate(components):
+            self.by_site[c.site].append(i)
+        self.components = components
+        self.qk_layers = sorted({c.layer for c in components if qk_fix and c.kind in QK_KINDS})
+        self.geometry = AttentionGeometry.of(model) if self.qk_layers else None
+
+    def activation_sites(self) -> set[Site]:
+        """Sites whose activations the two runs must record."""
+        sites = set(self.by_site)
+        for layer in self.qk_layers:
+            sites |= {Site(kind, layer) for kind in ("q", "k", "v", "pattern", "z")}
+        return sites
+
+    def grad_sites(self) -> set[Site]:
+        """Sites whose gradients :meth:`estimate` reads."""
+        sites = {s for s in self.by_site if not (self.qk_fix and s.kind in QK_KINDS)}
+        return sites | {Site("z", layer) for layer in self.qk_layers}
+
+    def bind(self, target: dict[Site, torch.Tensor], source: dict[Site, torch.Tensor]) -> None:
+        """Record one batch of prompts' activations (and check the QK geometry on them)."""
+        self.deltas = {s: (source[s] - target[s]).float() for s in self.by_site}
+        self.attention = {}
+        for layer in self.qk_layers:
+            q, k = self.geometry.rotate(target[Site("q", layer)], target[Site("k", layer)])
+            self.geometry.check(q, k, target[Site("pattern", layer)], f"{self.config.name} layer {layer}")
+            q_new, k_new = self.geometry.rotate(source[Site("q", layer)], source[Site("k", layer)])
+            groups = self.config.n_heads // self.config.n_kv_heads
+            v = target[Site("v", layer)].double().repeat_interleave(groups, dim=2)
+            self.attention[layer] = (q, k, v, q_new, k_new)
+
+    def estimate(self, layer: int, grads: dict[Site, torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+        """(component indices, estimates [batch, len(indices)]) for every node site of ``layer``."""
+        out = []
+        for site, indices in self.by_site.items():
+            if site.layer != layer:
+                continue
+            components = [self.components[i] for i in indices]
+            if self.qk_fix and site.kind in QK_KINDS:
+                values = self._qk(site, components, grads[Site("z", layer)].double())
+            else:
+                values = per_node(self.deltas[site] * grads[site].float(), site.kind, components)
+            out.append((indices, values.float()))
+        return out
+
+    def _qk(self, site: Site, components: list[Component], grad_o: torch.Tensor) -> torch.Tensor:
+        q, k, v, q_new, k_new = self.attention[site.layer]
+        if site.kind == "q":
+            return _pick(query_fix(self.geometry, q, k, v, q_new, grad_o).permute(0, 2, 1), components)
+        groups = self.config.n_heads // self.config.n_kv_heads
+        by_head = key_fix(self.geometry, q, k, v, k_new, grad_o).permute(0, 2, 1)  # [b, heads, pos]
+        by_group = by_head.reshape(by_head.shape[0], -1, groups, by_head.shape[-1]).sum(2)
+        if all(c.position is not None for c in components):
+            return _pick(by_group, components)
+        whole = all_keys_fix(self.geometry, q, k, v, k_new, grad_o)  # [b, heads]: every key at once
+        whole = whole.reshape(whole.shape[0], -1, groups).sum(-1)[..., None]  # [b, groups, 1]
+        return torch.stack([whole[:, c.index, 0] if c.position is None else by_group[:, c.index, c.position]
+                            for c in components], dim=1)

@@ -1,0 +1,141 @@
+"""Checking an attribution ranking: exact patching of its top nodes, and a bound on what the
+unverified rest could hide (AtP*'s subsampling diagnostic, Kramar et al. 2024, section 4)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+from interp.backends.base import Edit, RunSpec
+from interp.components import Component, Site
+from interp.corruption import noise_edit, target_and_source
+from interp.metrics import task_metric
+from interp.model import Model, component_index
+from interp.patching import activation_patching
+from interp.results import Result
+from interp.tasks import Task
+
+
+def _run_settings(result: Result) -> dict:
+    keys = ("direction", "corruption", "noise_std", "seed")
+    return {key: result.settings[key] for key in keys} | {"metric": result.metric}
+
+
+def verify_top(model: Model, task: Task, result: Result, k: int, progress: bool = True) -> Result:
+    """Exactly patch the ``k`` highest-ranked components of an attribution result.
+
+    Adds ``arrays["exact"]`` (normalized exact effect, NaN where not verified) and
+    ``extra["verification"]`` (components, estimates, exact effects, cost) to ``result``.
+    """
+    if k < 1:
+        raise ValueError(f"--verify-top must be at least 1, got {k}")
+    order = result.ranking()[:k]
+    components = [result.components[i] for i in order]
+    exact = activation_patching(model, task, result.granularity, components=components, progress=progress,
+                                **_run_settings(result))
+    column = np.full(len(result.components), np.nan)
+    column[order] = exact.scores
+    result.arrays["exact"] = column
+    estimates = result.scores[order]
+    result.extra["verification"] = {
+        "k": len(order), "components": components, "estimate": estimates.tolist(), "exact": exact.scores.tolist(),
+        "max_abs_error": float(np.max(np.abs(estimates - exact.scores))),
+        "forward_passes": exact.n_forward_passes, "forward_equivalents": exact.extra["forward_equivalents"],
+        "seconds": exact.wall_seconds,
+    }
+    return result
+
+
+def _subset_edit(site_components: list[tuple[int, Component]], included: torch.Tensor, source: torch.Tensor,
+                 n_prompts: int) -> Edit:
+    """Replace, in variant v's rows, every component whose ``included[v, node]`` is set."""
+    mask = torch.zeros(included.shape[0], *source.shape[1:], dtype=torch.bool, device=source.device)
+    for node, component in site_components:
+        for v in included[:, node].nonzero()[:, 0].tolist():
+            mask[(v, *component_index(component, source.dim())[1:])] = True
+    rows_mask = mask.repeat_interleave(n_prompts, dim=0)
+    tiled = source.repeat(included.shape[0], *[1] * (source.dim() - 1))
+    return lambda activation: torch.where(rows_mask, tiled.to(activation.dtype), activation)
+
+
+def diagnose(model: Model, task: Task, result: Result, *, samples: int = 64, p: float = 0.1,
+             confidence: float = 0.95, seed: int = 0, batch_variants: int = 8, progress: bool = True) -> Result:
+    """Bound the largest effect an unverified component could have.
+
+    ``samples`` forwards each jointly patch a random subset of the unverified components
+    (each included with probability ``p``); per component, the Welch upper confidence bound of
+    |mean(effect | included) - mean(effect | excluded)| at ``confidence``. Adds
+    ``extra["diagnostic"]`` with the largest bound, normalized like ``scores``.
+    """
+    if not 0 < p < 1:
+        raise ValueError(f"--diagnose-p must be between 0 and 1, got {p}")
+    if samples < 4:
+        raise ValueError(f"--diagnose-samples must be at least 4, got {samples}")
+    start = time.perf_counter()
+    verified = set(np.flatnonzero(~np.isnan(result.arrays["exact"]))) if "exact" in result.arrays else set()
+    rest = [i for i in range(len(result.components)) if i not in verified]
+    if not rest:
+        raise ValueError("every component was verified exactly: nothing is left to diagnose")
+    components = [Component.parse(result.components[i]) for i in rest]
+    settings = _run_settings(result)
+    metric_of, n_forward = task_metric(settings.pop("metric"), model, task)
+    target, source = target_and_source(model, task, **settings)
+    sites = {c.site for c in components}
+    n_prompts = task.clean_tokens.shape[0]
+    with torch.no_grad():
+        source_acts = model.forward(RunSpec(source.tokens, edits=source.edits(), reads=sites, logits_to_keep=1)).activations
+        target_metric = metric_of(model.forward(RunSpec(target.tokens, edits=target.edits(), logits_to_keep=1)).logits[:, -1])
+    generator = torch.Generator().manual_seed(seed)
+    included = torch.rand(samples, len(components), generator=generator) < p
+    effects = torch.empty(samples)
+    by_site: dict[Site, list[tuple[int, Component]]] = {}
+    for node, component in enumerate(components):
+        by_site.setdefault(component.site, []).append((node, component))
+    bar = tqdm(total=samples, desc="diagnostic", disable=not progress, unit="sample")
+    for first in range(0, samples, batch_variants):
+        chunk = included[first:first + batch_variants]
+        n_variants = chunk.shape[0]
+        edits: dict[Site, list[Edit]] = {}
+        if target.noise is not None:
+            edits[Site("resid_pre", 0)] = [noise_edit(target.noise, 0, n_variants)]
+        for site, members in by_site.items():
+            edits.setdefault(site, []).append(_subset_edit(members, chunk, source_acts[site], n_prompts))
+        rows = torch.arange(n_prompts).repeat(n_variants)
+        with torch.no_grad():
+            logits = model.forward(RunSpec(target.tokens.repeat(n_variants, 1), edits=edits, logits_to_keep=1)).logits
+        patched = metric_of(logits[:, -1], rows).view(n_variants, n_prompts)
+        effects[first:first + n_variants] = (patched - target_metric).mean(1).cpu()
+        n_forward += 1
+        bar.update(n_variants)
+    bar.close()
+
+    bounds = np.zeros(len(components))
+    values = effects.numpy().astype(np.float64)
+    for node in range(len(components)):
+        inside, outside = values[included[:, node].numpy()], values[~included[:, node].numpy()]
+        if len(inside) < 2 or len(outside) < 2:
+            bounds[node] = np.inf  # too few samples to say anything about this node
+            continue
+        var_in, var_out = inside.var(ddof=1) / len(inside), outside.var(ddof=1) / len(outside)
+        standard_error = np.sqrt(var_in + var_out)
+        bounds[node] = abs(inside.mean() - outside.mean())
+        if standard_error > 0:  # Welch-Satterthwaite degrees of freedom
+            dof = (var_in + var_out) ** 2 / (var_in ** 2 / (len(inside) - 1) + var_out ** 2 / (len(outside) - 1))
+            bounds[node] += stats.t.ppf(confidence, dof) * standard_error
+    difference = abs(result.corrupt_metric - result.clean_metric)
+    if np.isinf(bounds).all():
+        raise ValueError(f"no component was both included and excluded twice in {samples} samples at p={p}; "
+                         "raise --diagnose-samples or --diagnose-p")
+    worst = int(np.argmax(np.where(np.isinf(bounds), -np.inf, bounds)))
+    result.extra["diagnostic"] = {
+        "bound": float(bounds[worst] / difference), "component": str(components[worst]),
+        "confidence": confidence, "samples": samples, "p": p, "n_unverified": len(components),
+        "n_without_enough_samples": int(np.isinf(bounds).sum()), "forward_passes": n_forward + 2,
+        "seconds": time.perf_counter() - start,
+        "note": "jointly patched components may interact; the bound assumes their effects add",
+    }
+    return result
