@@ -22,7 +22,7 @@ _USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError, KeyError)
 def _add_patch(subparsers) -> None:
     from interp.backends import BACKENDS
     from interp.metrics import METRICS
-    from interp.patching import CORRUPTIONS, DIRECTIONS
+    from interp.corruption import CORRUPTIONS, DIRECTIONS
 
     p = subparsers.add_parser("patch", help="activation patching sweep over one granularity",
                               description="Activation patching: the effect of each component on the task's metric.")

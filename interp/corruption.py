@@ -63,6 +63,11 @@ def target_and_source(model, task: Task, direction: str, corruption: str, noise_
     return (clean, corrupt) if direction == "noising" else (corrupt, clean)
 
 
+def clean_and_corrupt(direction: str, target, source) -> tuple:
+    """Reorder a (target, source) pair of anything per-run into (clean, corrupt)."""
+    return (target, source) if direction == "noising" else (source, target)
+
+
 def check_settings(model, task: Task, direction: str, corruption: str) -> None:
     """One-line errors for an unknown direction or corruption, or a task the model cannot read."""
     if direction not in DIRECTIONS:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from interp.backends.base import Edit, RunSpec
 from interp.components import Component, Site, enumerate_components, granularity_shape
-from interp.corruption import CORRUPTIONS, DIRECTIONS, RunInput, check_settings, noise_edit, target_and_source
+from interp.corruption import RunInput, check_settings, clean_and_corrupt, noise_edit, target_and_source
 from interp.metrics import normalized, task_metric
 from interp.model import Model, component_index
 from interp.results import Result
@@ -38,6 +38,8 @@ AXES = {
     "k_pos": ["layer", "kv_group", "position"], "v_pos": ["layer", "kv_group", "position"],
     "pattern": ["layer", "head"], "neurons": ["layer", "neuron"],
 }
+
+
 @dataclass
 class _Runs:
     """The two runs of a sweep and what the patched forwards resume from."""
@@ -59,7 +61,7 @@ def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, 
     target_out = model.forward(RunSpec(target.tokens, edits=target.edits(), reads=resid_sites, logits_to_keep=1, return_cache=True))
     source_out = model.forward(RunSpec(source.tokens, edits=source.edits(), reads=sites, logits_to_keep=1))
     target_metric, source_metric = metric_of(target_out.logits[:, -1]), metric_of(source_out.logits[:, -1])
-    clean_metric, corrupt_metric = (target_metric, source_metric) if direction == "noising" else (source_metric, target_metric)
+    clean_metric, corrupt_metric = clean_and_corrupt(direction, target_metric, source_metric)
     runs = _Runs(
         target=target, target_resid={site.layer: act for site, act in target_out.activations.items()},
         target_cache=target_out.past_key_values, source_acts=source_out.activations,

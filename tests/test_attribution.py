@@ -10,6 +10,7 @@ import interp
 from interp import tasks
 from interp.attention_geometry import AttentionGeometry
 from interp.attribution import attribution_patching, diagnose, verify_top
+from interp.attribution.estimates import NodeSelector, per_node
 from interp.attribution.qk_fix import all_keys_fix, key_fix, query_fix
 from interp.backends.base import RunSpec
 from interp.components import Site
@@ -161,9 +162,8 @@ def _brute_force_graddrop(model, task, components):
             out = model.forward(RunSpec(task.clean_tokens, edits=edits, reads=sites, logits_to_keep=1, keep_grad=True))
             grads = torch.autograd.grad(metric_of(out.logits[:, -1]).sum(), [out.activations[s] for s in sites], allow_unused=True)
         grad = {s: (torch.zeros_like(out.activations[s]) if g is None else g) for s, g in zip(sites, grads)}
-        from interp.attribution.estimates import per_node
-
-        terms.append(torch.cat([per_node((source[c.site] - out.activations[c.site].detach()) * grad[c.site], c.kind, [c])
+        terms.append(torch.cat([per_node((source[c.site] - out.activations[c.site].detach()) * grad[c.site], c.kind,
+                                         NodeSelector.of([c]))
                                 for c in components], dim=1))
     return torch.stack(terms).abs().sum(0) / (n_layers - 1)  # [n_prompts, n_components]
 
@@ -255,3 +255,33 @@ def test_diagnostic_bound_is_zero_when_nothing_is_left_and_catches_a_missed_node
     fresh = attribution_patching(random_llama, llama_ioi, "heads_pos", method="atp", layers=last, progress=False)
     diagnose(random_llama, llama_ioi, fresh, samples=128, p=0.3, progress=False)
     assert fresh.extra["diagnostic"]["bound"] >= 0.5 * np.abs(exact.scores).max()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"p": 1.5}, "--diagnose-p must be between 0 and 1, got 1.5"),
+    ({"samples": 2}, "--diagnose-samples must be at least 4, got 2"),
+])
+def test_bad_diagnostic_settings_are_one_line(random_llama, llama_ioi, options, message):
+    result = attribution_patching(random_llama, llama_ioi, "attn_out", method="atp", progress=False)
+    with pytest.raises(ValueError, match=message.replace("-", r"\-")):
+        diagnose(random_llama, llama_ioi, result, progress=False, **options)
+
+
+def test_nothing_left_to_diagnose_and_bad_k_are_one_line(random_llama, llama_ioi):
+    result = attribution_patching(random_llama, llama_ioi, "attn_out", method="atp", progress=False)
+    with pytest.raises(ValueError, match="--verify-top must be at least 1, got 0"):
+        verify_top(random_llama, llama_ioi, result, 0, progress=False)
+    verify_top(random_llama, llama_ioi, result, len(result.components), progress=False)
+    with pytest.raises(ValueError, match="every component was verified exactly: nothing is left to diagnose"):
+        diagnose(random_llama, llama_ioi, result, progress=False)
+
+
+def test_attention_the_qk_fix_cannot_reproduce_is_refused(random_llama, llama_ioi):
+    from interp.attention_geometry import AttentionGeometryError
+
+    _, cache = random_llama.run_with_cache(llama_ioi.clean_tokens, [Site(k, 1) for k in ("q", "k", "pattern")])
+    wrong = AttentionGeometry.of(random_llama)
+    wrong.scale *= 2
+    q, k = wrong.rotate(cache[Site("q", 1)], cache[Site("k", 1)])
+    with pytest.raises(AttentionGeometryError, match="layer 1: recomputed attention differs from the model's"):
+        wrong.check(q, k, cache[Site("pattern", 1)], "random-llama layer 1")

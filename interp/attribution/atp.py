@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from interp.attribution.backward import layer_gradients, n_units, traced_run, units_below
 from interp.attribution.estimates import QK_KINDS, NodeEstimator
 from interp.backends.base import RunSpec
-from interp.corruption import check_settings, select_rows, target_and_source
+from interp.corruption import check_settings, clean_and_corrupt, select_rows, target_and_source
 from interp.metrics import normalized, task_metric
 from interp.model import Model
 from interp.patching import resolve_components
@@ -120,7 +120,7 @@ def attribution_patching(
     difference = source_mean - target_mean
     scores = normalized(target_mean + estimates.mean(0), target_mean, source_mean)
     importance = (dropped / (units - 1) if drop else estimates.abs()).mean(0) / abs(difference)
-    clean, corrupt = (target_metric, source_metric) if direction == "noising" else (source_metric, target_metric)
+    clean, corrupt = clean_and_corrupt(direction, target_metric, source_metric)
     n_chunks = -(-n_prompts // step)
     n_backward = n_chunks * (1 + units)
     chosen = "atp*" if use_qk and drop else "+".join(["atp"] + ["qk"] * use_qk + ["graddrop"] * bool(drop))

@@ -8,6 +8,7 @@ sum over the slice of (source - target) * dL/d(activation) on the target run.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
@@ -18,23 +19,35 @@ from interp.components import INDEX_AXIS, POSITION_AXIS, Component, Site
 QK_KINDS = ("q", "k")
 
 
-def per_node(products: torch.Tensor, kind: str, components: list[Component]) -> torch.Tensor:
-    """Sum a site-shaped tensor over each component's slice: [batch, len(components)]."""
+@dataclass(frozen=True)
+class NodeSelector:
+    """Where each of a list of components sits in a [batch, index, position] tensor."""
+
+    index: torch.Tensor  # [n] head/group/neuron (0 for kinds without one)
+    position: torch.Tensor  # [n] position (0 where the component spans every position)
+    positioned: torch.Tensor  # [n] bool: the component is one position, not all of them
+
+    @classmethod
+    def of(cls, components: list[Component]) -> "NodeSelector":
+        return cls(torch.tensor([c.index or 0 for c in components]),
+                   torch.tensor([c.position or 0 for c in components]),
+                   torch.tensor([c.position is not None for c in components]))
+
+    def pick(self, by_index_position: torch.Tensor) -> torch.Tensor:
+        """[batch, index, position] -> [batch, n]; a component without a position sums them."""
+        one = by_index_position[:, self.index, self.position]
+        every = by_index_position.sum(-1)[:, self.index]
+        return torch.where(self.positioned, one, every)
+
+
+def per_node(products: torch.Tensor, kind: str, selector: NodeSelector) -> torch.Tensor:
+    """Sum a site-shaped tensor over each selected component's slice: [batch, n]."""
     axes = [0] + ([INDEX_AXIS[kind]] if kind in INDEX_AXIS else []) + [POSITION_AXIS[kind]]
     rest = [a for a in range(products.dim()) if a not in axes]
     n_index = products.shape[INDEX_AXIS[kind]] if kind in INDEX_AXIS else 1
     shape = (products.shape[0], n_index, products.shape[POSITION_AXIS[kind]], -1)
     folded = products.permute(*axes, *rest).reshape(shape).sum(-1)  # [batch, index, position]
-    return _pick(folded, components)
-
-
-def _pick(by_index_position: torch.Tensor, components: list[Component]) -> torch.Tensor:
-    """[batch, index, position] -> [batch, len(components)] (a component without position sums them)."""
-    columns = []
-    for c in components:
-        row = by_index_position[:, c.index or 0]
-        columns.append(row.sum(-1) if c.position is None else row[:, c.position])
-    return torch.stack(columns, dim=1)
+    return selector.pick(folded)
 
 
 class NodeEstimator:
@@ -50,7 +63,7 @@ class NodeEstimator:
         self.by_site: dict[Site, list[int]] = defaultdict(list)
         for i, c in enumerate(components):
             self.by_site[c.site].append(i)
-        self.components = components
+        self.selectors = {site: NodeSelector.of([components[i] for i in indices]) for site, indices in self.by_site.items()}
         self.qk_layers = sorted({c.layer for c in components if qk_fix and c.kind in QK_KINDS})
         self.geometry = AttentionGeometry.of(model) if self.qk_layers else None
 
@@ -84,24 +97,24 @@ class NodeEstimator:
         for site, indices in self.by_site.items():
             if site.layer != layer:
                 continue
-            components = [self.components[i] for i in indices]
             if self.qk_fix and site.kind in QK_KINDS:
-                values = self._qk(site, components, grads[Site("z", layer)].double())
+                values = self._qk(site, grads[Site("z", layer)].double())
             else:
-                values = per_node(self.deltas[site] * grads[site].float(), site.kind, components)
+                values = per_node(self.deltas[site] * grads[site].float(), site.kind, self.selectors[site])
             out.append((indices, values.float()))
         return out
 
-    def _qk(self, site: Site, components: list[Component], grad_o: torch.Tensor) -> torch.Tensor:
+    def _qk(self, site: Site, grad_o: torch.Tensor) -> torch.Tensor:
         q, k, v, q_new, k_new = self.attention[site.layer]
+        selector = self.selectors[site]
         if site.kind == "q":
-            return _pick(query_fix(self.geometry, q, k, v, q_new, grad_o).permute(0, 2, 1), components)
+            return selector.pick(query_fix(self.geometry, q, k, v, q_new, grad_o).permute(0, 2, 1))
         groups = self.config.n_heads // self.config.n_kv_heads
         by_head = key_fix(self.geometry, q, k, v, k_new, grad_o).permute(0, 2, 1)  # [b, heads, pos]
         by_group = by_head.reshape(by_head.shape[0], -1, groups, by_head.shape[-1]).sum(2)
-        if all(c.position is not None for c in components):
-            return _pick(by_group, components)
-        whole = all_keys_fix(self.geometry, q, k, v, k_new, grad_o)  # [b, heads]: every key at once
-        whole = whole.reshape(whole.shape[0], -1, groups).sum(-1)[..., None]  # [b, groups, 1]
-        return torch.stack([whole[:, c.index, 0] if c.position is None else by_group[:, c.index, c.position]
-                            for c in components], dim=1)
+        if selector.positioned.all():
+            return selector.pick(by_group)
+        # a key node over every position changes whole rows at once: recompute them
+        whole = all_keys_fix(self.geometry, q, k, v, k_new, grad_o)  # [b, heads]
+        whole = whole.reshape(whole.shape[0], -1, groups).sum(-1)  # [b, groups]
+        return torch.where(selector.positioned, selector.pick(by_group), whole[:, selector.index])

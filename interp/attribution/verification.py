@@ -88,7 +88,9 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 64, p: 
     n_prompts = task.clean_tokens.shape[0]
     with torch.no_grad():
         source_acts = model.forward(RunSpec(source.tokens, edits=source.edits(), reads=sites, logits_to_keep=1)).activations
-        target_metric = metric_of(model.forward(RunSpec(target.tokens, edits=target.edits(), logits_to_keep=1)).logits[:, -1])
+    # the unpatched target run's metric, per prompt, as the result recorded it
+    target_run = "clean" if settings["direction"] == "noising" else "corrupt"
+    target_metric = torch.as_tensor(result.arrays[f"{target_run}_metric"], device=task.clean_tokens.device)
     generator = torch.Generator().manual_seed(seed)
     included = torch.rand(samples, len(components), generator=generator) < p
     effects = torch.empty(samples)
@@ -134,7 +136,7 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 64, p: 
     result.extra["diagnostic"] = {
         "bound": float(bounds[worst] / difference), "component": str(components[worst]),
         "confidence": confidence, "samples": samples, "p": p, "n_unverified": len(components),
-        "n_without_enough_samples": int(np.isinf(bounds).sum()), "forward_passes": n_forward + 2,
+        "n_without_enough_samples": int(np.isinf(bounds).sum()), "forward_passes": n_forward + 1,
         "seconds": time.perf_counter() - start,
         "note": "jointly patched components may interact; the bound assumes their effects add",
     }
