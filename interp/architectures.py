@@ -30,24 +30,26 @@ class Layout:
     qkv: tuple[str, ...]
     mlp: str
     mlp_out_proj: str  # module whose input is the MLP neurons' activations
+    attn_norm: str  # the pre-norm feeding attention
+    mlp_norm: str  # the pre-norm feeding the MLP
     fused_qkv: str | None = None
 
 
 _LLAMA_LIKE = Layout(
     layers="model.layers", attn="self_attn", z_proj="self_attn.o_proj",
     qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    mlp="mlp", mlp_out_proj="mlp.down_proj",
+    mlp="mlp", mlp_out_proj="mlp.down_proj", attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
 )
 
 LAYOUTS: dict[str, Layout] = {
     "GPT2LMHeadModel": Layout(
         layers="transformer.h", attn="attn", z_proj="attn.c_proj", qkv=("attn.c_attn",),
-        mlp="mlp", mlp_out_proj="mlp.c_proj", fused_qkv="concat",
+        mlp="mlp", mlp_out_proj="mlp.c_proj", attn_norm="ln_1", mlp_norm="ln_2", fused_qkv="concat",
     ),
     "GPTNeoXForCausalLM": Layout(
         layers="gpt_neox.layers", attn="attention", z_proj="attention.dense",
         qkv=("attention.query_key_value",), mlp="mlp", mlp_out_proj="mlp.dense_4h_to_h",
-        fused_qkv="per_head",
+        attn_norm="input_layernorm", mlp_norm="post_attention_layernorm", fused_qkv="per_head",
     ),
     "LlamaForCausalLM": _LLAMA_LIKE,
     "MistralForCausalLM": _LLAMA_LIKE,

@@ -3,6 +3,8 @@
     interp patch --model smollm2-135m --task ioi --n-prompts 16 --granularity heads \
         --method exact --direction noising --out runs/ioi-heads
     interp patch --method atp* --granularity heads_pos --verify-top 20 --diagnose
+    interp redundancy --model smollm2-135m --out runs/redundancy
+    interp drop --model smollm2-135m --attn 8 --out runs/drop-attn8
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from interp.cli_redundancy import add_commands as add_redundancy_commands
 from interp.components import GRANULARITIES
 
 # Errors that are the user's input, reported as one line (never a traceback).
@@ -127,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description="Mechanistic interpretability toolkit.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_patch(subparsers)
+    add_redundancy_commands(subparsers)
     return parser
 
 

@@ -74,3 +74,10 @@ def task_metric(name: str, model, task) -> tuple[Callable[..., torch.Tensor], in
         return fn(logits, task.answers[rows], task.wrong_answers[rows], reference).float()
 
     return metric_of, int(clean_logprobs is not None)
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy [batch, pos - 1] in nats of predicting tokens[:, 1:] from logits[:, :-1]
+    (logits [batch, pos, d_vocab]; log-probabilities work too)."""
+    logprobs = logits[:, :-1].float().log_softmax(-1)
+    return -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]

@@ -132,6 +132,19 @@ class Model:
         with layers_replayed(decoder_layers(self.hf_model, self.config.architecture), resume.layer, resume.resid):
             return self.backend.forward(spec)
 
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """Greedy generation of exactly ``new_tokens`` tokens with the KV cache: ids [batch, pos + new_tokens].
+
+        Runs the Hugging Face ``generate`` (layers dropped with ``interp.layer_dropping.dropped``
+        stay dropped); ``patch`` edits do not reach it, so it refuses to run inside one.
+        """
+        if self._active_edits:
+            raise ValueError("generate does not apply patch edits; call it outside a model.patch(...) block")
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        return self.hf_model.generate(tokens, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                      use_cache=True, pad_token_id=pad, attention_mask=torch.ones_like(tokens))
+
     def _sites(self, components: Sequence[Union[ComponentLike, Site]]) -> set[Site]:
         sites = set()
         for item in components:

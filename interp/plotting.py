@@ -55,3 +55,47 @@ def result_heatmap(result: Result, name: str = "scores") -> go.Figure:
                        title, "position", axes[1])
     index_labels = [str(i) for i in range(grid.shape[1])]
     return heatmap(grid, index_labels, layer_labels, title, axes[1], "layer")
+
+
+def importance_figure(result: Result) -> go.Figure:
+    """Per-layer importance (1 - cos) of attention, MLP and blocks from a redundancy run."""
+    grid = result.grid()
+    layers = list(range(grid.shape[1]))
+    figure = go.Figure([go.Bar(name=kind, x=layers, y=grid[i], hovertemplate=f"{kind} L%{{x}}: %{{y:.4f}}<extra></extra>")
+                        for i, kind in enumerate(result.settings.get("unit_kinds", ["attn", "mlp", "block"]))])
+    figure.update_layout(title=f"layer importance (1 - cos similarity) · {result.model} · {result.task}",
+                         xaxis_title="layer", yaxis_title="importance (1 - cos)", yaxis_type="log",
+                         barmode="group", template="plotly_white")
+    return figure
+
+
+def pruning_curves_figure(curves: dict, metric: str = "perplexity", title: str = "") -> go.Figure:
+    """``metric`` after dropping k units, one line per method (random seeds thin grey, their mean
+    dashed), with the generation speed-up of the attention curve on a second axis."""
+    figure = go.Figure()
+    for curve in curves["curves"]:
+        values = [p.get(metric) for p in curve["points"]]
+        k = list(range(len(values)))
+        if curve["method"] == "random":
+            figure.add_trace(go.Scatter(x=k, y=values, mode="lines", name=curve["name"], line={"color": "lightgrey", "width": 1},
+                                        legendgroup="random", showlegend=False))
+        else:
+            figure.add_trace(go.Scatter(x=k, y=values, mode="lines+markers", name=curve["name"],
+                                        customdata=[[", ".join(p["dropped"][-1:])] for p in curve["points"]],
+                                        hovertemplate="k=%{x}: %{y:.4g}<br>last dropped: %{customdata[0]}<extra>" + curve["name"] + "</extra>"))
+    random = [c for c in curves["curves"] if c["method"] == "random"]
+    if random:
+        mean = np.mean([[p.get(metric) for p in c["points"]] for c in random], axis=0)
+        figure.add_trace(go.Scatter(x=list(range(len(mean))), y=mean, mode="lines", name=f"random (mean of {len(random)})",
+                                    line={"color": "grey", "dash": "dash"}))
+    attn = next((c for c in curves["curves"] if c["name"] == "attn"), None)
+    full_speed = curves["full"].get("generation_tokens_per_s")
+    if attn is not None and full_speed:
+        speedup = [p.get("generation_tokens_per_s", np.nan) / full_speed for p in attn["points"]]
+        figure.add_trace(go.Scatter(x=list(range(len(speedup))), y=speedup, mode="lines", yaxis="y2",
+                                    name="generation speed-up (attn)", line={"color": "black", "dash": "dot"}))
+        figure.update_layout(yaxis2={"title": "generation speed-up (x)", "overlaying": "y", "side": "right"})
+    figure.update_layout(title=title or f"{metric} after dropping k units", xaxis_title="k (units dropped)",
+                         yaxis_title=metric, yaxis_type="log" if metric == "perplexity" else "linear",
+                         template="plotly_white", legend={"x": 1.08})
+    return figure

@@ -59,10 +59,10 @@ class Result:
     scores: np.ndarray
     shape: list[int]
     axes: list[str]
-    clean_metric: float
-    corrupt_metric: float
-    wall_seconds: float
-    n_forward_passes: int
+    clean_metric: float | None = None  # None for analyses with no clean/corrupt pair (redundancy)
+    corrupt_metric: float | None = None
+    wall_seconds: float = 0.0
+    n_forward_passes: int = 0
     n_backward_passes: int = 0
     settings: dict = field(default_factory=dict)
     tokens: list[str] = field(default_factory=list)
