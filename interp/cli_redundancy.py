@@ -155,9 +155,7 @@ def _print_redundancy(result, found: dict) -> None:
     if curves:
         print(f"perplexity after dropping k units (full model {curves['full']['perplexity']:.2f}):")
         from interp.pruning import curve_values
-        names = sorted({c["name"] if c["method"] != "random" else "random" for c in curves["curves"]},
-                       key=lambda n: list(c["method"] for c in curves["curves"]).index(n.split("/")[0]))
-        for name in names:
+        for name in dict.fromkeys("random" if c["method"] == "random" else c["name"] for c in curves["curves"]):
             values = curve_values(curves, name, "perplexity")
             print(f"  {name:<15} " + " ".join(f"{v:8.2f}" for v in values))
 

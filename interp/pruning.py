@@ -155,6 +155,8 @@ def evaluate(model, units: Sequence[Unit | str], evaluation: EvaluationSet, meas
     row: dict = {"dropped": [str(u) for u in units], "n_attn_dropped": n_attn, "n_mlp_dropped": n_mlp,
                  "parameters_dropped": parameter_count(model, units)}
     with dropped(model, units):
+        if measure_speed:  # warm-up: the first forward of a configuration is slower
+            model.run(evaluation.tokens[:1])
         start, total, count = time.perf_counter(), 0.0, 0
         for i in range(0, evaluation.tokens.shape[0], evaluation.batch_size):
             batch = evaluation.tokens[i:i + evaluation.batch_size]
@@ -176,7 +178,9 @@ def evaluate(model, units: Sequence[Unit | str], evaluation: EvaluationSet, meas
 
 
 def generation_speed(model, prompts: torch.Tensor, new_tokens: int) -> float:
-    """Greedy generation throughput with the KV cache, new tokens per second (whole batch)."""
+    """Greedy generation throughput with the KV cache, new tokens per second (whole batch),
+    after a one-token warm-up generation."""
+    model.generate(prompts, 1)
     start = time.perf_counter()
     model.generate(prompts, new_tokens)
     return prompts.shape[0] * new_tokens / (time.perf_counter() - start)
@@ -185,16 +189,14 @@ def generation_speed(model, prompts: torch.Tensor, new_tokens: int) -> float:
 def speed_comparison(model, units: Sequence[Unit | str], prompts: torch.Tensor, new_tokens: int,
                      repeats: int = 3) -> dict:
     """Median greedy-generation throughput (new tokens/s) of the intact and the pruned model,
-    timed alternately after one warm-up each, and their ratio."""
+    timed alternately, and their ratio."""
     if repeats < 1:
         raise DropError(f"repeats must be at least 1, got {repeats}")
     timings: dict[str, list[float]] = {"full": [], "dropped": []}
-    for repeat in range(repeats + 1):
+    for _ in range(repeats):
         for name, drop in (("full", []), ("dropped", units)):
             with dropped(model, drop):
-                speed = generation_speed(model, prompts, new_tokens)
-            if repeat:
-                timings[name].append(speed)
+                timings[name].append(generation_speed(model, prompts, new_tokens))
     full, pruned = float(np.median(timings["full"])), float(np.median(timings["dropped"]))
     return {"full_generation_tokens_per_s": full, "dropped_generation_tokens_per_s": pruned,
             "generation_speedup": pruned / full, "repeats": repeats, "new_tokens": new_tokens,

@@ -301,3 +301,31 @@ def test_pruning_curves_follow_each_methods_order(random_llama, chunks, evaluati
         assert curve["points"][2]["perplexity"] == pytest.approx(k2["perplexity"], rel=1e-6)
     block = next(c for c in curves["curves"] if c["name"] == "block")
     assert block["points"][1]["n_attn_dropped"] == block["points"][1]["n_mlp_dropped"] == 1
+
+
+def test_findings_read_the_scores_and_curves():
+    from interp.pruning import findings
+    from interp.redundancy import SimilarityScores
+
+    n = 6
+    units = [Unit(k, l) for k in ("attn", "mlp", "block") for l in range(n)]
+    attn_cos = [0.90, 0.95, 0.97, 0.99, 0.995, 0.999]  # deeper attention is more redundant
+    mlp_cos = [0.90, 0.92, 0.93, 0.94, 0.95, 0.96]
+    scores = SimilarityScores(units, np.array(attn_cos + mlp_cos + [0.9] * n), np.zeros(3 * n), 10)
+    point = lambda ppl: {"perplexity": ppl, "dropped": []}  # noqa: E731
+    curves = {"max_k": 2, "curves": [
+        {"name": "attn", "method": "attn", "points": [point(10), point(11), point(12)]},
+        {"name": "mlp", "method": "mlp", "points": [point(10), point(15), point(30)]},
+        {"name": "random/seed0", "method": "random", "points": [point(10), point(13), point(11)]},
+        {"name": "random/seed1", "method": "random", "points": [point(10), point(13), point(15)]},
+    ]}
+    found = findings(scores, curves, n)
+    first = found["attention_more_redundant_than_mlp"]
+    assert first["holds"] and first["fraction_of_layers_attention_below_mlp"] == pytest.approx(5 / 6)
+    deeper = found["redundant_attention_in_deeper_layers"]
+    assert deeper["holds"] and deeper["most_redundant_attention_layers"] == [5, 4] and deeper["fraction_in_last_third"] == 1.0
+    hurts = found["dropping_similar_attention_hurts_less"]
+    assert hurts["random_perplexity"] == [13, 13] and hurts["k_where_attn_beats_random"] == [1, 2]
+    assert hurts["k_where_attn_beats_mlp"] == [1, 2] and hurts["holds"]
+    curves["curves"][3]["points"][2] = point(11)  # random mean at k=2: 11 < 12, attention no longer beats it
+    assert not findings(scores, curves, n)["dropping_similar_attention_hurts_less"]["holds"]
