@@ -21,8 +21,7 @@ import torch
 import interp
 from interp.corpus import load_corpus
 from interp.layer_dropping import dropped
-from interp.metrics import next_token_loss
-from interp.pruning import drop_order, speed_comparison
+from interp.pruning import EvaluationSet, drop_order, evaluate, speed_comparison
 from interp.results import versions
 
 
@@ -75,11 +74,10 @@ def main() -> None:
         with dropped(model, units), torch.no_grad():
             prefill = median_seconds(lambda: model.run(held), args.repeats)
             cache = cache_bytes(model, prompts, args.new_tokens)
-            loss = float(np.mean([next_token_loss(model.run(held[i:i + 4]), held[i:i + 4]).mean().item()
-                                  for i in range(0, held.shape[0], 4)]))
+        perplexity = evaluate(model, units, EvaluationSet(held, batch_size=4), measure_speed=False)["perplexity"]
         rows.append({"k": k, "dropped": [str(u) for u in units], **speed,
                      "prefill_tokens_per_s": held.numel() / prefill, "kv_cache_bytes": cache,
-                     "held_out_perplexity": float(np.exp(loss))})
+                     "held_out_perplexity": perplexity})
     full_prefill = rows[0]["prefill_tokens_per_s"] if ks[0] == 0 else None
     report = {"model": model.config.name, "backend": args.backend, "device": args.device,
               "threads": torch.get_num_threads(), "batch": args.batch, "prompt_length": args.prompt_length,

@@ -98,7 +98,7 @@ def _run_redundancy(args: argparse.Namespace) -> int:
     from interp.layer_dropping import DropError
     from interp.plotting import importance_figure, pruning_curves_figure
     from interp.pruning import candidate_units, findings, pruning_curves
-    from interp.redundancy import ablation_scores, similarity_scores
+    from interp.redundancy import ablation_scores
     from interp.results import Result
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -110,10 +110,9 @@ def _run_redundancy(args: argparse.Namespace) -> int:
         raise DropError(f"--max-drop {max_k} is out of range: {model.config.name} has {n_layers} layers")
     for method in methods:
         candidate_units(model.config, method)
-    scores = similarity_scores(model, tokens, skip_first=args.skip_first, last_token_only=args.last_token,
-                               batch_size=args.batch_size, progress=True)
+    scores = options.similarity(model, tokens, progress=True)
     arrays = {"cos": scores.cos, "angular": scores.angular}
-    n_forward = -(-tokens.shape[0] // args.batch_size)
+    n_forward = scores.n_forward_passes
     if not args.no_ablation:
         ablation = ablation_scores(model, tokens, scores.units, args.divergence, args.batch_size, progress=True)
         arrays["loss_change"] = ablation.loss - ablation.full_loss
@@ -163,7 +162,6 @@ def _print_redundancy(result, found: dict) -> None:
 def _run_drop(args: argparse.Namespace) -> int:
     from interp.layer_dropping import DropError, Unit
     from interp.pruning import drop_order, evaluate, speed_comparison
-    from interp.redundancy import similarity_scores
     from interp.results import Result
 
     selections = [("attn_iterative" if args.iterative else "attn", args.attn), ("mlp", args.mlp), ("block", args.blocks),
@@ -175,8 +173,7 @@ def _run_drop(args: argparse.Namespace) -> int:
     model, tokens, evaluation, options = _prepare(args)
     for unit in named:
         unit.validate(model.config)
-    scores = similarity_scores(model, tokens, skip_first=args.skip_first, last_token_only=args.last_token,
-                               batch_size=args.batch_size)
+    scores = options.similarity(model, tokens)
     units = list(named)
     for method, k in selections:
         if k:

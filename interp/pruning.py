@@ -47,6 +47,12 @@ class ScoringOptions:
     divergence: str = "kl"
     batch_size: int = 8
 
+    def similarity(self, model, tokens: torch.Tensor, kinds: Sequence[str] = ("attn", "mlp", "block"),
+                   already_dropped: Sequence[Unit] = (), progress: bool = False) -> SimilarityScores:
+        """:func:`similarity_scores` with these options."""
+        return similarity_scores(model, tokens, kinds, self.skip_first, self.last_token_only, self.batch_size,
+                                 already_dropped, progress)
+
 
 @dataclass
 class DropOrder:
@@ -79,30 +85,24 @@ def drop_order(model, method: str, k: int, tokens: torch.Tensor, options: Scorin
         raise DropError(f"cannot drop {k} units with method {method!r}: {model.config.name} has "
                         f"{len(candidates)} candidates ({model.config.n_layers} layers)")
     check_tokens(tokens)
-    similarity = dict(skip_first=options.skip_first, last_token_only=options.last_token_only,
-                      batch_size=options.batch_size)
     if method == "random":
         picked = np.random.default_rng(seed).permutation(len(candidates))[:k]
         return DropOrder(method, [candidates[i] for i in picked], [math.nan] * k)
     if method == "greedy":
         return _greedy(model, candidates, k, tokens, options, progress)
     if method == "attn_iterative":
-        units, values = [], []
+        units, values, n_forward = [], [], 0
         for _ in tqdm(range(k), desc="iterative", disable=not progress, leave=False):
-            step = similarity_scores(model, tokens, kinds=("attn",), already_dropped=units, **similarity)
+            step = options.similarity(model, tokens, kinds=("attn",), already_dropped=units)
             best = int(np.argmax(step.cos))
             units.append(step.units[best])
             values.append(float(step.cos[best]))
-        return DropOrder(method, units, values, n_forward_passes=k * _n_batches(tokens, options))
-    kinds = sorted({u.kind for u in candidates})
-    scores = scores or similarity_scores(model, tokens, kinds=kinds, **similarity)
+            n_forward += step.n_forward_passes
+        return DropOrder(method, units, values, n_forward_passes=n_forward)
+    scores = scores or options.similarity(model, tokens, kinds=sorted({u.kind for u in candidates}))
     cos = [scores.of(u) for u in candidates]
     order = sorted(range(len(candidates)), key=lambda i: -cos[i])[:k]
     return DropOrder(method, [candidates[i] for i in order], [cos[i] for i in order])
-
-
-def _n_batches(tokens: torch.Tensor, options: ScoringOptions) -> int:
-    return math.ceil(tokens.shape[0] / options.batch_size)
 
 
 def _greedy(model, candidates: list[Unit], k: int, tokens: torch.Tensor, options: ScoringOptions,

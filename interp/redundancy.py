@@ -49,6 +49,7 @@ class SimilarityScores:
     cos: np.ndarray  # [n_units]
     angular: np.ndarray  # [n_units], in [0, 1]
     n_tokens: int
+    n_forward_passes: int = 0
 
     @property
     def importance(self) -> np.ndarray:
@@ -90,8 +91,9 @@ def similarity_scores(model, tokens: torch.Tensor, kinds: Sequence[str] = ("attn
     cos_sum = torch.zeros(len(units), dtype=torch.float64)
     angle_sum = torch.zeros(len(units), dtype=torch.float64)
     n_tokens = 0
+    batches = _batches(tokens, batch_size)
     with dropped(model, gone):
-        for batch in tqdm(_batches(tokens, batch_size), desc="similarity", disable=not progress, leave=False):
+        for batch in tqdm(batches, desc="similarity", disable=not progress, leave=False):
             _, cache = model.run_with_cache(batch, sites)
             keep = slice(-1, None) if last_token_only else slice(skip_first, None)
             for i, unit in enumerate(units):
@@ -100,7 +102,7 @@ def similarity_scores(model, tokens: torch.Tensor, kinds: Sequence[str] = ("attn
                 cos_sum[i] += cos.sum()
                 angle_sum[i] += (torch.arccos(cos) / math.pi).sum()
             n_tokens += batch[:, keep].numel()
-    return SimilarityScores(units, (cos_sum / n_tokens).numpy(), (angle_sum / n_tokens).numpy(), n_tokens)
+    return SimilarityScores(units, (cos_sum / n_tokens).numpy(), (angle_sum / n_tokens).numpy(), n_tokens, len(batches))
 
 
 def _unit_input_output(cache, unit: Unit, gone: set[Unit], parallel: bool) -> tuple[torch.Tensor, torch.Tensor]:
