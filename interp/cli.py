@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from interp.cli_bigram import add_command as add_bigram_command
+from interp.cli_edges import add_command as add_edges_command
 from interp.cli_redundancy import add_commands as add_redundancy_commands
 from interp.components import GRANULARITIES
 
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patch(subparsers)
     add_redundancy_commands(subparsers)
     add_bigram_command(subparsers)
+    add_edges_command(subparsers)
     _add_app(subparsers)
     return parser
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import nnsight
 import torch
 
-from interp.architectures import Layout, get_path
+from interp.architectures import Layout, get_path, split_fused_qkv
 from interp.backends.base import RunSpec, apply_edits
 from interp.components import Site
 
@@ -43,14 +43,6 @@ def _visit(spec: RunSpec, site: Site, module, attribute: str, view: tuple[int, .
     value = apply_edits(spec, site, canonical)
     setattr(module, attribute, value.reshape(raw.shape))
     return value
-
-
-def _split_qkv(layout: Layout, fused: torch.Tensor, n_heads: int, n_kv: int, d_head: int) -> list[torch.Tensor]:
-    batch, pos, _ = fused.shape
-    if layout.fused_qkv == "concat":
-        return [part.reshape(batch, pos, n, d_head) for part, n in zip(fused.split(n_heads * d_head, dim=-1), (n_heads, n_kv, n_kv))]
-    per_head = fused.reshape(batch, pos, n_heads, 3 * d_head)
-    return list(per_head.split(d_head, dim=-1))
 
 
 def _join_qkv(layout: Layout, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -98,7 +90,7 @@ def run_trace(lm, layout: Layout, n_heads: int, n_kv: int, d_head: int, spec: Ru
                     if layout.fused_qkv:
                         module = get_path(block, layout.qkv[0])
                         fused = module.output
-                        parts = _split_qkv(layout, fused, n_heads, n_kv, d_head)
+                        parts = split_fused_qkv(layout, fused, n_heads, n_kv, d_head)
                         parts = [apply_edits(spec, Site(kind, layer), part) for kind, part in zip(kinds_qkv, parts)]
                         module.output = _join_qkv(layout, parts)
                         for kind, part in zip(kinds_qkv, parts):

@@ -1,0 +1,107 @@
+"""Edge-level circuit discovery end to end: score edges with one or more methods, measure each
+method's faithfulness curve, keep the top-n circuit as a graph, and compare the implied node
+ranking with exact head patching. The CLI, the app and the notebooks all call this.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from circuits.circuit_selection import circuit_graph, prune_dangling, top_edges
+from circuits.edge_attribution import EdgeScores, edge_attribution
+from circuits.edge_graph import EdgeGraph
+from circuits.edge_patching import FaithfulnessCurve, faithfulness_curve
+from interp.model import Model
+from interp.results import Result
+from interp.tasks import Task
+
+
+def default_sizes(n_edges: int) -> list[int]:
+    """Circuit sizes 1, 2, 5, 10, 20, 50, ... below ``n_edges``, then ``n_edges``."""
+    sizes, scale = [], 1
+    while scale < n_edges:
+        sizes += [s for s in (scale, 2 * scale, 5 * scale) if s < n_edges]
+        scale *= 10
+    return sizes + [n_edges]
+
+
+def compare_with_exact(scores: EdgeScores, exact: Result) -> dict:
+    """Agreement of the head ranking implied by the edges (each head's summed outgoing scores)
+    with an exact ``heads`` patching result of the same task and direction."""
+    heads = {node.name: i for i, node in enumerate(scores.graph.upstream) if node.kind == "head"}
+    missing = [name for name in exact.components if name not in heads]
+    if exact.granularity != "heads" or missing:
+        raise ValueError(f"compare_with_exact needs an exact 'heads' patching result, got granularity {exact.granularity!r}")
+    edge_nodes = scores.node_scores()[[heads[name] for name in exact.components]]
+    rho = spearmanr(np.abs(edge_nodes), np.abs(exact.scores)).statistic
+    top = 10
+    ours = set(np.argsort(-np.abs(edge_nodes))[:top])
+    theirs = set(np.argsort(-np.abs(exact.scores))[:top])
+    return {"method": scores.method, "spearman_abs": float(rho), f"top{top}_overlap": len(ours & theirs) / top,
+            "pearson": float(np.corrcoef(edge_nodes, exact.scores)[0, 1]),
+            "exact_wall_seconds": exact.wall_seconds, "edge_wall_seconds": scores.wall_seconds}
+
+
+def discover_edges(
+    model: Model,
+    task: Task,
+    methods: tuple[str, ...] = ("eap-ig",),
+    *,
+    steps: int = 5,
+    top_n: int = 100,
+    sizes: list[int] | None = None,
+    direction: str = "noising",
+    metric: str = "logit_diff",
+    corruption: str = "tokens",
+    seed: int = 0,
+    batch_size: int | None = None,
+    exact: Result | None = None,
+    progress: bool = True,
+) -> tuple[Result, dict]:
+    """Score edges with each of ``methods``, measure their faithfulness curves over ``sizes``
+    (default :func:`default_sizes`), and return (Result, circuit graph of the first method's
+    top-``top_n`` edges). The Result's ``scores`` are the first method's normalized edge scores in
+    ``EdgeGraph.edge_names()`` order; ``extra`` holds the curves and, given ``exact`` (an exact
+    heads patching result), the node-ranking comparison."""
+    if not methods:
+        raise ValueError("give at least one edge attribution method")
+    n_edges = EdgeGraph(model.config).n_edges
+    if top_n < 1 or top_n > n_edges:
+        raise ValueError(f"--top-n {top_n} is out of range: the graph has {n_edges} edges")
+    scored = [edge_attribution(model, task, method, steps=steps, direction=direction, metric=metric,
+                               corruption=corruption, seed=seed, batch_size=batch_size, progress=progress)
+              for method in methods]
+    graph = scored[0].graph
+    sizes = sorted(set(sizes or default_sizes(graph.n_edges)))
+    curves: list[FaithfulnessCurve] = [faithfulness_curve(model, task, s, sizes + [top_n], batch_size=batch_size,
+                                                          progress=progress) for s in scored]
+    first = scored[0]
+    keep = prune_dangling(graph, top_edges(graph, first.scores, top_n))
+    circuit_faithfulness = curves[0].faithfulness[-1]
+    info = {"method": first.method, "model": model.config.name, "task": task.name, "metric": metric,
+            "top_n": top_n, "faithfulness": circuit_faithfulness}
+    graph_json = circuit_graph(graph, first.normalized(), keep, info)
+    extra = {"methods": list(methods), "edge_names_order": "EdgeGraph.edge_names()",
+             "upstream": [n.name for n in graph.upstream], "downstream": [n.name for n in graph.downstream],
+             "curves": [dict(c.to_dict(), sizes=c.sizes[:-1], kept=c.kept[:-1], metric=c.metric[:-1],
+                             faithfulness=c.faithfulness[:-1]) for c in curves],
+             "circuit": {"top_n": top_n, "edges_after_pruning": int(keep.sum()), "faithfulness": circuit_faithfulness},
+             "clean_prompts": task.clean_prompts, "corrupt_prompts": task.corrupt_prompts}
+    if exact is not None:
+        extra["node_comparison"] = [compare_with_exact(s, exact) for s in scored]
+    arrays = {}
+    for s in scored:
+        arrays[f"edge_scores_{s.method}"] = s.edge_vector()
+        arrays[f"node_scores_{s.method}"] = s.node_scores()
+    names = graph.edge_names()
+    result = Result(
+        method=first.method, model=model.config.name, task=task.name, metric=metric, granularity="edges",
+        components=names, scores=first.edge_vector().astype(np.float64), shape=[len(names)], axes=["edge"],
+        clean_metric=first.clean_metric, corrupt_metric=first.corrupt_metric,
+        wall_seconds=sum(s.wall_seconds for s in scored),
+        n_forward_passes=sum(s.n_forward_passes for s in scored), n_backward_passes=sum(s.n_backward_passes for s in scored),
+        settings={**first.settings, "steps": steps, "methods": list(methods), "top_n": top_n},
+        tokens=model.to_str_tokens(task.clean_tokens[0]), arrays=arrays, extra=extra,
+    )
+    return result, graph_json

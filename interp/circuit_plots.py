@@ -1,0 +1,78 @@
+"""Plotly figures of edge-level circuits: the circuit graph (layers bottom to top, heads left to
+right, MLP at the right end of each layer) and faithfulness-vs-size curves per method."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+_COLORS = {"positive": "#2166ac", "negative": "#b2182b"}
+_METHOD_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"]
+
+
+def _node_position(node: dict, n_heads: int) -> tuple[float, float]:
+    kind, layer = node["kind"], node["layer"]
+    if kind in ("embed", "logits"):
+        return (n_heads) / 2.0, float(layer)
+    if kind == "mlp":
+        return float(n_heads) + 0.5, layer + 0.45
+    return float(node["index"]), float(layer)
+
+
+def circuit_graph_figure(graph: dict, max_width: float = 8.0) -> go.Figure:
+    """Draw a circuit graph (``circuits.circuit_selection.circuit_graph`` JSON). Edge width ~ |score|,
+    blue = the edge carries positive effect (patching it moves the metric toward corrupt), red = negative;
+    hover shows the downstream input (q/k/v/mlp/logits) and score."""
+    n_heads = graph["n_heads"]
+    positions = {node["id"]: _node_position(node, n_heads) for node in graph["nodes"]}
+    scores = [abs(e["score"]) for e in graph["edges"]]
+    largest = max(scores) if scores else 1.0
+    figure = go.Figure()
+    for edge in graph["edges"]:
+        x0, y0 = positions[edge["source"]]
+        for target in edge["into"]:
+            if target not in positions:
+                continue
+            x1, y1 = positions[target]
+            width = 0.5 + max_width * abs(edge["score"]) / largest
+            figure.add_trace(go.Scatter(
+                x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False,
+                line={"width": width, "color": _COLORS["positive" if edge["score"] >= 0 else "negative"]},
+                opacity=0.35 + 0.6 * abs(edge["score"]) / largest, hoverinfo="text",
+                text=f"{edge['source']} -> {edge['target']} ({edge['port']}): {edge['score']:.4f}",
+            ))
+    kinds = {"embed": ("square", "#444444"), "head": ("circle", "#f4a582"), "mlp": ("diamond", "#92c5de"),
+             "logits": ("square", "#444444")}
+    for kind, (symbol, color) in kinds.items():
+        nodes = [n for n in graph["nodes"] if n["kind"] == kind]
+        if not nodes:
+            continue
+        figure.add_trace(go.Scatter(
+            x=[positions[n["id"]][0] for n in nodes], y=[positions[n["id"]][1] for n in nodes], mode="markers+text",
+            marker={"symbol": symbol, "size": 18, "color": color, "line": {"width": 1, "color": "#333"}},
+            text=[n["id"] for n in nodes], textposition="top center", name=kind,
+            hovertext=[f"{n['id']}: node score {n['score']:.4f}" if n["score"] is not None else n["id"] for n in nodes],
+            hoverinfo="text",
+        ))
+    title = (f"{graph.get('method', '')} circuit · {graph.get('task', '')} · {graph.get('model', '')}: "
+             f"{graph['n_edges']} edges (top {graph.get('top_n', '?')}), faithfulness {graph.get('faithfulness', float('nan')):.3f}")
+    figure.update_layout(title=title, template="plotly_white", height=max(450, 40 * graph["n_layers"] + 200),
+                         xaxis={"visible": False}, yaxis={"title": "layer", "dtick": 1}, legend_title="node")
+    return figure
+
+
+def faithfulness_figure(curves: list[dict], title: str = "") -> go.Figure:
+    """Faithfulness (0 = corrupt, 1 = full model) against circuit size in edges, one line per method."""
+    figure = go.Figure()
+    for k, curve in enumerate(curves):
+        figure.add_trace(go.Scatter(
+            x=curve["sizes"], y=curve["faithfulness"], mode="lines+markers", name=curve["method"],
+            line={"color": _METHOD_COLORS[k % len(_METHOD_COLORS)]},
+            customdata=np.array(curve["kept"])[:, None],
+            hovertemplate="top %{x} edges (%{customdata[0]} after pruning)<br>faithfulness %{y:.3f}<extra></extra>",
+        ))
+    figure.add_hline(y=1.0, line_dash="dot", line_color="#888")
+    figure.add_hline(y=0.0, line_dash="dot", line_color="#888")
+    figure.update_layout(title=title or "faithfulness vs circuit size", xaxis_title="edges in the circuit (top-n by |score|)",
+                         yaxis_title="faithfulness", xaxis_type="log", template="plotly_white", height=420)
+    return figure

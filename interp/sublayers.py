@@ -1,0 +1,76 @@
+"""A decoder layer's pieces recomputed from its weights, outside the model's own forward.
+
+Edge-level analyses feed each attention head and MLP its own residual-stream input, which the
+model's forward never does. These functions compute what a head's q/k/v or an MLP's output would
+be for any residual stream ``resid`` [..., pos, d_model] (any leading dims), with the layer's own
+pre-norm. Projections are applied from their weights and norms/activations through their own
+``forward``, never a module's ``__call__``: these run inside edits of a live forward, where calling
+a wrapped module (or the module whose output is being edited) would re-enter the backend's hooks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from interp.architectures import decoder_layers, get_path, layout_for, split_fused_qkv, unwrapped
+from interp.model import Model
+
+
+def _linear_weight(module: torch.nn.Module) -> torch.Tensor:
+    """A projection's weight as [out_features, in_features] (nn.Linear, or GPT-2's Conv1D)."""
+    weight = module.weight
+    return weight if isinstance(module, torch.nn.Linear) else weight.T
+
+
+def _project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a projection (nn.Linear or Conv1D) from its weights."""
+    return torch.nn.functional.linear(x, _linear_weight(module), module.bias)
+
+
+class Sublayers:
+    """Recompute attention inputs, MLP outputs and per-head output contributions of ``model``."""
+
+    def __init__(self, model: Model) -> None:
+        self.config = model.config
+        self.layout = layout_for(model.config.architecture)
+        self._layers = decoder_layers(model.hf_model, model.config.architecture)
+
+    def _leaf(self, layer: int, path: str) -> torch.nn.Module:
+        return unwrapped(get_path(self._layers[layer], path))
+
+    def attention_inputs(self, layer: int, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k, v) that ``resid`` [..., pos, d_model] gives at ``layer``, before rotary:
+        q [..., pos, n_heads, d_head]; k, v [..., pos, n_kv_heads, d_head]."""
+        c, layout = self.config, self.layout
+        normed = self._leaf(layer, layout.attn_norm).forward(resid)
+        if layout.fused_qkv:
+            fused = _project(self._leaf(layer, layout.qkv[0]), normed)
+            q, k, v = split_fused_qkv(layout, fused, c.n_heads, c.n_kv_heads, c.d_head)
+            return q, k, v
+        counts = (c.n_heads, c.n_kv_heads, c.n_kv_heads)
+        return tuple(_project(self._leaf(layer, path), normed).unflatten(-1, (n, c.d_head))
+                     for path, n in zip(layout.qkv, counts))
+
+    def mlp_output(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        """The MLP output [..., pos, d_model] that ``resid`` (the MLP's residual input) gives at ``layer``."""
+        layout = self.layout
+        normed = self._leaf(layer, layout.mlp_norm).forward(resid)
+        hidden = _project(self._leaf(layer, layout.mlp_in), normed)
+        act = self._leaf(layer, layout.mlp_act).forward
+        if layout.mlp_gate is None:
+            hidden = act(hidden)
+        else:
+            hidden = act(_project(self._leaf(layer, layout.mlp_gate), normed)) * hidden
+        return _project(self._leaf(layer, layout.mlp_out_proj), hidden)
+
+    def mlp_input(self, layer: int, resid_pre: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """The residual stream the MLP of ``layer`` reads: resid_pre (parallel attention/MLP) or
+        resid_pre + attn_out (sequential)."""
+        return resid_pre if self.config.parallel_attn_mlp else resid_pre + attn_out
+
+    def head_outputs(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """Each head's write into the residual stream, z_h W_O^h without the output bias:
+        z [..., pos, n_heads, d_head] -> [..., pos, n_heads, d_model]."""
+        c = self.config
+        weight = _linear_weight(self._leaf(layer, self.layout.z_proj)).unflatten(1, (c.n_heads, c.d_head))
+        return torch.einsum("...hd,mhd->...hm", z, weight.to(z.dtype))
