@@ -16,8 +16,10 @@ from interp.results import Result, ResultError
 
 # which page opens a run, by Result.method
 PAGE_OF_METHOD = {"exact": "Patching", "atp": "Patching", "atp*": "Patching", "redundancy": "Pruning",
-                  "drop": "Pruning", "bigram": "Bigram", "optimal-pruning": "Bigram"}
-PAGE_FILES = {"Patching": "pages/1_Patching.py", "Pruning": "pages/3_Pruning.py", "Bigram": "pages/4_Bigram.py"}
+                  "drop": "Pruning", "bigram": "Bigram", "optimal-pruning": "Bigram", "eap": "Circuit",
+                  "eap-ig": "Circuit"}
+PAGE_FILES = {"Patching": "pages/1_Patching.py", "Pruning": "pages/3_Pruning.py", "Bigram": "pages/4_Bigram.py",
+              "Circuit": "pages/6_Circuit.py"}
 DEFAULT_MODEL = os.environ.get("INTERP_APP_MODEL", "smollm2-135m")
 
 

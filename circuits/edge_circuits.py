@@ -82,7 +82,7 @@ def discover_edges(
     info = {"method": first.method, "model": model.config.name, "task": task.name, "metric": metric,
             "top_n": top_n, "faithfulness": circuit_faithfulness}
     graph_json = circuit_graph(graph, first.normalized(), keep, info)
-    extra = {"methods": list(methods), "edge_names_order": "EdgeGraph.edge_names()",
+    extra = {"methods": list(methods), "model_config": model.config.to_dict(),
              "upstream": [n.name for n in graph.upstream], "downstream": [n.name for n in graph.downstream],
              "curves": [dict(c.to_dict(), sizes=c.sizes[:-1], kept=c.kept[:-1], metric=c.metric[:-1],
                              faithfulness=c.faithfulness[:-1]) for c in curves],
@@ -105,3 +105,20 @@ def discover_edges(
         tokens=model.to_str_tokens(task.clean_tokens[0]), arrays=arrays, extra=extra,
     )
     return result, graph_json
+
+
+def circuit_from_result(result: Result, method: str, top_n: int) -> dict:
+    """The top-``top_n`` circuit graph of ``method``'s stored edge scores in a saved edges run
+    (for browsing other sizes without rerunning the model; faithfulness is not re-measured)."""
+    from interp.config import ModelConfig
+
+    key = f"edge_scores_{method}"
+    if key not in result.arrays or "model_config" not in result.extra:
+        raise ValueError(f"run {result.task!r} has no stored {method} edge scores")
+    graph = EdgeGraph(ModelConfig(**result.extra["model_config"]))
+    normalized = np.zeros(graph.valid.shape)
+    normalized[graph.valid] = result.arrays[key]
+    keep = prune_dangling(graph, top_edges(graph, normalized, top_n))
+    info = {"method": method, "model": result.model, "task": result.task, "metric": result.metric, "top_n": top_n,
+            "faithfulness": float("nan")}
+    return circuit_graph(graph, normalized, keep, info)

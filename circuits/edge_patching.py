@@ -36,21 +36,24 @@ class _EdgePatcher:
 
     def __init__(self, sublayers: Sublayers, graph: EdgeGraph, patched: np.ndarray, source: torch.Tensor) -> None:
         self.sub, self.graph = sublayers, graph
-        self.patched = torch.from_numpy(patched & graph.valid)
-        self.source = source  # [n_up, batch, pos, d_model]
-        self.current: dict[int, torch.Tensor] = {}  # upstream row -> this run's value
+        self.patched = torch.from_numpy(patched & graph.valid).to(device=source.device, dtype=source.dtype)
+        # source - this run's value, per upstream row; rows fill in as the forward reaches them
+        # (upstream rows are in execution order, so a node only ever reads a filled prefix)
+        self.difference = source.clone()
         self.resid_pre: dict[int, torch.Tensor] = {}
         self.attn_out: dict[int, torch.Tensor] = {}
 
-    def _delta(self, columns: slice) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(input change [n_cols, batch, pos, d_model], which columns change) for downstream ``columns``."""
-        patched = self.patched[:, columns]
+    def _record(self, row: int | slice, value: torch.Tensor) -> None:
+        self.difference[row] -= value.to(self.difference.dtype)
+
+    def _delta(self, columns: slice, upto: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(input change [n_cols, batch, pos, d_model], which columns change) for downstream
+        ``columns``, whose writers are the upstream rows below ``upto``."""
+        patched = self.patched[:upto, columns]
         changed = patched.any(0)
         if not changed.any():
             return None, changed
-        rows = patched.any(1).nonzero()[:, 0]
-        difference = self.source[rows] - torch.stack([self.current[int(r)] for r in rows])
-        return torch.einsum("ubpd,un->nbpd", difference, patched[rows].to(difference.dtype)), changed
+        return torch.einsum("ubpd,un->nbpd", self.difference[:upto], patched), changed
 
     def edits(self) -> dict[Site, list[Edit]]:
         c = self.graph.config
@@ -68,17 +71,15 @@ class _EdgePatcher:
         def edit(value: torch.Tensor) -> torch.Tensor:
             self.resid_pre[layer] = value
             if layer == 0:
-                self.current[0] = value.to(self.source.dtype)
+                self._record(0, value)
             return value
         return edit
 
     def _capture_heads(self, layer: int) -> Edit:
-        first = self.graph.upstream_slice(layer).start
+        rows = slice(self.graph.upstream_slice(layer).start, self.graph.upstream_slice(layer).stop - 1)
 
         def edit(z: torch.Tensor) -> torch.Tensor:
-            outputs = self.sub.head_outputs(layer, z).to(self.source.dtype)
-            for head in range(self.graph.config.n_heads):
-                self.current[first + head] = outputs[:, :, head]
+            self._record(rows, self.sub.head_outputs(layer, z).permute(2, 0, 1, 3))
             return z
         return edit
 
@@ -90,9 +91,10 @@ class _EdgePatcher:
 
     def _qkv_edit(self, layer: int, kind: str) -> Edit:
         position = ("q", "k", "v").index(kind)
+        upto = self.graph.upstream_slice(layer).start
 
         def edit(value: torch.Tensor) -> torch.Tensor:
-            delta, changed = self._delta(self.graph.downstream_slice(layer, kind))
+            delta, changed = self._delta(self.graph.downstream_slice(layer, kind), upto)
             if delta is None:
                 return value
             index = changed.nonzero()[:, 0]
@@ -107,17 +109,17 @@ class _EdgePatcher:
         row = self.graph.upstream_slice(layer).stop - 1
 
         def edit(value: torch.Tensor) -> torch.Tensor:
-            delta, _ = self._delta(self.graph.downstream_slice(layer, "mlp"))
+            delta, _ = self._delta(self.graph.downstream_slice(layer, "mlp"), row)
             if delta is not None:
                 resid = self.sub.mlp_input(layer, self.resid_pre[layer], self.attn_out[layer])
                 value = self.sub.mlp_output(layer, resid + delta[0].to(value.dtype))
-            self.current[row] = value.to(self.source.dtype)
+            self._record(row, value)
             return value
         return edit
 
     def _logits_edit(self) -> Edit:
         def edit(value: torch.Tensor) -> torch.Tensor:
-            delta, _ = self._delta(self.graph.downstream_slice(0, "logits"))
+            delta, _ = self._delta(self.graph.downstream_slice(0, "logits"), len(self.graph.upstream))
             return value if delta is None else value + delta[0].to(value.dtype)
         return edit
 

@@ -7,6 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 _COLORS = {"positive": "#2166ac", "negative": "#b2182b"}
+_DASH = {"q": "dot", "k": "dash", "v": "solid", "mlp": "solid", "logits": "solid"}
 _METHOD_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"]
 
 
@@ -21,8 +22,9 @@ def _node_position(node: dict, n_heads: int) -> tuple[float, float]:
 
 def circuit_graph_figure(graph: dict, max_width: float = 8.0) -> go.Figure:
     """Draw a circuit graph (``circuits.circuit_selection.circuit_graph`` JSON). Edge width ~ |score|,
-    blue = the edge carries positive effect (patching it moves the metric toward corrupt), red = negative;
-    hover shows the downstream input (q/k/v/mlp/logits) and score."""
+    blue = positive score (patching the edge moves the metric toward the corrupt run), red = negative;
+    line style = the input it enters: dotted query, dashed key, solid value/MLP/logits. Hover shows
+    the edge and its score."""
     n_heads = graph["n_heads"]
     positions = {node["id"]: _node_position(node, n_heads) for node in graph["nodes"]}
     scores = [abs(e["score"]) for e in graph["edges"]]
@@ -37,7 +39,8 @@ def circuit_graph_figure(graph: dict, max_width: float = 8.0) -> go.Figure:
             width = 0.5 + max_width * abs(edge["score"]) / largest
             figure.add_trace(go.Scatter(
                 x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False,
-                line={"width": width, "color": _COLORS["positive" if edge["score"] >= 0 else "negative"]},
+                line={"width": width, "color": _COLORS["positive" if edge["score"] >= 0 else "negative"],
+                      "dash": _DASH.get(edge["port"], "solid")},
                 opacity=0.35 + 0.6 * abs(edge["score"]) / largest, hoverinfo="text",
                 text=f"{edge['source']} -> {edge['target']} ({edge['port']}): {edge['score']:.4f}",
             ))

@@ -70,7 +70,7 @@ def _run_bigram(args: argparse.Namespace) -> int:
     from circuits.weight_masks import maskable_matrices, save_masks
     from interp.corpus import load_corpus
     from interp.loading import load_model
-    from interp.plotting import bigram_figures
+    from interp.plotting import bigram_figures, write_figures
     from interp.results import Result
 
     configs = [_config(args, lam, args.target) for lam in args.lambdas]  # bad settings fail before loading anything
@@ -136,9 +136,7 @@ def _run_bigram(args: argparse.Namespace) -> int:
         arrays=arrays, extra=extra,
     )
     result.save(out)
-    with open(out / "bigram.html", "w") as handle:
-        for k, figure in enumerate(bigram_figures(result)):
-            handle.write(figure.to_html(include_plotlyjs=k == 0, full_html=False))
+    write_figures(out / "bigram.html", bigram_figures(result), f"bigram subnetwork · {result.model}")
     _print_summary(result)
     print(f"wrote {out / 'result.json'}, {out / 'bigram.html'} and the masks in {out}")
     return 0

@@ -60,6 +60,7 @@ def _run_edges(args: argparse.Namespace) -> int:
     from circuits.edge_circuits import discover_edges
     from interp.circuit_plots import circuit_graph_figure, faithfulness_figure
     from interp.loading import load_model
+    from interp.plotting import write_figures
     from interp.patching import activation_patching
     from interp.tasks import get_task
 
@@ -79,10 +80,8 @@ def _run_edges(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/{Path(task.name).stem}-edges")
     result.save(out)
     save_graph(graph, out / "graph.json")
-    with open(out / "edges.html", "w") as handle:
-        handle.write(faithfulness_figure(result.extra["curves"], f"faithfulness · {task.name} · {model.config.name}")
-                     .to_html(include_plotlyjs=True, full_html=False))
-        handle.write(circuit_graph_figure(graph).to_html(include_plotlyjs=False, full_html=False))
+    write_figures(out / "edges.html", [faithfulness_figure(result.extra["curves"], f"faithfulness · {task.name} · {model.config.name}"),
+                                       circuit_graph_figure(graph)], f"edges · {task.name} · {model.config.name}")
     _print_summary(result, graph)
     print(f"wrote {out / 'result.json'}, {out / 'graph.json'} and {out / 'edges.html'}")
     return 0

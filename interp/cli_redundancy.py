@@ -96,7 +96,7 @@ def _settings(args: argparse.Namespace, tokens) -> dict:
 
 def _run_redundancy(args: argparse.Namespace) -> int:
     from interp.layer_dropping import DropError
-    from interp.plotting import importance_figure, pruning_curves_figure
+    from interp.plotting import importance_figure, pruning_curves_figure, write_figures
     from interp.pruning import candidate_units, findings, pruning_curves
     from interp.redundancy import ablation_scores
     from interp.results import Result
@@ -132,11 +132,9 @@ def _run_redundancy(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     result.save(out)
-    with open(out / "redundancy.html", "w") as handle:
-        handle.write(importance_figure(result).to_html(include_plotlyjs=True, full_html=False))
-        if curves:
-            for metric in ("perplexity", "ioi_accuracy", "capitals_accuracy", "greater_than_accuracy"):
-                handle.write(pruning_curves_figure(curves, metric).to_html(include_plotlyjs=False, full_html=False))
+    metrics = ("perplexity", "ioi_accuracy", "capitals_accuracy", "greater_than_accuracy") if curves else ()
+    write_figures(out / "redundancy.html", [importance_figure(result)] + [pruning_curves_figure(curves, m) for m in metrics],
+                  f"redundancy · {result.model}")
     _print_redundancy(result, found)
     print(f"wrote {out / 'result.json'} and {out / 'redundancy.html'}")
     return 0

@@ -10,6 +10,15 @@ from interp.results import Result
 _SCALE = "RdBu"
 
 
+def write_figures(path, figures: list[go.Figure], title: str = "interp") -> None:
+    """Write several figures into one self-contained UTF-8 HTML page (plotly.js inlined once)."""
+    parts = [figure.to_html(include_plotlyjs=k == 0, full_html=False) for k, figure in enumerate(figures)]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head><body>\n')
+        handle.write("\n".join(parts))
+        handle.write("\n</body></html>\n")
+
+
 def heatmap(values: np.ndarray, x_labels: list[str], y_labels: list[str], title: str,
             x_title: str, y_title: str, value_name: str = "effect") -> go.Figure:
     """A [rows, cols] heatmap with a diverging colour scale centred at 0."""

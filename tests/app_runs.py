@@ -14,6 +14,8 @@ RUNS = {
     "redundancy": ["redundancy", "--model", "random-llama", "--chunk-length", "32", "--calibration-chunks", "2",
                    "--held-out-chunks", "2", "--task-prompts", "4", "--gen-tokens", "2", "--max-drop", "2",
                    "--methods", "attn,mlp,random", "--random-seeds", "1"],
+    "edges": ["edges", "--model", "toy-induction", "--task", "induction", "--n-prompts", "4", "--method", "eap-ig", "eap",
+              "--ig-steps", "2", "--top-n", "10", "--sizes", "1,5,20"],
     "bigram": ["bigram", "--model", "toy-bigram", "--corpus", "toy-markov", "--steps", "10", "--batch-size", "4",
                "--seq-len", "64", "--lr", "0.01", "--held-out-chunks", "8"],
 }

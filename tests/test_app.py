@@ -54,8 +54,8 @@ def test_runs_page_lists_good_runs_and_explains_bad_folders(app_env):
     at = _run(APP)
     tables = at.dataframe
     listed = tables[0].value
-    assert sorted(listed["run"]) == ["bigram", "heads-atp-star", "heads-exact", "redundancy"]
-    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram"}
+    assert sorted(listed["run"]) == ["bigram", "edges", "heads-atp-star", "heads-exact", "redundancy"]
+    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit"}
     reasons = dict(zip(tables[1].value["folder"], tables[1].value["reason"]))
     assert "not valid JSON" in reasons["corrupt"] and "no result.json" in reasons["notes"]
 
@@ -95,6 +95,20 @@ def test_bigram_page_shows_kept_fractions_and_ablations(app_env):
     assert _array(heat["z"]).shape == (2, 7)
     assert list(at.dataframe[1].value.index) == ["full", "subnetwork", "random", "complement"]
     assert at.dataframe[0].value["kept"][0] == pytest.approx(result.extra["sweep"][0]["kept_fraction"])
+
+
+def test_circuit_page_draws_curves_and_the_saved_circuit_then_other_sizes(app_env):
+    at = _run("app/pages/6_Circuit.py", selected_run="edges")
+    result = Result.load(app_env / "edges")
+    curves = _figures(at)[0]["data"]
+    assert [c["name"] for c in curves] == ["eap-ig", "eap"]
+    assert np.allclose(_array(curves[0]["y"]), result.extra["curves"][0]["faithfulness"])
+    saved = json.loads((app_env / "edges" / "graph.json").read_text())
+    assert len(at.dataframe[-1].value) == saved["n_edges"]
+    at.slider[0].set_value(3).run()
+    assert not at.exception
+    assert len(at.dataframe[-1].value) <= 3
+    assert "nearest: 5 edges" in at.caption[-1].value or "nearest: 1 edges" in at.caption[-1].value
 
 
 def test_attention_page_draws_patterns_and_head_scores(app_env):

@@ -1,0 +1,49 @@
+"""Edge-level circuits: faithfulness against circuit size per method, and the circuit graph at any size."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from app.shared import header, pick_run  # noqa: E402
+from circuits.circuit_selection import CircuitError, load_graph  # noqa: E402
+from circuits.edge_circuits import circuit_from_result  # noqa: E402
+from interp.circuit_plots import circuit_graph_figure, faithfulness_figure  # noqa: E402
+
+header("Circuit", "Edges scored by EAP / EAP-IG; a circuit keeps the top-n edges and patches every other edge from the "
+                  "corrupt run. Faithfulness: 0 = the corrupt run, 1 = the full model.")
+result = pick_run("Circuit")
+if result is None:
+    st.stop()
+
+st.markdown(f"**{result.model}** on **{result.task}** ({result.metric}: clean {result.clean_metric:.3f}, "
+            f"corrupt {result.corrupt_metric:.3f}); {len(result.components):,} edges; methods: "
+            f"{', '.join(result.extra['methods'])}")
+st.plotly_chart(faithfulness_figure(result.extra["curves"]), use_container_width=True)
+if "node_comparison" in result.extra:
+    st.markdown("**Head ranking implied by the edges vs exact head patching**")
+    st.dataframe(pd.DataFrame(result.extra["node_comparison"]), hide_index=True, use_container_width=True)
+
+method = st.radio("method", result.extra["methods"], horizontal=True)
+saved = result.extra["circuit"]["top_n"]
+top_n = st.slider("edges in the circuit (top-n by |score|, dangling edges pruned)", 1,
+                  min(len(result.components), 2000), min(saved, len(result.components)))
+folder = Path(st.session_state["runs_dir"]).expanduser() / st.session_state["selected_run"]
+graph = None
+if method == result.method and top_n == saved:
+    try:
+        graph = load_graph(folder / "graph.json")
+    except CircuitError as exc:
+        st.warning(f"saved circuit unreadable ({exc}); recomputing it from the stored scores")
+if graph is None:
+    graph = circuit_from_result(result, method, top_n)
+    curve = next(c for c in result.extra["curves"] if c["method"] == method)
+    nearest = min(range(len(curve["sizes"])), key=lambda i: abs(curve["sizes"][i] - top_n))
+    st.caption(f"Faithfulness is measured at the curve's sizes only; nearest: {curve['sizes'][nearest]} edges -> "
+               f"{curve['faithfulness'][nearest]:.3f}.")
+st.plotly_chart(circuit_graph_figure(graph), use_container_width=True)
+edges = pd.DataFrame(graph["edges"]).sort_values("score", key=abs, ascending=False)
+st.dataframe(edges[["source", "target", "port", "score"]], hide_index=True, use_container_width=True)
