@@ -53,14 +53,21 @@ class ProbeDataset:
     def from_task(cls, task: Task) -> "ProbeDataset":
         """Clean (label 1) vs corrupt (label 0) prompts of a task, read at the last position; each
         pair is one group, so no prompt pair is in both train and test. For IOI this asks which
-        name is the indirect object; for greater-than, which start year the prompt has."""
+        name is repeated; for greater-than, which start year the prompt has.
+
+        The word type of an example (what the control task assigns random labels to) is its token
+        where the pair differs (e.g. the repeated name), so selectivity measures what the probe
+        reads beyond the identity of that token; pairs that do not differ fall back to the last token.
+        """
         n = len(task)
         tokens = torch.cat([task.clean_tokens, task.corrupt_tokens]).cpu()
         last = torch.full((2 * n,), task.n_positions - 1)
         labels = np.r_[np.ones(n, dtype=int), np.zeros(n, dtype=int)]
         groups = np.r_[np.arange(n), np.arange(n)]
-        return cls(f"{task.name}:clean-vs-corrupt", tokens, last, labels, groups, tokens[:, -1].numpy().copy(),
-                   ["corrupt", "clean"])
+        differs = (task.clean_tokens != task.corrupt_tokens).cpu()
+        where = torch.where(differs.any(1), differs.int().argmax(1), task.n_positions - 1).repeat(2)
+        word_types = tokens[torch.arange(2 * n), where].numpy().copy()
+        return cls(f"{task.name}:clean-vs-corrupt", tokens, last, labels, groups, word_types, ["corrupt", "clean"])
 
     @classmethod
     def from_jsonl(cls, model: Model, path: str | Path) -> "ProbeDataset":
