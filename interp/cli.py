@@ -17,11 +17,12 @@ import numpy as np
 
 from interp.cli_bigram import add_command as add_bigram_command
 from interp.cli_edges import add_command as add_edges_command
+from interp.cli_dictionaries import add_commands as add_dictionary_commands
 from interp.cli_redundancy import add_commands as add_redundancy_commands
 from interp.components import GRANULARITIES
 
 # Errors that are the user's input, reported as one line (never a traceback).
-_USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError, KeyError)
+_USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError, KeyError)  # DictionaryError, EdgeError, ... are ValueErrors
 
 
 def _add_patch(subparsers) -> None:
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_redundancy_commands(subparsers)
     add_bigram_command(subparsers)
     add_edges_command(subparsers)
+    add_dictionary_commands(subparsers)
     _add_app(subparsers)
     return parser
 

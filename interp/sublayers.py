@@ -54,7 +54,7 @@ class Sublayers:
     def mlp_output(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         """The MLP output [..., pos, d_model] that ``resid`` (the MLP's residual input) gives at ``layer``."""
         layout = self.layout
-        normed = self._leaf(layer, layout.mlp_norm).forward(resid)
+        normed = self.mlp_normalized_input(layer, resid)
         hidden = _project(self._leaf(layer, layout.mlp_in), normed)
         act = self._leaf(layer, layout.mlp_act).forward
         if layout.mlp_gate is None:
@@ -62,6 +62,11 @@ class Sublayers:
         else:
             hidden = act(_project(self._leaf(layer, layout.mlp_gate), normed)) * hidden
         return _project(self._leaf(layer, layout.mlp_out_proj), hidden)
+
+    def mlp_normalized_input(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        """The MLP's own input after its pre-norm, for the residual stream ``resid`` it reads
+        (what a transcoder reads)."""
+        return self._leaf(layer, self.layout.mlp_norm).forward(resid)
 
     def mlp_input(self, layer: int, resid_pre: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """The residual stream the MLP of ``layer`` reads: resid_pre (parallel attention/MLP) or

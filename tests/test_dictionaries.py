@@ -110,3 +110,158 @@ def test_bad_configs_inputs_and_nan_losses():
     with pytest.raises(DictionaryError, match="loss became nan at step 1"):
         train_dictionary(poisoned(), DictionaryConfig(d_in=4, d_sae=8, k=2), TrainingConfig(total_tokens=64, batch_tokens=8),
                          progress=False)
+
+
+# ----------------------------------------------------------------------------- on a model
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from circuits.activation_store import ActivationStore, batches_from_shards, read_pairs  # noqa: E402
+from circuits.dictionary_evaluation import evaluate_dictionary, spliced  # noqa: E402
+from circuits.dictionary_io import load_dictionary, save_dictionary  # noqa: E402
+from interp.architectures import decoder_layers, unwrapped  # noqa: E402
+from interp.cli import main  # noqa: E402
+from interp.components import ComponentError, Site  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def chunks():
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, 5000, (12, 16), generator=generator)
+    tokens[:, 0] = 1  # a special token the stores must leave out
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def random_llama_module():
+    import interp
+
+    return interp.load_model("random-llama")
+
+
+def _identity_sae(d: int, site: str) -> "SparseDictionary":
+    """relu(x) - relu(-x) = x: an SAE that reconstructs exactly."""
+    dictionary = SparseDictionary(DictionaryConfig(d_in=d, d_sae=2 * d, architecture="relu", site=site))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        dictionary.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        dictionary.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        dictionary.b_enc.zero_()
+        dictionary.b_dec.zero_()
+    return dictionary.eval()
+
+
+def test_read_pairs_sae_site_and_transcoder_mlp_pairs(random_llama_module, chunks):
+    model = random_llama_module
+    x, y = read_pairs(model, "L1.RESID_POST", "sae", chunks[:2])
+    _, cache = model.run_with_cache(chunks[:2], ["L1.RESID_POST"])
+    assert torch.equal(x, y) and len(x) == 2 * 15  # BOS rows left out
+    torch.testing.assert_close(x, cache[Site("resid_post", 1)][:, 1:].reshape(-1, 64))
+    x, y = read_pairs(model, "L1.MLP", "transcoder", chunks[:2])
+    mlp = unwrapped(decoder_layers(model.hf_model, model.config.architecture)[1].mlp)
+    # the pair is exactly (MLP input after its norm, MLP output): the MLP maps one to the other
+    expected = mlp.down_proj.weight @ (torch.nn.functional.silu(mlp.gate_proj.weight @ x.T) * (mlp.up_proj.weight @ x.T))
+    torch.testing.assert_close(y, expected.T, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ComponentError, match="a transcoder replaces an MLP"):
+        read_pairs(model, "L1.RESID_POST", "transcoder", chunks[:1])
+    with pytest.raises(ComponentError, match="whole \\[batch, pos, d_model\\] site"):
+        read_pairs(model, "L1.H0", "sae", chunks[:1])
+
+
+def test_store_batches_memory_and_shards(random_llama_module, chunks, tmp_path):
+    store = ActivationStore(random_llama_module, "L0.MLP", "transcoder", chunks, batch_tokens=16, buffer_tokens=64, forward_batch=2)
+    assert store.memory_bytes == 64 * (64 + 64) * 4
+    x, y = next(iter(store))
+    assert x.shape == (16, 64) and y.shape == (16, 64)
+    store.save_shards(tmp_path, n_tokens=100, shard_tokens=40)
+    meta, batches = batches_from_shards(tmp_path, batch_tokens=10)
+    assert meta["n_tokens"] == 100 and len(meta["shards"]) == 3
+    assert next(batches)[0].shape == (10, 64)
+    with pytest.raises(DictionaryError, match="must hold at least two batches"):
+        ActivationStore(random_llama_module, "L0.MLP", "sae", chunks, batch_tokens=64, buffer_tokens=64)
+    with pytest.raises(DictionaryError, match="holds no activation shards"):
+        batches_from_shards(tmp_path / "nothing", 10)
+
+
+def test_exact_sae_splices_to_the_clean_model_and_recovers_all_ce(random_llama_module, chunks):
+    model = random_llama_module
+    dictionary = _identity_sae(64, "L1.RESID_POST")
+    clean = model.run(chunks[:3])
+    with spliced(model, dictionary):
+        torch.testing.assert_close(model.run(chunks[:3]), clean, atol=1e-5, rtol=1e-5)
+    metrics = evaluate_dictionary(model, dictionary, chunks[:4], batch_size=2)
+    assert metrics["explained_variance"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["ce_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["kl_to_clean"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["n_tokens"] == 4 * 15 and metrics["l0"] == pytest.approx(64.0, abs=1.0)
+
+
+def test_error_term_leaves_the_model_unchanged_and_metrics_match_by_hand(random_llama_module, chunks):
+    model = random_llama_module
+    for kind, site in (("sae", "L1.ATTN"), ("transcoder", "L1.MLP")):
+        dictionary = SparseDictionary(DictionaryConfig(d_in=64, d_sae=128, k=4, kind=kind, site=site)).eval()
+        clean = model.run(chunks[:2])
+        with spliced(model, dictionary, error_term=True):
+            torch.testing.assert_close(model.run(chunks[:2]), clean, atol=1e-5, rtol=1e-5)
+        x, y = read_pairs(model, site, kind, chunks[:4])
+        y_hat, _ = dictionary(x)
+        by_hand = 1 - (y - y_hat).pow(2).sum(-1).mean() / (y.pow(2).sum(-1).mean() - y.mean(0).pow(2).sum())
+        metrics = evaluate_dictionary(model, dictionary, chunks[:4], batch_size=3)
+        assert metrics["explained_variance"] == pytest.approx(by_hand.item(), rel=1e-4)
+        assert metrics["l0"] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("kind", ["sae", "skip_transcoder"])
+def test_saelens_format_roundtrip(architecture, kind, tmp_path):
+    config = DictionaryConfig(d_in=8, d_sae=16, d_out=8 if kind == "sae" else 6, architecture=architecture, kind=kind,
+                              k=3, site="L2.RESID_POST" if kind == "sae" else "L2.MLP", model_name="m")
+    dictionary = SparseDictionary(config)
+    with torch.no_grad():
+        for p in dictionary.parameters():
+            p.normal_()
+        if dictionary.threshold is not None:
+            dictionary.threshold.fill_(0.3)
+    dictionary.eval()
+    save_dictionary(dictionary, tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert {"architecture", "d_in", "d_sae", "dtype", "apply_b_dec_to_input", "normalize_activations"} <= set(cfg)
+    assert cfg["meta"]["hook_name"] == ("blocks.2.hook_resid_post" if kind == "sae" else "blocks.2.hook_mlp_out")
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(load_dictionary(tmp_path)(x)[0], dictionary(x)[0])
+    if kind == "sae" and architecture != "batchtopk":  # what SAELens alone would see
+        (tmp_path / "interp_dictionary.json").unlink()
+        torch.testing.assert_close(load_dictionary(tmp_path)(x)[0], dictionary(x)[0])
+
+
+def test_bad_dictionary_files_and_mismatched_models(random_llama_module, chunks, tmp_path):
+    dictionary = SparseDictionary(DictionaryConfig(d_in=8, d_sae=16, k=2, site="L1.RESID_POST"))
+    save_dictionary(dictionary, tmp_path)
+    (tmp_path / "sae_weights.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(DictionaryError, match="sae_weights.safetensors is unreadable"):
+        load_dictionary(tmp_path)
+    with pytest.raises(DictionaryError, match="is not a dictionary folder"):
+        load_dictionary(tmp_path / "missing")
+    with pytest.raises(DictionaryError, match="reads d_in=8; L1.RESID_POST of random-llama has d_model=64"):
+        evaluate_dictionary(random_llama_module, dictionary, chunks[:2])
+
+
+def test_cli_sae_train_and_eval(tmp_path, capsys):
+    out = tmp_path / "sae"
+    assert main(["sae", "train", "--model", "random-llama", "--site", "L1.RESID_POST", "--k", "4", "--expansion", "2",
+                 "--tokens", "2048", "--batch-tokens", "128", "--buffer-tokens", "512", "--chunk-length", "32",
+                 "--eval-chunks", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "explained variance" in printed and "CE recovered" in printed
+    data = json.loads((out / "result.json").read_text())
+    assert data["method"] == "sae" and len(data["components"]) == 128 and data["components"][0] == "L1.SAE.0"
+    assert (out / "dictionary" / "cfg.json").is_file() and (out / "dictionary.html").is_file()
+    assert main(["sae", "eval", "--dictionary", str(out / "dictionary"), "--model", "random-llama", "--chunk-length", "32",
+                 "--eval-chunks", "2", "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "result.json").read_text())["extra"]["metrics"]["l0"] == pytest.approx(4.0)
+    assert main(["sae", "train", "--model", "random-llama", "--site", "L1.H0", "--tokens", "256", "--batch-tokens", "128",
+                 "--buffer-tokens", "512", "--out", str(tmp_path / "x")]) == 2
+    assert "whole [batch, pos, d_model] site" in capsys.readouterr().err
+    assert main(["sae", "eval", "--dictionary", str(tmp_path / "nope"), "--model", "random-llama"]) == 2
+    assert "is not a dictionary folder" in capsys.readouterr().err
