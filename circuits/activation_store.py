@@ -19,11 +19,23 @@ from typing import Iterator
 import torch
 
 from circuits.dictionary import DictionaryError
+from interp.architectures import decoder_layers
+from interp.backends.base import RunSpec
 from interp.components import Component, ComponentError, Site
 from interp.model import Model
+from interp.resume import layers_after_skipped
 from interp.sublayers import Sublayers
 
 SAE_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+
+
+def _read(model: Model, tokens: torch.Tensor, sites: list[Site]) -> dict[Site, torch.Tensor]:
+    """Activations at ``sites``; the layers after the last site are skipped and only one position
+    is unembedded (the logits are not needed)."""
+    layers = decoder_layers(model.hf_model, model.config.architecture)
+    with torch.no_grad(), layers_after_skipped(layers, max(site.layer for site in sites)):
+        out = model.forward(RunSpec(tokens, reads=set(sites), logits_to_keep=1))
+    return {site: value.detach() for site, value in out.activations.items()}
 
 
 def read_pairs(model: Model, site: str, kind: str, tokens: torch.Tensor, exclude_special: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,14 +47,13 @@ def read_pairs(model: Model, site: str, kind: str, tokens: torch.Tensor, exclude
     if kind == "sae":
         if component.kind not in SAE_KINDS:
             raise ComponentError(f"an SAE reads one of {', '.join(SAE_KINDS)}; {site} is {component.kind}")
-        _, cache = model.run_with_cache(tokens, [component.site])
-        x = y = cache[component.site]
+        x = y = _read(model, tokens, [component.site])[component.site]
     else:
         if component.kind != "mlp_out":
             raise ComponentError(f"a transcoder replaces an MLP: give its site as L<layer>.MLP, not {site}")
         layer = component.layer
         sites = [Site("resid_pre", layer), Site("attn_out", layer), Site("mlp_out", layer)]
-        _, cache = model.run_with_cache(tokens, sites)
+        cache = _read(model, tokens, sites)
         sublayers = Sublayers(model)
         resid = sublayers.mlp_input(layer, cache[sites[0]], cache[sites[1]])
         x, y = sublayers.mlp_normalized_input(layer, resid), cache[sites[2]]

@@ -63,6 +63,20 @@ def layers_replayed(layers: torch.nn.ModuleList, start_layer: int, resid: torch.
             layers[i] = module
 
 
+@contextmanager
+def layers_after_skipped(layers: torch.nn.ModuleList, last_layer: int) -> Iterator[None]:
+    """Within the block, layers > ``last_layer`` do no work (for reads that end at ``last_layer``;
+    the logits are then meaningless)."""
+    originals = {i: layers[i] for i in range(last_layer + 1, len(layers))}
+    try:
+        for i in originals:
+            layers[i] = _PassThrough()
+        yield
+    finally:
+        for i, module in originals.items():
+            layers[i] = module
+
+
 def kv_prefix(cache: Any, position: int, batch_index: torch.Tensor) -> Any:
     """A copy of ``cache`` cut to positions < ``position``, with rows picked by ``batch_index``."""
     if position == 0:
