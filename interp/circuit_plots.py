@@ -79,3 +79,49 @@ def faithfulness_figure(curves: list[dict], title: str = "") -> go.Figure:
     figure.update_layout(title=title or "faithfulness vs circuit size", xaxis_title="edges in the circuit (top-n by |score|)",
                          yaxis_title="faithfulness", xaxis_type="log", template="plotly_white", height=420)
     return figure
+
+
+def feature_graph_figure(graph: dict, max_width: float = 6.0) -> go.Figure:
+    """Draw a transcoder attribution graph (``circuits.transcoder_circuits.attribution_graph``):
+    x = token position, y = layer (embeddings at the bottom, the target on top); features are
+    circles, error nodes grey diamonds; edge width ~ |weight|, blue positive, red negative."""
+    n_layers = graph["n_layers"]
+
+    def position(node: dict) -> tuple[float, float]:
+        offset = ((node["latent"] or 0) % 7 - 3) * 0.06 if node["kind"] == "feature" else 0.0
+        layer = {"embed": -1, "target": n_layers}.get(node["kind"], node["layer"])
+        return node["position"] + offset, layer + (0.25 if node["kind"] == "error" else 0.0)
+
+    places = {node["id"]: position(node) for node in graph["nodes"]}
+    largest = max([abs(e["weight"]) for e in graph["edges"]] or [1.0])
+    figure = go.Figure()
+    for edge in graph["edges"]:
+        if edge["source"] not in places or edge["target"] not in places:
+            continue
+        (x0, y0), (x1, y1) = places[edge["source"]], places[edge["target"]]
+        figure.add_trace(go.Scatter(
+            x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, hoverinfo="text",
+            line={"width": 0.5 + max_width * abs(edge["weight"]) / largest,
+                  "color": _COLORS["positive" if edge["weight"] >= 0 else "negative"]},
+            opacity=0.3 + 0.6 * abs(edge["weight"]) / largest,
+            text=f"{edge['source']} -> {edge['target']}: {edge['weight']:.4f}"))
+    styles = {"embed": ("square", "#444444"), "feature": ("circle", "#f4a582"), "error": ("diamond", "#bbbbbb"),
+              "target": ("star", "#1b9e77")}
+    for kind, (symbol, color) in styles.items():
+        nodes = [n for n in graph["nodes"] if n["kind"] == kind]
+        if not nodes:
+            continue
+        figure.add_trace(go.Scatter(
+            x=[places[n["id"]][0] for n in nodes], y=[places[n["id"]][1] for n in nodes], mode="markers", name=kind,
+            marker={"symbol": symbol, "color": color, "line": {"width": 1, "color": "#333"},
+                    "size": [10 + 20 * min(1.0, abs(n["influence"]) * 3) if kind != "target" else 22 for n in nodes]},
+            hovertext=[f"{n['id']}" + (f" act {n['activation']:.3f}" if n["activation"] is not None else "")
+                       + f" influence {n['influence']:.3f}" for n in nodes], hoverinfo="text"))
+    tokens = graph.get("tokens", [])
+    figure.update_layout(
+        title=f"attribution graph of {graph['target']} · {graph['model']} ({len(graph['nodes'])} nodes, {len(graph['edges'])} edges)",
+        template="plotly_white", height=max(450, 45 * n_layers + 200),
+        xaxis={"tickmode": "array", "tickvals": list(range(len(tokens))), "ticktext": [repr(t)[1:-1] for t in tokens],
+               "title": "token"},
+        yaxis={"title": "layer", "dtick": 1})
+    return figure

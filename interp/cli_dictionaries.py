@@ -69,6 +69,19 @@ def add_commands(subparsers) -> None:
         evaluate.add_argument("--seed", type=int, default=0)
         evaluate.add_argument("--out", default=None)
         evaluate.set_defaults(func=_run_eval, dictionary_kind=kind)
+        if kind == "transcoder":
+            circuit = commands.add_parser("circuit", help="attribution graph of a logit difference or a feature on one prompt")
+            circuit.add_argument("--transcoders", nargs="+", required=True, help="transcoder folders (one per layer)")
+            circuit.add_argument("--model", default="smollm2-135m")
+            circuit.add_argument("--prompt", required=True)
+            circuit.add_argument("--target", default=None,
+                                 help="'ANSWER|WRONG' (logit difference of two single tokens at the last position, "
+                                      "e.g. ' Mary| John') or a feature 'L6.TC.123@5'")
+            circuit.add_argument("--max-features", type=int, default=64, help="candidate features (by attribution to the target)")
+            circuit.add_argument("--node-threshold", type=float, default=0.8)
+            circuit.add_argument("--edge-threshold", type=float, default=0.98)
+            circuit.add_argument("--out", default="runs/transcoder-circuit")
+            circuit.set_defaults(func=_run_circuit)
 
 
 def _corpus_chunks(model, args):
@@ -142,6 +155,60 @@ def _run_eval(args: argparse.Namespace) -> int:
     _write_html(result, out)
     _print_metrics(metrics, None)
     print(f"wrote {out / 'result.json'}")
+    return 0
+
+
+def _parse_target(model, text: str):
+    import re
+
+    from circuits.transcoder_circuits import Target
+
+    match = re.fullmatch(r"L(\d+)\.TC\.(\d+)@(\d+)", text.strip().upper())
+    if match:
+        return Target(feature=tuple(int(g) for g in match.groups()))
+    if "|" not in text:
+        raise ValueError(f"--target {text!r}: give 'ANSWER|WRONG' (two single tokens) or a feature like L6.TC.123@5")
+    answer, wrong = text.split("|", 1)
+    return Target(answer=model.to_single_token(answer), wrong=model.to_single_token(wrong))
+
+
+def _run_circuit(args: argparse.Namespace) -> int:
+    import json
+
+    from circuits.dictionary_io import load_dictionary
+    from circuits.transcoder_circuits import attribution_graph
+    from interp.circuit_plots import feature_graph_figure
+    from interp.components import Component
+    from interp.loading import load_model
+    from interp.plotting import write_figures
+
+    transcoders = {}
+    for folder in args.transcoders:
+        dictionary = load_dictionary(folder)
+        if not dictionary.config.site:
+            raise ValueError(f"{folder} names no site; it must be a transcoder trained by interp or name its hook")
+        layer = Component.parse(dictionary.config.site).layer
+        if layer in transcoders:
+            raise ValueError(f"two transcoders for layer {layer} ({folder})")
+        transcoders[layer] = dictionary
+    print(f"loading {args.model} ...", file=sys.stderr)
+    model = load_model(args.model, backend="transformer_lens")
+    tokens = model.to_tokens(args.prompt)
+    target = _parse_target(model, args.target) if args.target else None
+    if target is None:
+        raise ValueError("give --target")
+    graph = attribution_graph(model, transcoders, tokens, target, args.max_features, args.node_threshold, args.edge_threshold)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "graph.json").write_text(json.dumps(graph, indent=1))
+    write_figures(out / "graph.html", [feature_graph_figure(graph)], f"attribution graph · {graph['target']}")
+    features = sorted((n for n in graph["nodes"] if n["kind"] == "feature"), key=lambda n: -abs(n["influence"]))
+    print(f"{graph['target']} = {graph['target_value']:.4f}; {len(graph['nodes'])} nodes, {len(graph['edges'])} edges "
+          f"(of {graph['n_candidates']} candidate features)")
+    for node in features[:10]:
+        print(f"  {node['id']:<20} activation {node['activation']:.3f}  influence {node['influence']:.3f}  "
+              f"direct attribution {node['attribution']:+.4f}")
+    print(f"wrote {out / 'graph.json'} and {out / 'graph.html'}")
     return 0
 
 

@@ -68,6 +68,14 @@ class Sublayers:
         (what a transcoder reads)."""
         return self._leaf(layer, self.layout.mlp_norm).forward(resid)
 
+    def mlp_norm_gain(self, layer: int) -> torch.Tensor:
+        """The MLP pre-norm's elementwise gain [d_model] (Gemma's 1 + weight; ones if it has none)."""
+        norm = self._leaf(layer, self.layout.mlp_norm)
+        weight = getattr(norm, "weight", None)
+        if weight is None:
+            return torch.ones(self.config.d_model)
+        return (weight + 1 if "Gemma" in type(norm).__name__ else weight).detach().float()
+
     def mlp_input(self, layer: int, resid_pre: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """The residual stream the MLP of ``layer`` reads: resid_pre (parallel attention/MLP) or
         resid_pre + attn_out (sequential)."""
