@@ -14,13 +14,14 @@ It needs no download and is identical on every machine with the same Python vers
 from __future__ import annotations
 
 import ast
-import json
 import random
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from interp.jsonl import read_jsonl
 
 DEFAULT = "python-docs"
 _TEXT_SUFFIXES = (".txt", ".md", ".rst")
@@ -145,18 +146,11 @@ def _docstrings(path: Path) -> str:
 
 def _read_documents(path: Path, field: str) -> list[str]:
     if path.suffix == ".jsonl":
-        documents = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(f"{path}:{number} is not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                raise CorpusError(f"{path}:{number} has no text field {field!r}")
-            documents.append(row[field])
-        return documents
+        rows = read_jsonl(path, CorpusError, (field,))
+        bad = next((n for n, row in enumerate(rows, 1) if not isinstance(row[field], str)), None)
+        if bad is not None:
+            raise CorpusError(f"{path}: object {bad} has a non-text field {field!r}")
+        return [row[field] for row in rows]
     try:
         return [path.read_text(encoding="utf-8")]
     except UnicodeDecodeError:

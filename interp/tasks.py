@@ -6,7 +6,6 @@ across prompts) and whose answers are single tokens; the metric reads the last p
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from interp.jsonl import read_jsonl
 from interp.model import TokenizationError
 
 if TYPE_CHECKING:
@@ -95,14 +95,7 @@ class Task:
         path = Path(path)
         if not path.is_file():
             raise TaskError(f"task file not found: {path}")
-        pairs = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                pairs.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise TaskError(f"{path}:{number} is not valid JSON ({exc.msg})") from None
+        pairs = read_jsonl(path, TaskError)
         return cls.from_pairs(model, path.stem, pairs, {"source": str(path)})
 
     def subset(self, n: int) -> "Task":

@@ -7,13 +7,13 @@ control task's random labels (Hewitt & Liang).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from interp.jsonl import read_jsonl
 from interp.model import Model
 from interp.tasks import Task
 
@@ -76,17 +76,7 @@ class ProbeDataset:
         path = Path(path)
         if not path.is_file():
             raise ProbeDataError(f"probe dataset not found: {path}")
-        rows = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ProbeDataError(f"{path}:{number} is not JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or "text" not in row or "label" not in row:
-                raise ProbeDataError(f"{path}:{number} needs fields 'text' and 'label'")
-            rows.append(row)
+        rows = read_jsonl(path, ProbeDataError, ("text", "label"))
         ids = [model.tokenizer(r["text"], add_special_tokens=True)["input_ids"] for r in rows]
         width = max(len(i) for i in ids)
         pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0

@@ -51,7 +51,7 @@ def test_files_folders_and_jsonl(tmp_path):
     (lambda p: p / "missing.txt", "corpus not found"),
     (lambda p: (p / "e.txt").write_text("  \n") and p / "e.txt", "has no text"),
     (lambda p: (p / "bad.jsonl").write_text('{"text": "ok"}\n{broken\n') and p / "bad.jsonl", "bad.jsonl:2 is not valid JSON"),
-    (lambda p: (p / "f.jsonl").write_text('{"body": "x"}\n') and p / "f.jsonl", "has no text field 'text'"),
+    (lambda p: (p / "f.jsonl").write_text('{"body": "x"}\n') and p / "f.jsonl", "needs fields 'text'"),
 ])
 def test_bad_corpus_is_one_line(tmp_path, make, message):
     with pytest.raises(CorpusError, match=message):
