@@ -84,7 +84,8 @@ class ActivationStore:
     def memory_bytes(self) -> int:
         return self.buffer_tokens * (self.d_in + self.d_out) * 4
 
-    def _fresh(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def take(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``n_tokens`` (x, y) pairs in chunk order (unshuffled), reading chunks as needed."""
         xs, ys, total = [], [], 0
         while total < n_tokens:
             if self._next >= len(self._order):
@@ -99,14 +100,14 @@ class ActivationStore:
         return torch.cat(xs)[:n_tokens], torch.cat(ys)[:n_tokens]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = self._fresh(self.buffer_tokens)
+        x, y = self.take(self.buffer_tokens)
         half = self.buffer_tokens // 2
         while True:
             order = torch.randperm(self.buffer_tokens, generator=self.generator)
             x, y = x[order], y[order]
             for start in range(0, half - self.batch_tokens + 1, self.batch_tokens):
                 yield x[start:start + self.batch_tokens], y[start:start + self.batch_tokens]
-            new_x, new_y = self._fresh(half)
+            new_x, new_y = self.take(half)
             x[:half], y[:half] = new_x, new_y
 
     def save_shards(self, folder: str | Path, n_tokens: int, shard_tokens: int = 65536) -> Path:
@@ -118,7 +119,7 @@ class ActivationStore:
         written = 0
         shards = []
         while written < n_tokens:
-            x, y = self._fresh(min(shard_tokens, n_tokens - written))
+            x, y = self.take(min(shard_tokens, n_tokens - written))
             name = f"shard-{len(shards):05d}.safetensors"
             save_file({"x": x.contiguous(), "y": y.contiguous()}, folder / name)
             shards.append(name)
