@@ -5,7 +5,8 @@
 Caches the activations once (interp's activation store), trains interp's TopK SAE and SAELens'
 TopK SAE on the same batches in the same order (SAELens in its own virtual environment, created
 here on first use, because it pins transformer-lens<4), and reports training throughput (dictionary
-steps only), explained variance and L0 on held-out tokens, and whether SAELens opens interp's saved
+steps only), explained variance and L0 on held-out tokens (both at a constant learning rate, each with
+its own initialization and AuxK), and whether SAELens opens interp's saved
 folder and reproduces its reconstructions. Prints a table and writes JSON.
 """
 
@@ -75,6 +76,7 @@ def main() -> None:
     config = DictionaryConfig(d_in=train_x.shape[1], d_sae=args.d_sae, architecture="topk", k=args.k, site=site,
                               model_name=args.model, dead_tokens=dead_tokens)
     batches = ((train_x[i:i + args.batch], train_x[i:i + args.batch]) for i in range(0, args.tokens, args.batch))
+    # a constant learning rate, as SAELens trains by default (interp's default decays over the last 20%)
     trained = train_dictionary(batches, config, TrainingConfig(total_tokens=args.tokens, batch_tokens=args.batch, lr=args.lr,
                                                                decay_fraction=0.0), progress=False)
     dictionary: SparseDictionary = trained.dictionary
