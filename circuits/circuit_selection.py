@@ -38,7 +38,7 @@ def threshold_edges(graph: EdgeGraph, scores: np.ndarray, threshold: float) -> n
     return graph.valid & (np.abs(scores) >= threshold)
 
 
-def _owners(graph: EdgeGraph) -> list[list[int]]:
+def input_owners(graph: EdgeGraph) -> list[list[int]]:
     """For each downstream column, the upstream rows of the node(s) it is an input of
     (a KV group feeds every query head of the group; LOGITS has none)."""
     c = graph.config
@@ -61,7 +61,7 @@ def _owners(graph: EdgeGraph) -> list[list[int]]:
 def prune_dangling(graph: EdgeGraph, keep: np.ndarray) -> np.ndarray:
     """``keep`` without edges out of unfed nodes and edges into nodes that feed nothing."""
     keep = keep & graph.valid
-    owners = _owners(graph)
+    owners = input_owners(graph)
     inputs: list[list[int]] = [[] for _ in graph.upstream]
     for column, rows in enumerate(owners):
         for row in rows:
@@ -86,7 +86,7 @@ def circuit_graph(graph: EdgeGraph, normalized: np.ndarray, keep: np.ndarray, in
     """The circuit as JSON-ready nodes and edges (scores normalized: 1 = the whole clean-vs-corrupt
     difference). Each edge names the downstream input it enters (``target``, e.g. ``L3.K0``) and
     the circuit nodes that input feeds (``into``)."""
-    owners = _owners(graph)
+    owners = input_owners(graph)
     rows, columns = np.nonzero(keep & graph.valid)
     used = {int(r) for r in rows}
     edges = []

@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from circuits.circuit_selection import circuit_graph, prune_dangling, top_edges
 from circuits.edge_attribution import EdgeScores, edge_attribution
 from circuits.edge_graph import EdgeGraph
-from circuits.edge_patching import FaithfulnessCurve, faithfulness_curve
+from circuits.edge_patching import FaithfulnessCurve, faithfulness_curve, patched_metrics
 from interp.model import Model
 from interp.results import Result
 from interp.tasks import Task
@@ -43,6 +43,24 @@ def compare_with_exact(scores: EdgeScores, exact: Result) -> dict:
             "exact_wall_seconds": exact.wall_seconds, "edge_wall_seconds": scores.wall_seconds}
 
 
+def _acdc_comparison(model: Model, task: Task, scored: list[EdgeScores], threshold: float, batch_size: int | None,
+                     progress: bool) -> dict:
+    """ACDC's circuit at ``threshold`` and, at its size, the faithfulness of each method's top-n circuit."""
+    from circuits.acdc import acdc
+
+    found = acdc(model, task, threshold, progress=progress)
+    graph, size = found.graph, int(found.keep.sum())
+    masks = [graph.valid.copy(), found.keep] + [prune_dangling(graph, top_edges(graph, s.scores, size)) for s in scored]
+    masks.append(np.zeros_like(graph.valid))
+    means = patched_metrics(model, task, scored[0].settings, masks, batch_size=batch_size, progress=progress, label="ACDC comparison")
+    full, empty = means[0], means[-1]
+    faithfulness = [(float(m) - empty) / (full - empty) for m in means[1:-1]]
+    return {"threshold": threshold, "edges": size, "kl": found.kl, "forward_passes": found.n_forward_passes,
+            "wall_seconds": found.wall_seconds, "faithfulness": faithfulness[0],
+            "method_faithfulness_at_size": {s.method: f for s, f in zip(scored, faithfulness[1:])},
+            "edge_names": [graph.edge_names()[i] for i in np.flatnonzero(found.keep[graph.valid])]}
+
+
 def discover_edges(
     model: Model,
     task: Task,
@@ -57,13 +75,15 @@ def discover_edges(
     seed: int = 0,
     batch_size: int | None = None,
     exact: Result | None = None,
+    acdc_threshold: float | None = None,
     progress: bool = True,
 ) -> tuple[Result, dict]:
     """Score edges with each of ``methods``, measure their faithfulness curves over ``sizes``
     (default :func:`default_sizes`), and return (Result, circuit graph of the first method's
     top-``top_n`` edges). The Result's ``scores`` are the first method's normalized edge scores in
     ``EdgeGraph.edge_names()`` order; ``extra`` holds the curves and, given ``exact`` (an exact
-    heads patching result), the node-ranking comparison."""
+    heads patching result), the node-ranking comparison; with ``acdc_threshold``, ACDC's circuit at that
+    KL threshold, its size and faithfulness, and the methods' faithfulness at the same size."""
     if not methods:
         raise ValueError("give at least one edge attribution method")
     n_edges = EdgeGraph(model.config).n_edges
@@ -90,6 +110,8 @@ def discover_edges(
              "clean_prompts": task.clean_prompts, "corrupt_prompts": task.corrupt_prompts}
     if exact is not None:
         extra["node_comparison"] = [compare_with_exact(s, exact) for s in scored]
+    if acdc_threshold is not None:
+        extra["acdc"] = _acdc_comparison(model, task, scored, acdc_threshold, batch_size, progress)
     arrays = {}
     for s in scored:
         arrays[f"edge_scores_{s.method}"] = s.edge_vector()

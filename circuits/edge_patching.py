@@ -158,25 +158,20 @@ class FaithfulnessCurve:
                 "faithfulness": self.faithfulness, "full_metric": self.full_metric, "empty_metric": self.empty_metric}
 
 
-def faithfulness_curve(model: Model, task: Task, scores: EdgeScores, sizes: list[int], *,
-                       batch_size: int | None = None, progress: bool = True) -> FaithfulnessCurve:
-    """Faithfulness of the circuits made of the top-n edges of ``scores`` (by |score|, dangling
-    edges pruned) for each n in ``sizes``, with the same run settings as the scoring."""
-    settings = scores.settings
-    graph = scores.graph
-    bad = [n for n in sizes if n < 0]
-    if bad:
-        raise ValueError(f"circuit sizes must be >= 0, got {bad[0]}")
+def patched_metrics(model: Model, task: Task, settings: dict, masks: list[np.ndarray], *, batch_size: int | None = None,
+                    progress: bool = True, label: str = "circuits") -> np.ndarray:
+    """The task metric (mean over prompts) of the target run with every edge outside each circuit
+    in ``masks`` ([n_up, n_down] bool, True = kept) patched from the source run; ``settings`` are
+    an :class:`EdgeScores`' (metric, direction, corruption, noise_std, seed)."""
+    graph = EdgeGraph(model.config)
     metric_of, _ = task_metric(settings["metric"], model, task)
     target, source = target_and_source(model, task, settings["direction"], settings["corruption"],
                                        settings["noise_std"], settings["seed"])
     sublayers = Sublayers(model)
-    circuits = [prune_dangling(graph, top_edges(graph, scores.scores, n)) for n in sizes]
-    masks = [graph.valid.copy(), *circuits, np.zeros_like(graph.valid)]  # full circuit, the circuits, empty circuit
     n_prompts = task.clean_tokens.shape[0]
     step = batch_size or n_prompts
     values = np.zeros((len(masks), n_prompts))
-    bar = tqdm(total=len(masks) * n_prompts, desc=f"faithfulness {scores.method}", disable=not progress, unit="run")
+    bar = tqdm(total=len(masks) * n_prompts, desc=label, disable=not progress, unit="run")
     for first in range(0, n_prompts, step):
         rows = slice(first, first + step)
         row_ids = torch.arange(n_prompts, device=task.clean_tokens.device)[rows]
@@ -189,7 +184,21 @@ def faithfulness_curve(model: Model, task: Task, scores: EdgeScores, sizes: list
             values[i, rows] = metric_of(logits, row_ids).cpu().numpy()
             bar.update(len(row_ids))
     bar.close()
-    means = values.mean(axis=1)
+    return values.mean(axis=1)
+
+
+def faithfulness_curve(model: Model, task: Task, scores: EdgeScores, sizes: list[int], *,
+                       batch_size: int | None = None, progress: bool = True) -> FaithfulnessCurve:
+    """Faithfulness of the circuits made of the top-n edges of ``scores`` (by |score|, dangling
+    edges pruned) for each n in ``sizes``, with the same run settings as the scoring."""
+    graph = scores.graph
+    bad = [n for n in sizes if n < 0]
+    if bad:
+        raise ValueError(f"circuit sizes must be >= 0, got {bad[0]}")
+    circuits = [prune_dangling(graph, top_edges(graph, scores.scores, n)) for n in sizes]
+    masks = [graph.valid.copy(), *circuits, np.zeros_like(graph.valid)]  # full circuit, the circuits, empty circuit
+    means = patched_metrics(model, task, scores.settings, masks, batch_size=batch_size, progress=progress,
+                            label=f"faithfulness {scores.method}")
     full, empty = float(means[0]), float(means[-1])
     return FaithfulnessCurve(
         method=scores.method, sizes=[int(n) for n in sizes], kept=[int(c.sum()) for c in circuits],

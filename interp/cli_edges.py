@@ -35,6 +35,8 @@ def add_command(subparsers) -> None:
     p.add_argument("--top-n", type=int, default=100, help="edges in the saved circuit (before dangling-edge pruning)")
     p.add_argument("--sizes", default=None, help="comma-separated circuit sizes for the faithfulness curve (default 1,2,5,10,...)")
     p.add_argument("--compare-exact", action="store_true", help="also run exact head patching and compare the node ranking")
+    p.add_argument("--acdc", type=float, default=None, metavar="THRESHOLD",
+                   help="also run ACDC (KL threshold, one forward per edge: small models only) and compare at its size")
     p.add_argument("--direction", default="noising", choices=list(DIRECTIONS))
     p.add_argument("--corruption", default="tokens", choices=list(CORRUPTIONS))
     p.add_argument("--metric", default="logit_diff", choices=list(METRICS))
@@ -75,7 +77,8 @@ def _run_edges(args: argparse.Namespace) -> int:
                                     corruption=args.corruption, seed=args.seed)
     result, graph = discover_edges(
         model, task, tuple(args.method), steps=args.ig_steps, top_n=args.top_n, sizes=sizes, direction=args.direction,
-        metric=args.metric, corruption=args.corruption, seed=args.seed, batch_size=args.batch_size, exact=exact)
+        metric=args.metric, corruption=args.corruption, seed=args.seed, batch_size=args.batch_size, exact=exact,
+        acdc_threshold=args.acdc)
     result.extra["total_wall_seconds"] = time.perf_counter() - start
     out = Path(args.out or f"runs/{Path(task.name).stem}-edges")
     result.save(out)
@@ -98,6 +101,11 @@ def _print_summary(result, graph: dict) -> None:
     circuit = result.extra["circuit"]
     print(f"circuit: top {circuit['top_n']} edges, {circuit['edges_after_pruning']} after pruning, "
           f"faithfulness {circuit['faithfulness']:.3f}, {len(graph['nodes'])} nodes")
+    if "acdc" in result.extra:
+        a = result.extra["acdc"]
+        others = ", ".join(f"{m} {f:.3f}" for m, f in a["method_faithfulness_at_size"].items())
+        print(f"ACDC (KL threshold {a['threshold']:g}): {a['edges']} edges, faithfulness {a['faithfulness']:.3f} "
+              f"({a['forward_passes']} forwards, {a['wall_seconds']:.1f} s); top-{a['edges']} of {others}")
     for row in result.extra.get("node_comparison", []):
         print(f"{row['method']} head ranking vs exact head patching: Spearman |score| {row['spearman_abs']:.3f}, "
               f"top-10 overlap {row['top10_overlap']:.1f}, Pearson {row['pearson']:.3f} "

@@ -238,16 +238,44 @@ def test_bad_input(random_llama, llama_ioi, tmp_path):
 def test_cli_edges(tmp_path, capsys):
     out = tmp_path / "edges"
     code = main(["edges", "--model", "toy-induction", "--task", "induction", "--n-prompts", "4", "--method", "eap-ig", "eap",
-                 "--ig-steps", "2", "--top-n", "8", "--sizes", "1,4,16", "--out", str(out)])
+                 "--ig-steps", "2", "--top-n", "8", "--sizes", "1,4,16", "--acdc", "0.05", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "faithfulness eap-ig" in printed and str(out / "graph.json") in printed
+    assert "faithfulness eap-ig" in printed and str(out / "graph.json") in printed and "ACDC (KL threshold 0.05)" in printed
     data = json.loads((out / "result.json").read_text())
     assert data["granularity"] == "edges" and data["method"] == "eap-ig"
     assert [c["sizes"] for c in data["extra"]["curves"]] == [[1, 4, 16], [1, 4, 16]]
+    acdc_row = data["extra"]["acdc"]
+    assert acdc_row["edges"] == len(acdc_row["edge_names"]) and set(acdc_row["method_faithfulness_at_size"]) == {"eap-ig", "eap"}
     graph = load_graph(out / "graph.json")
     assert graph["top_n"] == 8 and (out / "edges.html").stat().st_size > 10_000
     assert main(["edges", "--model", "toy-induction", "--task", "induction", "--top-n", "100000", "--out", str(tmp_path / "x")]) == 2
     assert "--top-n 100000 is out of range" in capsys.readouterr().err
     assert main(["edges", "--model", "toy-induction", "--task", "induction", "--sizes", "1,a", "--out", str(tmp_path / "y")]) == 2
     assert "--sizes must be comma-separated integers" in capsys.readouterr().err
+
+
+def test_acdc_keeps_the_induction_circuit_and_its_kl_is_what_it_reports(toy_induction):
+    from circuits.acdc import acdc
+
+    task = _prev_token_induction_task(toy_induction)
+    _, cache = toy_induction.run_with_cache(task.clean_tokens, ["L0.A0"])
+    previous = previous_token_scores(cache[Site("pattern", 0)])
+    prev_heads = {f"L0.H{h}" for h in range(len(previous)) if previous[h] > 0.3}
+    result = acdc(toy_induction, task, threshold=0.05, progress=False)
+    graph = result.graph
+    kept = {graph.edge_names()[i] for i in np.flatnonzero(result.keep[graph.valid])}
+    assert 0 < len(kept) < graph.n_edges / 2
+    assert any(name.split("->")[0] in prev_heads and name.split("->")[1].startswith("L1.K") for name in kept)
+    assert any(name.endswith("->LOGITS") and name.startswith("L1.H") for name in kept)
+    # the reported KL is the circuit's own, and each removal cost less than the threshold
+    source, _ = _source_upstream(toy_induction, task.corrupt_tokens)
+    logprobs = run_with_patched_edges(toy_induction, RunInput(task.clean_tokens), graph.valid & ~result.keep, source).log_softmax(-1)
+    clean = toy_induction.run(task.clean_tokens, logits_to_keep=1)[:, -1].log_softmax(-1)
+    assert float((clean.exp() * (clean - logprobs)).sum(-1).mean()) == pytest.approx(result.kl, abs=1e-5)
+    removed = graph.valid & ~result.keep & ~np.isnan(result.increase)
+    assert np.all(result.increase[removed] < 0.05)
+    everything = acdc(toy_induction, task, threshold=float("inf"), progress=False)
+    assert not everything.keep.any()
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        acdc(toy_induction, task, threshold=-1)
