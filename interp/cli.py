@@ -17,6 +17,7 @@ import numpy as np
 
 from interp.cli_bigram import add_command as add_bigram_command
 from interp.cli_edges import add_command as add_edges_command
+from interp.cli_probe import add_command as add_probe_command
 from interp.cli_dictionaries import add_commands as add_dictionary_commands
 from interp.cli_redundancy import add_commands as add_redundancy_commands
 from interp.components import GRANULARITIES
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bigram_command(subparsers)
     add_edges_command(subparsers)
     add_dictionary_commands(subparsers)
+    add_probe_command(subparsers)
     _add_app(subparsers)
     return parser
 

@@ -87,3 +87,18 @@ def test_jsonl_dataset_and_its_errors(random_llama, tmp_path):
     with pytest.raises(ProbeDataError, match="single label"):
         ProbeDataset("one", torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long), np.zeros(2, int),
                      np.arange(2), np.zeros(2, int), ["x"])
+
+
+def test_cli_probe_writes_a_run_and_reports_bad_files(tmp_path, capsys):
+    from interp.cli import main
+
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", "random-llama", "--task", "ioi", "--n-prompts", "12", "--folds", "3", "--out", str(out)]) == 0
+    data = json.loads((out / "result.json").read_text())
+    assert data["method"] == "probe" and data["components"] == ["L0.RESID_POST", "L1.RESID_POST", "L2.RESID_POST"]
+    assert all(0 <= a <= 1 for a in data["scores"]) and (out / "probe.html").is_file()
+    assert "best layer by selectivity" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a"}\n')
+    assert main(["probe", "--model", "random-llama", "--task", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "needs fields 'text' and 'label'" in capsys.readouterr().err
