@@ -183,9 +183,11 @@ def greater_than(model: "Model", n_prompts: int = 16, seed: int = 0) -> Task:
     return Task.from_pairs(model, "greater_than", pairs, {"n_prompts": n_prompts, "seed": seed, "digit_level": digit_level})
 
 
-def induction(model: "Model", n_prompts: int = 16, seed: int = 0, half_length: int = 10) -> Task:
+def induction(model: "Model", n_prompts: int = 16, seed: int = 0, half_length: int = 10, break_match: bool = False) -> Task:
     """Repeated random tokens: [BOS] r1..rn r1..r(n-1) -> rn. Corrupt: rn in the first half
-    replaced by another token w (-> w); metric logit(rn) - logit(w)."""
+    replaced by another token w (-> w); metric logit(rn) - logit(w). With ``break_match``, r(n-1)
+    in the first half is replaced by w instead, so the induction head finds no earlier match for
+    the last token (the previous-token -> induction-head K-composition carries the difference)."""
     generator = torch.Generator().manual_seed(seed)
     vocab = model.config.d_vocab
     low, high = (1, vocab) if vocab < 1000 else (1000, min(vocab, 20000))
@@ -200,7 +202,8 @@ def induction(model: "Model", n_prompts: int = 16, seed: int = 0, half_length: i
                 break
         body, w = half[:half_length].tolist(), half[half_length].item()
         clean = bos + body + body[:-1]
-        corrupt = bos + body[:-1] + [w] + body[:-1]
+        first_half = body[:-2] + [w, body[-1]] if break_match else body[:-1] + [w]
+        corrupt = bos + first_half + body[:-1]
         clean_rows.append(clean)
         corrupt_rows.append(corrupt)
         answers.append(body[-1])
@@ -215,7 +218,7 @@ def induction(model: "Model", n_prompts: int = 16, seed: int = 0, half_length: i
         corrupt_tokens=torch.tensor(corrupt_rows, device=device),
         answers=torch.tensor(answers, device=device),
         wrong_answers=torch.tensor(wrong, device=device),
-        settings={"n_prompts": n_prompts, "seed": seed, "half_length": half_length},
+        settings={"n_prompts": n_prompts, "seed": seed, "half_length": half_length, "break_match": break_match},
     )
 
 

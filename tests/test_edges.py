@@ -162,16 +162,8 @@ def test_pruning_removes_edges_out_of_unfed_nodes_and_into_unused_ones(random_ll
 
 
 def _prev_token_induction_task(model):
-    """Induction prompts whose corruption breaks the match the induction head keys on: the token
-    before the answer's first occurrence is replaced, so only the previous-token -> induction-head
-    (K-composition) path carries the clean-corrupt difference into the match."""
-    task = tasks.induction(model, n_prompts=8, seed=0, half_length=12)
-    corrupt = task.clean_tokens.clone()
-    position = 1 + 12 - 2  # r_(n-1) in the first half
-    corrupt[:, position] = (corrupt[:, position] + 37) % (model.config.d_vocab - 1) + 1
-    task.corrupt_tokens = corrupt
-    task.wrong_answers = (task.answers + 11) % (model.config.d_vocab - 1) + 1
-    return task
+    """Induction prompts whose corruption breaks the match the induction heads key on."""
+    return tasks.induction(model, n_prompts=8, seed=0, half_length=12, break_match=True)
 
 
 @pytest.mark.parametrize("method, size", [("eap", 40), ("eap-ig", 12)])
@@ -185,9 +177,9 @@ def test_toy_induction_circuit_contains_the_previous_token_to_induction_edges(to
     graph = scores.graph
     names, values = graph.edge_names(), scores.edge_vector()
     from_layer0 = [i for i in np.argsort(-np.abs(values)) if names[i].startswith("L0.H")][:3]
-    for i in from_layer0:  # the strongest edges out of layer 0 are K-composition from previous-token heads
-        source, target = names[i].split("->")
-        assert source in prev_heads and target.startswith("L1.K"), names[i]
+    for rank, i in enumerate(from_layer0):  # the strongest edges out of layer 0 leave previous-token heads,
+        source, target = names[i].split("->")  # and the two strongest are K-composition into layer 1
+        assert source in prev_heads and (rank > 1 or target.startswith("L1.K")), names[i]
     # EAP misses the embedding -> previous-token-head value edges that EAP-IG ranks first, so its
     # pruned circuit needs more edges before the previous-token heads are fed
     circuit = prune_dangling(graph, top_edges(graph, scores.scores, size))
