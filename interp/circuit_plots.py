@@ -11,6 +11,33 @@ _DASH = {"q": "dot", "k": "dash", "v": "solid", "mlp": "solid", "logits": "solid
 _METHOD_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"]
 
 
+def _add_edges(figure: go.Figure, lines: list[tuple], max_width: float) -> None:
+    """Lines (x0, y0, x1, y1, value, hover text, dash): width and opacity ~ |value| / max |value|,
+    blue positive, red negative."""
+    largest = max([abs(line[4]) for line in lines] or [1.0]) or 1.0
+    for x0, y0, x1, y1, value, text, dash in lines:
+        figure.add_trace(go.Scatter(
+            x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, hoverinfo="text", text=text,
+            line={"width": 0.5 + max_width * abs(value) / largest, "color": _COLORS["positive" if value >= 0 else "negative"],
+                  "dash": dash},
+            opacity=0.3 + 0.6 * abs(value) / largest))
+
+
+def _add_nodes(figure: go.Figure, nodes: list[dict], places: dict, styles: dict, hover, size, labels: bool) -> None:
+    """One marker trace per node kind in ``styles`` (kind -> (symbol, colour)); ``hover`` and
+    ``size`` map a node to its hover text and marker size."""
+    for kind, (symbol, color) in styles.items():
+        chosen = [n for n in nodes if n["kind"] == kind]
+        if not chosen:
+            continue
+        figure.add_trace(go.Scatter(
+            x=[places[n["id"]][0] for n in chosen], y=[places[n["id"]][1] for n in chosen],
+            mode="markers+text" if labels else "markers", name=kind, textposition="top center",
+            text=[n["id"] for n in chosen] if labels else None,
+            marker={"symbol": symbol, "color": color, "line": {"width": 1, "color": "#333"}, "size": [size(n) for n in chosen]},
+            hovertext=[hover(n) for n in chosen], hoverinfo="text"))
+
+
 def _node_position(node: dict, n_heads: int) -> tuple[float, float]:
     kind, layer = node["kind"], node["layer"]
     if kind in ("embed", "logits"):
@@ -27,36 +54,15 @@ def circuit_graph_figure(graph: dict, max_width: float = 8.0) -> go.Figure:
     the edge and its score."""
     n_heads = graph["n_heads"]
     positions = {node["id"]: _node_position(node, n_heads) for node in graph["nodes"]}
-    scores = [abs(e["score"]) for e in graph["edges"]]
-    largest = max(scores) if scores else 1.0
+    lines = [(*positions[edge["source"]], *positions[target], edge["score"],
+              f"{edge['source']} -> {edge['target']} ({edge['port']}): {edge['score']:.4f}", _DASH.get(edge["port"], "solid"))
+             for edge in graph["edges"] for target in edge["into"] if target in positions]
     figure = go.Figure()
-    for edge in graph["edges"]:
-        x0, y0 = positions[edge["source"]]
-        for target in edge["into"]:
-            if target not in positions:
-                continue
-            x1, y1 = positions[target]
-            width = 0.5 + max_width * abs(edge["score"]) / largest
-            figure.add_trace(go.Scatter(
-                x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False,
-                line={"width": width, "color": _COLORS["positive" if edge["score"] >= 0 else "negative"],
-                      "dash": _DASH.get(edge["port"], "solid")},
-                opacity=0.35 + 0.6 * abs(edge["score"]) / largest, hoverinfo="text",
-                text=f"{edge['source']} -> {edge['target']} ({edge['port']}): {edge['score']:.4f}",
-            ))
-    kinds = {"embed": ("square", "#444444"), "head": ("circle", "#f4a582"), "mlp": ("diamond", "#92c5de"),
-             "logits": ("square", "#444444")}
-    for kind, (symbol, color) in kinds.items():
-        nodes = [n for n in graph["nodes"] if n["kind"] == kind]
-        if not nodes:
-            continue
-        figure.add_trace(go.Scatter(
-            x=[positions[n["id"]][0] for n in nodes], y=[positions[n["id"]][1] for n in nodes], mode="markers+text",
-            marker={"symbol": symbol, "size": 18, "color": color, "line": {"width": 1, "color": "#333"}},
-            text=[n["id"] for n in nodes], textposition="top center", name=kind,
-            hovertext=[f"{n['id']}: node score {n['score']:.4f}" if n["score"] is not None else n["id"] for n in nodes],
-            hoverinfo="text",
-        ))
+    _add_edges(figure, lines, max_width)
+    styles = {"embed": ("square", "#444444"), "head": ("circle", "#f4a582"), "mlp": ("diamond", "#92c5de"),
+              "logits": ("square", "#444444")}
+    _add_nodes(figure, graph["nodes"], positions, styles,
+               lambda n: f"{n['id']}: node score {n['score']:.4f}" if n["score"] is not None else n["id"], lambda n: 18, True)
     title = (f"{graph.get('method', '')} circuit · {graph.get('task', '')} · {graph.get('model', '')}: "
              f"{graph['n_edges']} edges (top {graph.get('top_n', '?')}), faithfulness {graph.get('faithfulness', float('nan')):.3f}")
     figure.update_layout(title=title, template="plotly_white", height=max(450, 40 * graph["n_layers"] + 200),
@@ -93,30 +99,16 @@ def feature_graph_figure(graph: dict, max_width: float = 6.0) -> go.Figure:
         return node["position"] + offset, layer + (0.25 if node["kind"] == "error" else 0.0)
 
     places = {node["id"]: position(node) for node in graph["nodes"]}
-    largest = max([abs(e["weight"]) for e in graph["edges"]] or [1.0])
+    lines = [(*places[edge["source"]], *places[edge["target"]], edge["weight"],
+              f"{edge['source']} -> {edge['target']}: {edge['weight']:.4f}", "solid")
+             for edge in graph["edges"] if edge["source"] in places and edge["target"] in places]
     figure = go.Figure()
-    for edge in graph["edges"]:
-        if edge["source"] not in places or edge["target"] not in places:
-            continue
-        (x0, y0), (x1, y1) = places[edge["source"]], places[edge["target"]]
-        figure.add_trace(go.Scatter(
-            x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, hoverinfo="text",
-            line={"width": 0.5 + max_width * abs(edge["weight"]) / largest,
-                  "color": _COLORS["positive" if edge["weight"] >= 0 else "negative"]},
-            opacity=0.3 + 0.6 * abs(edge["weight"]) / largest,
-            text=f"{edge['source']} -> {edge['target']}: {edge['weight']:.4f}"))
+    _add_edges(figure, lines, max_width)
     styles = {"embed": ("square", "#444444"), "feature": ("circle", "#f4a582"), "error": ("diamond", "#bbbbbb"),
               "target": ("star", "#1b9e77")}
-    for kind, (symbol, color) in styles.items():
-        nodes = [n for n in graph["nodes"] if n["kind"] == kind]
-        if not nodes:
-            continue
-        figure.add_trace(go.Scatter(
-            x=[places[n["id"]][0] for n in nodes], y=[places[n["id"]][1] for n in nodes], mode="markers", name=kind,
-            marker={"symbol": symbol, "color": color, "line": {"width": 1, "color": "#333"},
-                    "size": [10 + 20 * min(1.0, abs(n["influence"]) * 3) if kind != "target" else 22 for n in nodes]},
-            hovertext=[f"{n['id']}" + (f" act {n['activation']:.3f}" if n["activation"] is not None else "")
-                       + f" influence {n['influence']:.3f}" for n in nodes], hoverinfo="text"))
+    _add_nodes(figure, graph["nodes"], places, styles,
+               lambda n: n["id"] + (f" act {n['activation']:.3f}" if n["activation"] is not None else "") + f" influence {n['influence']:.3f}",
+               lambda n: 22 if n["kind"] == "target" else 10 + 20 * min(1.0, abs(n["influence"]) * 3), False)
     tokens = graph.get("tokens", [])
     figure.update_layout(
         title=f"attribution graph of {graph['target']} · {graph['model']} ({len(graph['nodes'])} nodes, {len(graph['edges'])} edges)",
