@@ -59,20 +59,8 @@ def spliced(model: Model, dictionary: SparseDictionary, site: str | None = None,
         return
     if component.kind != "mlp_out":
         raise DictionaryError(f"a transcoder replaces an MLP: splice it at L<layer>.MLP, not {site}")
-    sublayers = Sublayers(model)
-    seen: dict[str, torch.Tensor] = {}
-
-    def keep(name: str):
-        def edit(value: torch.Tensor) -> torch.Tensor:
-            seen[name] = value
-            return value
-        return edit
-
-    def replace(value: torch.Tensor) -> torch.Tensor:
-        resid = sublayers.mlp_input(layer, seen["resid"], seen["attn"])
-        return finish(value, sublayers.mlp_normalized_input(layer, resid))
-
-    with model.patch({f"L{layer}.RESID_PRE": keep("resid"), f"L{layer}.ATTN": keep("attn"), f"L{layer}.MLP": replace}):
+    edits = Sublayers(model).mlp_replacement_edits(layer, finish)
+    with model.patch({str(Component(site.kind, site.layer)): edit for site, edit in edits.items()}):
         yield model
 
 

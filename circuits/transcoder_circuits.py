@@ -65,17 +65,10 @@ def _replacement_edits(model: Model, transcoders: dict[int, SparseDictionary], r
     """Edits that splice the transcoders with leaf latents/errors and frozen patterns. With ``fixed``,
     latents, errors and patterns are taken from it instead of computed (for finite differences)."""
     sublayers = Sublayers(model)
-    seen: dict[tuple[str, int], torch.Tensor] = {}
 
     def embed(value: torch.Tensor) -> torch.Tensor:
         run.embedding = value.detach()[0].float().clone().requires_grad_()
         return run.embedding[None].to(value.dtype)
-
-    def keep(name: str, layer: int):
-        def edit(value: torch.Tensor) -> torch.Tensor:
-            seen[(name, layer)] = value
-            return value
-        return edit
 
     def freeze(layer: int):
         def edit(value: torch.Tensor) -> torch.Tensor:
@@ -84,9 +77,8 @@ def _replacement_edits(model: Model, transcoders: dict[int, SparseDictionary], r
         return edit
 
     def replace(layer: int, dictionary: SparseDictionary):
-        def edit(value: torch.Tensor) -> torch.Tensor:
-            resid = sublayers.mlp_input(layer, seen[("resid", layer)], seen[("attn", layer)])
-            x = sublayers.mlp_normalized_input(layer, resid)[0].float()
+        def edit(value: torch.Tensor, normalized: torch.Tensor) -> torch.Tensor:
+            x = normalized[0].float()
             pre = dictionary.pre_activations(x)
             run.pre[layer] = pre
             latents = fixed.latents[layer] if fixed is not None else dictionary.activate(pre).detach()
@@ -101,9 +93,8 @@ def _replacement_edits(model: Model, transcoders: dict[int, SparseDictionary], r
     for layer in range(model.config.n_layers):
         edits[Site("pattern", layer)] = [freeze(layer)]
     for layer, dictionary in transcoders.items():
-        edits.setdefault(Site("resid_pre", layer), []).append(keep("resid", layer))
-        edits[Site("attn_out", layer)] = [keep("attn", layer)]
-        edits[Site("mlp_out", layer)] = [replace(layer, dictionary)]
+        for site, edit in sublayers.mlp_replacement_edits(layer, replace(layer, dictionary)).items():
+            edits.setdefault(site, []).append(edit)
     return edits
 
 

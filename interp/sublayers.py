@@ -10,9 +10,12 @@ a wrapped module (or the module whose output is being edited) would re-enter the
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from interp.architectures import decoder_layers, get_path, layout_for, split_fused_qkv, unwrapped
+from interp.components import Site
 from interp.model import Model
 
 
@@ -80,6 +83,24 @@ class Sublayers:
         """The residual stream the MLP of ``layer`` reads: resid_pre (parallel attention/MLP) or
         resid_pre + attn_out (sequential)."""
         return resid_pre if self.config.parallel_attn_mlp else resid_pre + attn_out
+
+    def mlp_replacement_edits(self, layer: int, replace: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict:
+        """Edits ({Site: edit}) of a forward in which the MLP output at ``layer`` becomes
+        ``replace(mlp_output, normalized_mlp_input)``: the residual stream and attention output are
+        captured on the way so the MLP's own normalized input can be rebuilt inside the edit."""
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(name: str):
+            def edit(value: torch.Tensor) -> torch.Tensor:
+                seen[name] = value
+                return value
+            return edit
+
+        def swap(value: torch.Tensor) -> torch.Tensor:
+            resid = self.mlp_input(layer, seen["resid"], seen["attn"])
+            return replace(value, self.mlp_normalized_input(layer, resid))
+
+        return {Site("resid_pre", layer): keep("resid"), Site("attn_out", layer): keep("attn"), Site("mlp_out", layer): swap}
 
     def head_outputs(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """Each head's write into the residual stream, z_h W_O^h without the output bias:
