@@ -15,13 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 import interp
-from circuits.acdc import acdc
-from circuits.circuit_selection import prune_dangling, top_edges
 from circuits.edge_attribution import edge_attribution
-from circuits.edge_patching import patched_metrics
+from circuits.edge_circuits import compare_with_acdc
 from interp import tasks
 
 
@@ -37,14 +33,9 @@ def main() -> None:
     graph = scored["eap"].graph
     rows = []
     for threshold in (float(t) for t in args.thresholds.split(",")):
-        found = acdc(model, task, threshold, progress=False)
-        size = int(found.keep.sum())
-        masks = [graph.valid.copy(), found.keep] + [prune_dangling(graph, top_edges(graph, s.scores, size)) for s in scored.values()]
-        masks.append(np.zeros_like(graph.valid))
-        means = patched_metrics(model, task, scored["eap"].settings, masks, progress=False)
-        faith = [(m - means[-1]) / (means[0] - means[-1]) for m in means[1:-1]]
-        rows.append({"threshold": threshold, "edges": size, "forward_passes": found.n_forward_passes, "seconds": found.wall_seconds,
-                     "acdc": faith[0], "eap": faith[1], "eap-ig": faith[2]})
+        found = compare_with_acdc(model, task, list(scored.values()), threshold, progress=False)
+        rows.append({"threshold": threshold, "edges": found["edges"], "forward_passes": found["forward_passes"],
+                     "seconds": found["wall_seconds"], "acdc": found["faithfulness"], **found["method_faithfulness_at_size"]})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"model": "toy-induction", "n_edges": graph.n_edges, "rows": rows}, indent=1))
     print(f"toy-induction, {graph.n_edges} edges, {args.n_prompts} prompts; logit-difference faithfulness at ACDC's size")

@@ -22,7 +22,7 @@ from circuits.edge_graph import EdgeGraph
 from circuits.edge_runs import downstream_gradients, gradient_sites, upstream_outputs, upstream_sites
 from interp.backends.base import RunSpec
 from interp.components import Site
-from interp.corruption import RunInput, check_settings, clean_and_corrupt, select_rows, target_and_source
+from interp.corruption import RunInput, check_settings, clean_and_corrupt, prompt_chunks, target_and_source
 from interp.metrics import task_metric
 from interp.model import Model
 from interp.sublayers import Sublayers
@@ -129,15 +129,12 @@ def edge_attribution(
     target, source = target_and_source(model, task, direction, corruption, noise_std, seed)
     n_prompts = task.clean_tokens.shape[0]
     n_steps = 1 if method == "eap" else steps
-    step = batch_size or n_prompts
     scores = torch.zeros(len(graph.upstream), len(graph.downstream), dtype=torch.float64)
     target_metric, source_metric = torch.zeros(n_prompts), torch.zeros(n_prompts)
     n_backward = 0
     bar = tqdm(total=n_prompts * n_steps, desc=method, disable=not progress, unit="pass")
-    for first in range(0, n_prompts, step):
-        rows = slice(first, first + step)
-        row_ids = torch.arange(n_prompts, device=task.clean_tokens.device)[rows]
-        chunk_target, chunk_source = select_rows(target, rows), select_rows(source, rows)
+    for chunk in prompt_chunks(target, source, batch_size):
+        rows, row_ids, chunk_target, chunk_source = chunk.rows, chunk.row_ids, chunk.target, chunk.source
 
         def chunk_metric(logits: torch.Tensor) -> torch.Tensor:
             return metric_of(logits, row_ids)

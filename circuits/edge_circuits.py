@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 from circuits.circuit_selection import circuit_graph, prune_dangling, top_edges
 from circuits.edge_attribution import EdgeScores, edge_attribution
 from circuits.edge_graph import EdgeGraph
-from circuits.edge_patching import FaithfulnessCurve, faithfulness_curve, patched_metrics
+from circuits.edge_patching import FaithfulnessCurve, circuit_faithfulness, faithfulness_curve
 from interp.model import Model
 from interp.results import Result
 from interp.tasks import Task
@@ -43,18 +43,16 @@ def compare_with_exact(scores: EdgeScores, exact: Result) -> dict:
             "exact_wall_seconds": exact.wall_seconds, "edge_wall_seconds": scores.wall_seconds}
 
 
-def _acdc_comparison(model: Model, task: Task, scored: list[EdgeScores], threshold: float, batch_size: int | None,
-                     progress: bool) -> dict:
+def compare_with_acdc(model: Model, task: Task, scored: list[EdgeScores], threshold: float, batch_size: int | None = None,
+                      progress: bool = True) -> dict:
     """ACDC's circuit at ``threshold`` and, at its size, the faithfulness of each method's top-n circuit."""
     from circuits.acdc import acdc
 
     found = acdc(model, task, threshold, progress=progress)
     graph, size = found.graph, int(found.keep.sum())
-    masks = [graph.valid.copy(), found.keep] + [prune_dangling(graph, top_edges(graph, s.scores, size)) for s in scored]
-    masks.append(np.zeros_like(graph.valid))
-    means = patched_metrics(model, task, scored[0].settings, masks, batch_size=batch_size, progress=progress, label="ACDC comparison")
-    full, empty = means[0], means[-1]
-    faithfulness = [(float(m) - empty) / (full - empty) for m in means[1:-1]]
+    circuits = [found.keep] + [prune_dangling(graph, top_edges(graph, s.scores, size)) for s in scored]
+    faithfulness, _, _, _ = circuit_faithfulness(model, task, scored[0].settings, circuits, batch_size=batch_size,
+                                                 progress=progress, label="ACDC comparison")
     return {"threshold": threshold, "edges": size, "kl": found.kl, "forward_passes": found.n_forward_passes,
             "wall_seconds": found.wall_seconds, "faithfulness": faithfulness[0],
             "method_faithfulness_at_size": {s.method: f for s, f in zip(scored, faithfulness[1:])},
@@ -111,7 +109,7 @@ def discover_edges(
     if exact is not None:
         extra["node_comparison"] = [compare_with_exact(s, exact) for s in scored]
     if acdc_threshold is not None:
-        extra["acdc"] = _acdc_comparison(model, task, scored, acdc_threshold, batch_size, progress)
+        extra["acdc"] = compare_with_acdc(model, task, scored, acdc_threshold, batch_size, progress)
     arrays = {}
     for s in scored:
         arrays[f"edge_scores_{s.method}"] = s.edge_vector()

@@ -12,7 +12,7 @@ corrupt run and report (L(C) - L(empty)) / (L(full) - L(empty)).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from circuits.edge_runs import upstream_outputs, upstream_sites
 from circuits.circuit_selection import prune_dangling, top_edges
 from interp.backends.base import Edit, RunSpec
 from interp.components import Site
-from interp.corruption import RunInput, select_rows, target_and_source
+from interp.corruption import RunInput, prompt_chunks, target_and_source
 from interp.metrics import task_metric
 from interp.model import Model
 from interp.sublayers import Sublayers
@@ -154,8 +154,7 @@ class FaithfulnessCurve:
     empty_metric: float
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "sizes": self.sizes, "kept": self.kept, "metric": self.metric,
-                "faithfulness": self.faithfulness, "full_metric": self.full_metric, "empty_metric": self.empty_metric}
+        return asdict(self)
 
 
 def patched_metrics(model: Model, task: Task, settings: dict, masks: list[np.ndarray], *, batch_size: int | None = None,
@@ -169,22 +168,31 @@ def patched_metrics(model: Model, task: Task, settings: dict, masks: list[np.nda
                                        settings["noise_std"], settings["seed"])
     sublayers = Sublayers(model)
     n_prompts = task.clean_tokens.shape[0]
-    step = batch_size or n_prompts
     values = np.zeros((len(masks), n_prompts))
     bar = tqdm(total=len(masks) * n_prompts, desc=label, disable=not progress, unit="run")
-    for first in range(0, n_prompts, step):
-        rows = slice(first, first + step)
-        row_ids = torch.arange(n_prompts, device=task.clean_tokens.device)[rows]
-        chunk_target, chunk_source = select_rows(target, rows), select_rows(source, rows)
+    for chunk in prompt_chunks(target, source, batch_size):
         with torch.no_grad():
-            out = model.forward(RunSpec(chunk_source.tokens, edits=chunk_source.edits(), reads=upstream_sites(graph), logits_to_keep=1))
+            out = model.forward(RunSpec(chunk.source.tokens, edits=chunk.source.edits(), reads=upstream_sites(graph), logits_to_keep=1))
         source_upstream = upstream_outputs(sublayers, graph, out.activations)
         for i, keep in enumerate(masks):
-            logits = run_with_patched_edges(model, chunk_target, graph.valid & ~keep, source_upstream, sublayers)
-            values[i, rows] = metric_of(logits, row_ids).cpu().numpy()
-            bar.update(len(row_ids))
+            logits = run_with_patched_edges(model, chunk.target, graph.valid & ~keep, source_upstream, sublayers)
+            values[i, chunk.rows] = metric_of(logits, chunk.row_ids).cpu().numpy()
+            bar.update(len(chunk.row_ids))
     bar.close()
     return values.mean(axis=1)
+
+
+def circuit_faithfulness(model: Model, task: Task, settings: dict, circuits: list[np.ndarray], *,
+                         batch_size: int | None = None, progress: bool = True,
+                         label: str = "faithfulness") -> tuple[list[float], list[float], float, float]:
+    """(faithfulness, metric) of each circuit, and the full and empty circuits' metrics:
+    faithfulness = (L(C) - L(empty)) / (L(full) - L(empty)), all means over prompts."""
+    graph = EdgeGraph(model.config)
+    masks = [graph.valid.copy(), *circuits, np.zeros_like(graph.valid)]
+    means = patched_metrics(model, task, settings, masks, batch_size=batch_size, progress=progress, label=label)
+    full, empty = float(means[0]), float(means[-1])
+    metrics = [float(x) for x in means[1:-1]]
+    return [(x - empty) / (full - empty) for x in metrics], metrics, full, empty
 
 
 def faithfulness_curve(model: Model, task: Task, scores: EdgeScores, sizes: list[int], *,
@@ -196,12 +204,7 @@ def faithfulness_curve(model: Model, task: Task, scores: EdgeScores, sizes: list
     if bad:
         raise ValueError(f"circuit sizes must be >= 0, got {bad[0]}")
     circuits = [prune_dangling(graph, top_edges(graph, scores.scores, n)) for n in sizes]
-    masks = [graph.valid.copy(), *circuits, np.zeros_like(graph.valid)]  # full circuit, the circuits, empty circuit
-    means = patched_metrics(model, task, scores.settings, masks, batch_size=batch_size, progress=progress,
-                            label=f"faithfulness {scores.method}")
-    full, empty = float(means[0]), float(means[-1])
-    return FaithfulnessCurve(
-        method=scores.method, sizes=[int(n) for n in sizes], kept=[int(c.sum()) for c in circuits],
-        metric=[float(x) for x in means[1:-1]],
-        faithfulness=[float((x - empty) / (full - empty)) for x in means[1:-1]], full_metric=full, empty_metric=empty,
-    )
+    faithfulness, metrics, full, empty = circuit_faithfulness(model, task, scores.settings, circuits, batch_size=batch_size,
+                                                              progress=progress, label=f"faithfulness {scores.method}")
+    return FaithfulnessCurve(method=scores.method, sizes=[int(n) for n in sizes], kept=[int(c.sum()) for c in circuits],
+                             metric=metrics, faithfulness=faithfulness, full_metric=full, empty_metric=empty)

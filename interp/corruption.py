@@ -9,6 +9,7 @@ the reverse.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -81,3 +82,24 @@ def check_settings(model, task: Task, direction: str, corruption: str) -> None:
 def select_rows(run: RunInput, rows: slice) -> RunInput:
     """The same run restricted to some prompts."""
     return RunInput(run.tokens[rows], None if run.noise is None else run.noise[rows])
+
+
+@dataclass
+class PromptChunk:
+    """A batch of prompts: ``rows`` of the task, their ids [n] (for a task metric's ``rows``), and
+    the target and source runs restricted to them."""
+
+    rows: slice
+    row_ids: torch.Tensor
+    target: RunInput
+    source: RunInput
+
+
+def prompt_chunks(target: RunInput, source: RunInput, batch_size: int | None) -> Iterator[PromptChunk]:
+    """The prompts of a (target, source) pair in batches of ``batch_size`` (default: all at once)."""
+    n_prompts = target.tokens.shape[0]
+    step = batch_size or n_prompts
+    for first in range(0, n_prompts, step):
+        rows = slice(first, first + step)
+        row_ids = torch.arange(n_prompts, device=target.tokens.device)[rows]
+        yield PromptChunk(rows, row_ids, select_rows(target, rows), select_rows(source, rows))

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from interp.attribution.backward import layer_gradients, n_units, traced_run, units_below
 from interp.attribution.estimates import QK_KINDS, NodeEstimator
 from interp.backends.base import RunSpec
-from interp.corruption import check_settings, clean_and_corrupt, select_rows, target_and_source
+from interp.corruption import check_settings, clean_and_corrupt, prompt_chunks, target_and_source
 from interp.metrics import normalized, task_metric
 from interp.model import Model
 from interp.patching import resolve_components
@@ -87,10 +87,8 @@ def attribution_patching(
     step = batch_size or n_prompts
     block_backwards = 0
     bar = tqdm(total=n_prompts, desc=f"{method} {granularity}", disable=not progress, unit="prompt")
-    for first in range(0, n_prompts, step):
-        rows = slice(first, first + step)
-        chunk_target, chunk_source = select_rows(target, rows), select_rows(source, rows)
-        row_ids = torch.arange(n_prompts, device=task.clean_tokens.device)[rows]
+    for chunk in prompt_chunks(target, source, batch_size):
+        rows, row_ids, chunk_target, chunk_source = chunk.rows, chunk.row_ids, chunk.target, chunk.source
 
         def chunk_metric(logits: torch.Tensor) -> torch.Tensor:
             return metric_of(logits, row_ids)
