@@ -265,3 +265,23 @@ def test_cli_sae_train_and_eval(tmp_path, capsys):
     assert "whole [batch, pos, d_model] site" in capsys.readouterr().err
     assert main(["sae", "eval", "--dictionary", str(tmp_path / "nope"), "--model", "random-llama"]) == 2
     assert "is not a dictionary folder" in capsys.readouterr().err
+
+
+def test_more_bad_dictionary_inputs(tmp_path):
+    dictionary = SparseDictionary(DictionaryConfig(d_in=8, d_sae=16, k=2, site="L1.RESID_POST"))
+    save_dictionary(dictionary, tmp_path / "a")
+    cfg = json.loads((tmp_path / "a" / "cfg.json").read_text())
+    (tmp_path / "a" / "interp_dictionary.json").unlink()
+    (tmp_path / "a" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
+    with pytest.raises(DictionaryError, match="SAELens architecture 'gated' is not supported"):
+        load_dictionary(tmp_path / "a")
+    (tmp_path / "a" / "cfg.json").write_text(json.dumps({**cfg, "d_sae": 32}))
+    with pytest.raises(DictionaryError, match="W_enc has shape \\(8, 16\\), the config says \\(8, 32\\)"):
+        load_dictionary(tmp_path / "a")
+    with pytest.raises(DictionaryError, match="need total_tokens >= batch_tokens >= 1, got 4 and 8"):
+        TrainingConfig(total_tokens=4, batch_tokens=8).validate()
+    with pytest.raises(DictionaryError, match="learning rate must be positive, got 0"):
+        TrainingConfig(lr=0).validate()
+    with pytest.raises(DictionaryError, match="ran out after 1 of 4 steps"):
+        train_dictionary(iter([(torch.randn(8, 8), torch.randn(8, 8))]), DictionaryConfig(d_in=8, d_sae=16, k=2),
+                         TrainingConfig(total_tokens=32, batch_tokens=8), progress=False)

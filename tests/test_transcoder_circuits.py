@@ -141,3 +141,11 @@ def test_cli_transcoder_circuit(transcoders, tmp_path, capsys):
     assert main(["transcoder", "circuit", "--transcoders", *folders, "--model", "random-llama",
                  "--prompt", "When Mary", "--target", "Mary", "--out", str(out)]) == 2
     assert "give 'ANSWER|WRONG'" in capsys.readouterr().err
+
+
+def test_cli_transcoder_circuit_rejects_two_transcoders_for_one_layer(transcoders, tmp_path, capsys):
+    for name in ("a", "b"):
+        save_dictionary(transcoders[0], tmp_path / name)
+    assert main(["transcoder", "circuit", "--transcoders", str(tmp_path / "a"), str(tmp_path / "b"), "--model", "random-llama",
+                 "--prompt", "When Mary", "--target", " Mary| John", "--out", str(tmp_path / "g")]) == 2
+    assert "two transcoders for layer 0" in capsys.readouterr().err
