@@ -12,9 +12,11 @@ from circuits.circuit_selection import circuit_graph, prune_dangling, top_edges
 from circuits.edge_attribution import EdgeScores, edge_attribution
 from circuits.edge_graph import EdgeGraph
 from circuits.edge_patching import FaithfulnessCurve, circuit_faithfulness, faithfulness_curve
+from circuits.ground_truth import KnownCircuit, acdc_sweep, relative_thresholds
 from interp.model import Model
 from interp.results import Result
 from interp.tasks import Task
+from interp.tracr_models import read_metadata
 
 
 def default_sizes(n_edges: int) -> list[int]:
@@ -81,7 +83,9 @@ def discover_edges(
     top-``top_n`` edges). The Result's ``scores`` are the first method's normalized edge scores in
     ``EdgeGraph.edge_names()`` order; ``extra`` holds the curves and, given ``exact`` (an exact
     heads patching result), the node-ranking comparison; with ``acdc_threshold``, ACDC's circuit at that
-    KL threshold, its size and faithfulness, and the methods' faithfulness at the same size."""
+    KL threshold, its size and faithfulness, and the methods' faithfulness at the same size; on a
+    tracr port, ``ground_truth``: each method's and an ACDC threshold sweep's edge ROC AUC against
+    the compiled circuit (``circuits.ground_truth``)."""
     if not methods:
         raise ValueError("give at least one edge attribution method")
     n_edges = EdgeGraph(model.config).n_edges
@@ -110,6 +114,9 @@ def discover_edges(
         extra["node_comparison"] = [compare_with_exact(s, exact) for s in scored]
     if acdc_threshold is not None:
         extra["acdc"] = compare_with_acdc(model, task, scored, acdc_threshold, batch_size, progress)
+    if read_metadata(model.source) is not None:  # a tracr port: score against its known circuit
+        known = KnownCircuit.of(model)
+        extra["ground_truth"] = known.report(model, task, scored, acdc_sweep(model, task, relative_thresholds(model, task)))
     arrays = {}
     for s in scored:
         arrays[f"edge_scores_{s.method}"] = s.edge_vector()

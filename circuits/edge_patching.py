@@ -158,10 +158,11 @@ class FaithfulnessCurve:
 
 
 def patched_metrics(model: Model, task: Task, settings: dict, masks: list[np.ndarray], *, batch_size: int | None = None,
-                    progress: bool = True, label: str = "circuits") -> np.ndarray:
-    """The task metric (mean over prompts) of the target run with every edge outside each circuit
-    in ``masks`` ([n_up, n_down] bool, True = kept) patched from the source run; ``settings`` are
-    an :class:`EdgeScores`' (metric, direction, corruption, noise_std, seed)."""
+                    progress: bool = True, label: str = "circuits", per_prompt: bool = False) -> np.ndarray:
+    """The task metric of the target run with every edge outside each circuit in ``masks``
+    ([n_up, n_down] bool, True = kept) patched from the source run: [n_masks] means over prompts,
+    or [n_masks, n_prompts] with ``per_prompt``. ``settings`` are an :class:`EdgeScores`' (metric,
+    direction, corruption, noise_std, seed)."""
     graph = EdgeGraph(model.config)
     metric_of, _ = task_metric(settings["metric"], model, task)
     target, source = target_and_source(model, task, settings["direction"], settings["corruption"],
@@ -179,7 +180,7 @@ def patched_metrics(model: Model, task: Task, settings: dict, masks: list[np.nda
             values[i, chunk.rows] = metric_of(logits, chunk.row_ids).cpu().numpy()
             bar.update(len(chunk.row_ids))
     bar.close()
-    return values.mean(axis=1)
+    return values if per_prompt else values.mean(axis=1)
 
 
 def circuit_faithfulness(model: Model, task: Task, settings: dict, circuits: list[np.ndarray], *,

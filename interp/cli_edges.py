@@ -106,6 +106,11 @@ def _print_summary(result, graph: dict) -> None:
         others = ", ".join(f"{m} {f:.3f}" for m, f in a["method_faithfulness_at_size"].items())
         print(f"ACDC (KL threshold {a['threshold']:g}): {a['edges']} edges, faithfulness {a['faithfulness']:.3f} "
               f"({a['forward_passes']} forwards, {a['wall_seconds']:.1f} s); top-{a['edges']} of {others}")
+    if "ground_truth" in result.extra:
+        truth = result.extra["ground_truth"]
+        print(f"known circuit: {len(truth['true_edges'])} true edges, {len(truth['inert_true_edges'])} inert under this corruption")
+        for method, auc in truth["auc"].items():
+            print(f"  edge ROC AUC {method:<7} all {auc['all']:.3f}  live {auc['live']:.3f}  reachable {auc['reachable']:.3f}")
     for row in result.extra.get("node_comparison", []):
         print(f"{row['method']} head ranking vs exact head patching: Spearman |score| {row['spearman_abs']:.3f}, "
               f"top-10 overlap {row['top10_overlap']:.1f}, Pearson {row['pearson']:.3f} "

@@ -24,6 +24,7 @@ class ModelConfig:
     d_vocab: int
     n_ctx: int
     parallel_attn_mlp: bool = False
+    causal: bool = True  # False for bidirectional attention (tracr ports of non-causal programs)
 
     @property
     def heads_per_kv_group(self) -> int:
@@ -58,4 +59,5 @@ def config_from_hf(hf_config, name: str) -> ModelConfig:
         d_vocab=hf_config.vocab_size,
         n_ctx=first("max_position_embeddings", "n_positions", default=2048),
         parallel_attn_mlp=bool(first("use_parallel_residual", default=False)),
+        causal=bool(getattr(hf_config, "is_causal", True)),
     )

@@ -21,6 +21,7 @@ import torch
 from interp.backends import BACKENDS
 from interp.config import config_from_hf
 from interp.model import Model
+from interp.tracr_models import TRACR_MODELS
 
 BUNDLED = "smollm2-135m"
 TOY_MODELS = ("toy-induction", "toy-bigram")
@@ -95,12 +96,14 @@ def convert_gguf(gguf_path: Path) -> Path:
 
 def resolve_model_dir(spec: str) -> tuple[Path, str]:
     """Map a model spec to a local Hugging Face folder and a display name."""
-    from interp import toy_models
+    from interp import toy_models, tracr_models
 
     if spec == BUNDLED:
         return convert_gguf(bundled_gguf_path()), BUNDLED
     if spec in TOY_MODELS:
         return toy_models.toy_model_dir(spec), spec
+    if spec in tracr_models.TRACR_MODELS:
+        return tracr_models.tracr_model_dir(spec), spec
     if spec.startswith(RANDOM_PREFIX):
         return toy_models.random_model_dir(spec[len(RANDOM_PREFIX):]), spec
     path = Path(spec).expanduser()
@@ -125,7 +128,7 @@ def _hub_snapshot(name: str) -> Path:
     except Exception:
         if offline:
             raise ModelLoadError(
-                f"unknown model {name!r}: not a bundled model ({BUNDLED}, {', '.join(TOY_MODELS)}, "
+                f"unknown model {name!r}: not a bundled model ({BUNDLED}, {', '.join(TOY_MODELS + TRACR_MODELS)}, "
                 f"{RANDOM_PREFIX}<gpt2|neox|llama|gemma>), a local folder, a .gguf file, or a hub model in the local cache "
                 "(HF_HUB_OFFLINE is set, so the hub was not asked)"
             ) from None
@@ -140,7 +143,8 @@ def load_model(spec: str = BUNDLED, backend: str = "transformer_lens", device: s
     """Load a causal LM and wrap it in a :class:`~interp.model.Model`.
 
     Args:
-        spec: ``"smollm2-135m"`` (bundled), ``"toy-induction"``, ``"random-llama"`` (also gpt2, neox,
+        spec: ``"smollm2-135m"`` (bundled), ``"toy-induction"``, ``"toy-bigram"``, ``"tracr-reverse"``,
+            ``"tracr-frac-prevs"`` (tracr-compiled, known circuits), ``"random-llama"`` (also gpt2, neox,
             gemma: random weights), a local Hugging Face folder, a ``.gguf`` file, or a hub name.
         backend: ``"transformer_lens"`` (TransformerBridge hooks) or ``"nnsight"``.
         device: torch device string. dtype: weights' dtype.

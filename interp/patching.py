@@ -7,7 +7,8 @@ recorded (noising: corrupt -> clean run; denoising: clean -> corrupt run). Exact
   ``v * n_prompts + i`` is prompt i under variant v);
 * a patch at layer l and position p resumes the target run there (``interp.resume``): layers < l
   are replayed from the recorded residual stream and positions < p come from the recorded KV
-  cache, so only what the patch can change is recomputed;
+  cache, so only what the patch can change is recomputed (all positions when attention is not
+  causal);
 * only the last position, which the metric reads, is unembedded.
 """
 
@@ -153,8 +154,9 @@ def activation_patching(
         patched = torch.empty(n_prompts, len(components))
 
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, component in enumerate(components):
-            groups[(component.layer, component.position or 0)].append(i)
+        for i, component in enumerate(components):  # without a causal mask every position can change
+            start = (component.position or 0) if model.config.causal else 0
+            groups[(component.layer, start)].append(i)
         forward_equivalents = float(n_forward)
         bar = tqdm(total=len(components), desc=f"patching {granularity}", disable=not progress, unit="component")
         for (layer, start), indices in sorted(groups.items()):

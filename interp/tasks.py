@@ -222,7 +222,42 @@ def induction(model: "Model", n_prompts: int = 16, seed: int = 0, half_length: i
     )
 
 
-GENERATORS = {"ioi": ioi, "capitals": capitals, "greater_than": greater_than, "induction": induction}
+def tracr(model: "Model", n_prompts: int = 16, seed: int = 0) -> Task:
+    """The program of a tracr port (``tracr-reverse``, ``tracr-frac-prevs``) on random inputs of its
+    longest length; the metric reads the program's output at the last position.
+
+    reverse: clean and corrupt are independent random sequences with different first tokens (the
+    last output is the first token): answer = clean first token, wrong = corrupt first token.
+    frac-prevs: the corrupt prompt is the clean one with every "x" replaced by "y" or "z"; answer =
+    the output token, wrong = BOS (an all-zero unembedding row), so the metric is the fraction of
+    x's itself (clean > 0, corrupt 0).
+    """
+    from interp.tracr_models import BOS, PROGRAMS, read_metadata
+
+    metadata = read_metadata(model.source)
+    if metadata is None:
+        raise TaskError(f"task 'tracr' needs a tracr-compiled model (tracr-reverse, tracr-frac-prevs), not {model.config.name!r}")
+    program = PROGRAMS[metadata["program"]]
+    rng = random.Random(seed)
+    length, vocab = metadata["max_seq_len"], metadata["vocab"]
+    pairs = []
+    while len(pairs) < n_prompts:
+        clean = [rng.choice(vocab) for _ in range(length)]
+        if program.name == "reverse":
+            corrupt = [rng.choice(vocab) for _ in range(length)]
+            if corrupt[0] == clean[0]:
+                continue
+            answer, wrong = program.expected(clean)[-1], program.expected(corrupt)[-1]
+        else:
+            if "x" not in clean:
+                continue
+            corrupt = [rng.choice(["y", "z"]) if t == "x" else t for t in clean]
+            answer, wrong = metadata["output_tokens"][0], BOS
+        pairs.append({"clean": " ".join(clean), "corrupt": " ".join(corrupt), "answer": answer, "wrong_answer": wrong})
+    return Task.from_pairs(model, f"tracr-{program.name}", pairs, {"n_prompts": n_prompts, "seed": seed})
+
+
+GENERATORS = {"ioi": ioi, "capitals": capitals, "greater_than": greater_than, "induction": induction, "tracr": tracr}
 
 
 def get_task(model: "Model", name_or_path: str, n_prompts: int = 16, seed: int = 0) -> Task:

@@ -16,6 +16,8 @@ RUNS = {
                    "--methods", "attn,mlp,random", "--random-seeds", "1"],
     "edges": ["edges", "--model", "toy-induction", "--task", "induction", "--n-prompts", "4", "--method", "eap-ig", "eap",
               "--ig-steps", "2", "--top-n", "10", "--sizes", "1,5,20"],
+    "edges-tracr": ["edges", "--model", "tracr-reverse", "--task", "tracr", "--n-prompts", "8", "--method", "eap-ig",
+                    "eap", "--top-n", "5", "--sizes", "1,2,5"],
     "bigram": ["bigram", "--model", "toy-bigram", "--corpus", "toy-markov", "--steps", "10", "--batch-size", "4",
                "--seq-len", "64", "--lr", "0.01", "--held-out-chunks", "8"],
 }

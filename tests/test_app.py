@@ -54,7 +54,7 @@ def test_runs_page_lists_good_runs_and_explains_bad_folders(app_env):
     at = _run(APP)
     tables = at.dataframe
     listed = tables[0].value
-    assert sorted(listed["run"]) == ["bigram", "edges", "heads-atp-star", "heads-exact", "redundancy"]
+    assert sorted(listed["run"]) == ["bigram", "edges", "edges-tracr", "heads-atp-star", "heads-exact", "redundancy"]
     assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit"}
     reasons = dict(zip(tables[1].value["folder"], tables[1].value["reason"]))
     assert "not valid JSON" in reasons["corrupt"] and "no result.json" in reasons["notes"]
@@ -109,6 +109,15 @@ def test_circuit_page_draws_curves_and_the_saved_circuit_then_other_sizes(app_en
     assert not at.exception
     assert len(at.dataframe[-1].value) <= 3
     assert "nearest: 5 edges" in at.caption[-1].value or "nearest: 1 edges" in at.caption[-1].value
+
+
+def test_circuit_page_scores_a_tracr_run_against_the_compiled_circuit(app_env):
+    at = _run("app/pages/6_Circuit.py", selected_run="edges-tracr")
+    truth = Result.load(app_env / "edges-tracr").extra["ground_truth"]
+    assert "13 true edges, 11 inert" in at.markdown[1].value
+    auc = at.dataframe[0].value.set_index("edge ROC AUC")
+    assert list(auc.index) == ["eap-ig", "eap", "acdc"]
+    assert auc.loc["acdc", "reachable"] == pytest.approx(truth["auc"]["acdc"]["reachable"]) == pytest.approx(1.0)
 
 
 def test_attention_page_draws_patterns_and_head_scores(app_env):

@@ -27,6 +27,13 @@ if "node_comparison" in result.extra:
     st.markdown("**Head ranking implied by the edges vs exact head patching**")
     st.dataframe(pd.DataFrame(result.extra["node_comparison"]), hide_index=True, use_container_width=True)
 
+if "ground_truth" in result.extra:
+    truth = result.extra["ground_truth"]
+    st.markdown(f"**Against the compiled circuit**: {len(truth['true_edges'])} true edges, "
+                f"{len(truth['inert_true_edges'])} inert under this corruption (no method can see them)")
+    st.dataframe(pd.DataFrame(truth["auc"]).T.rename_axis("edge ROC AUC").reset_index(), hide_index=True,
+                 use_container_width=True)
+
 method = st.radio("method", result.extra["methods"], horizontal=True)
 saved = result.extra["circuit"]["top_n"]
 top_n = st.slider("edges in the circuit (top-n by |score|, dangling edges pruned)", 1,

@@ -40,6 +40,9 @@ class TransformerLensBackend(Backend):
 
         self.hf_model = hf_model
         self.bridge = TransformerBridge.boot_transformers(model_dir, hf_model=hf_model, tokenizer=tokenizer)
+        if not getattr(hf_model.config, "is_causal", True):  # e.g. tracr ports: the bridge masks by default
+            for block in self.bridge.blocks:  # the bridge's own flag (plain assignment goes to the HF module)
+                vars(block.attn)["is_causal"] = False
 
     def forward(self, spec: RunSpec) -> RunOutput:
         activations: dict[Site, torch.Tensor] = {}
