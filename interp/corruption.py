@@ -64,6 +64,18 @@ def target_and_source(model, task: Task, direction: str, corruption: str, noise_
     return (clean, corrupt) if direction == "noising" else (corrupt, clean)
 
 
+def first_difference(target: RunInput, source: RunInput) -> int:
+    """The first position at which the two runs' inputs differ in any prompt (a token, or noise
+    added there); the sequence length when they never do. In a causal model every activation at
+    an earlier position is the same in both runs, so patching it changes nothing."""
+    differs = target.tokens != source.tokens
+    for run in (target, source):
+        if run.noise is not None:
+            differs = differs | (run.noise != 0).any(-1)
+    positions = differs.any(0).nonzero()
+    return int(positions[0]) if len(positions) else target.tokens.shape[1]
+
+
 def clean_and_corrupt(direction: str, target, source) -> tuple:
     """Reorder a (target, source) pair of anything per-run into (clean, corrupt)."""
     return (target, source) if direction == "noising" else (source, target)

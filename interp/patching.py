@@ -9,7 +9,10 @@ recorded (noising: corrupt -> clean run; denoising: clean -> corrupt run). Exact
   are replayed from the recorded residual stream and positions < p come from the recorded KV
   cache, so only what the patch can change is recomputed (all positions when attention is not
   causal);
-* only the last position, which the metric reads, is unembedded.
+* only the last position, which the metric reads, is unembedded;
+* in a causal model, a component at a position before the first one where the two runs' inputs
+  differ (IOI: the second name) has the same activation in both runs, so its patched metric is
+  the target run's, with no forward at all.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from tqdm.auto import tqdm
 
 from interp.backends.base import Edit, RunSpec
 from interp.components import Component, Site, enumerate_components, granularity_shape
-from interp.corruption import RunInput, check_settings, clean_and_corrupt, noise_edit, target_and_source
+from interp.corruption import (RunInput, check_settings, clean_and_corrupt, first_difference, noise_edit,
+                               target_and_source)
 from interp.metrics import normalized, task_metric
 from interp.model import Model, component_index
 from interp.results import Result
@@ -49,6 +53,7 @@ class _Runs:
     target_resid: dict[int, torch.Tensor]
     target_cache: object
     source_acts: dict[Site, torch.Tensor]
+    unchanged_before: int  # positions before this one have the same activations in both runs
     target_metric: torch.Tensor  # [n]
     source_metric: torch.Tensor  # [n]
     clean_metric: torch.Tensor
@@ -66,6 +71,7 @@ def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, 
     runs = _Runs(
         target=target, target_resid={site.layer: act for site, act in target_out.activations.items()},
         target_cache=target_out.past_key_values, source_acts=source_out.activations,
+        unchanged_before=first_difference(target, source) if model.config.causal else 0,
         target_metric=target_metric, source_metric=source_metric,
         clean_metric=clean_metric, corrupt_metric=corrupt_metric,
     )
@@ -154,11 +160,14 @@ def activation_patching(
         patched = torch.empty(n_prompts, len(components))
 
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, component in enumerate(components):  # without a causal mask every position can change
-            start = (component.position or 0) if model.config.causal else 0
-            groups[(component.layer, start)].append(i)
+        unchanged = [i for i, c in enumerate(components) if c.position is not None and c.position < runs.unchanged_before]
+        patched[:, unchanged] = runs.target_metric.cpu()[:, None]
+        for i in sorted(set(range(len(components))) - set(unchanged)):  # without a causal mask every position can change
+            start = (components[i].position or 0) if model.config.causal else 0
+            groups[(components[i].layer, start)].append(i)
         forward_equivalents = float(n_forward)
-        bar = tqdm(total=len(components), desc=f"patching {granularity}", disable=not progress, unit="component")
+        bar = tqdm(total=len(components), initial=len(unchanged), desc=f"patching {granularity}", disable=not progress,
+                   unit="component")
         for (layer, start), indices in sorted(groups.items()):
             per_batch = batch_size or max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_prompts, n_positions, layer, start)))
             for chunk_start in range(0, len(indices), per_batch):
@@ -184,7 +193,8 @@ def activation_patching(
         tokens=model.to_str_tokens(task.clean_tokens[0]),
         arrays={"per_prompt": per_prompt.numpy(), "patched_metric": patched.numpy(),
                 "clean_metric": runs.clean_metric.cpu().numpy(), "corrupt_metric": runs.corrupt_metric.cpu().numpy()},
-        extra={"forward_equivalents": forward_equivalents, "clean_prompts": task.clean_prompts,
+        extra={"forward_equivalents": forward_equivalents, "unchanged_components": len(unchanged),
+               "first_differing_position": runs.unchanged_before, "clean_prompts": task.clean_prompts,
                "corrupt_prompts": task.corrupt_prompts},
     )
 

@@ -159,3 +159,18 @@ def test_bad_arguments(random_llama, llama_ioi, kwargs, message):
 def test_vocabulary_mismatch(toy_induction, llama_ioi):
     with pytest.raises(ValueError, match="beyond the vocabulary of toy-induction"):
         activation_patching(toy_induction, llama_ioi, "heads", progress=False)
+
+
+@pytest.mark.parametrize("corruption", ["tokens", "gaussian"])
+def test_positions_before_the_first_difference_cost_no_forward(random_llama, llama_ioi, corruption):
+    """IOI prompts differ only at the second name: every head at an earlier position has the
+    same activation in both runs, so the sweep records the target metric there without running."""
+    first = int(llama_ioi.subject_positions[0].nonzero()[0])
+    assert (llama_ioi.subject_positions.int().argmax(1) == first).all()
+    result = activation_patching(random_llama, llama_ioi, "heads_pos", corruption=corruption, progress=False)
+    c = random_llama.config
+    assert result.extra["first_differing_position"] == first
+    assert result.extra["unchanged_components"] == c.n_layers * c.n_heads * first
+    grid = result.grid()  # [layer, head, position]
+    assert np.abs(grid[:, :, :first]).max() == 0.0
+    assert np.abs(grid[:, :, first:]).max() > 1e-3
