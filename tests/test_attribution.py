@@ -251,6 +251,11 @@ def test_diagnostic_bound_is_zero_when_nothing_is_left_and_catches_a_missed_node
     verify_top(random_llama, llama_ioi, result, n_effective, progress=False)
     diagnose(random_llama, llama_ioi, result, samples=32, p=0.3, progress=False)
     assert result.extra["diagnostic"]["bound"] == pytest.approx(0.0, abs=1e-4)
+    # heads before the second name (the first differing token) are the same in both runs: left out
+    first = int(llama_ioi.subject_positions[0].nonzero()[0])
+    n_heads, n_positions = random_llama.config.n_heads, llama_ioi.n_positions
+    assert result.extra["diagnostic"]["n_unchanged"] == n_heads * first
+    assert result.extra["diagnostic"]["n_unverified"] == n_heads * (n_positions - first) - n_effective
     # with nothing verified, the bound must cover the largest true effect
     fresh = attribution_patching(random_llama, llama_ioi, "heads_pos", method="atp", layers=last, progress=False)
     diagnose(random_llama, llama_ioi, fresh, samples=128, p=0.3, progress=False)

@@ -2,7 +2,6 @@
 everywhere (both backends, the patching engine), and edge discovery is scored against the
 compiled circuit."""
 
-import json
 import shutil
 
 import numpy as np

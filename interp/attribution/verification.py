@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from interp.backends.base import Edit, RunSpec
 from interp.components import Component, Site
-from interp.corruption import noise_edit, target_and_source
+from interp.corruption import first_difference, noise_edit, target_and_source
 from interp.metrics import task_metric
 from interp.model import Model, component_index
 from interp.patching import activation_patching
@@ -69,21 +69,27 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 64, p: 
     ``samples`` forwards each jointly patch a random subset of the unverified components
     (each included with probability ``p``); per component, the Welch upper confidence bound of
     |mean(effect | included) - mean(effect | excluded)| at ``confidence``. Adds
-    ``extra["diagnostic"]`` with the largest bound, normalized like ``scores``.
+    ``extra["diagnostic"]`` with the largest bound, normalized like ``scores``. Components at
+    positions before the first one where the runs' inputs differ (causal models) have no effect
+    at all and are left out (``n_unchanged``).
     """
     if not 0 < p < 1:
         raise ValueError(f"--diagnose-p must be between 0 and 1, got {p}")
     if samples < 4:
         raise ValueError(f"--diagnose-samples must be at least 4, got {samples}")
     start = time.perf_counter()
-    verified = set(np.flatnonzero(~np.isnan(result.arrays["exact"]))) if "exact" in result.arrays else set()
-    rest = [i for i in range(len(result.components)) if i not in verified]
-    if not rest:
-        raise ValueError("every component was verified exactly: nothing is left to diagnose")
-    components = [Component.parse(result.components[i]) for i in rest]
     settings = _run_settings(result)
     metric_of, n_forward = task_metric(settings.pop("metric"), model, task)
     target, source = target_and_source(model, task, **settings)
+    # components before the first differing input position (causal models) are the same in both runs
+    unchanged_before = first_difference(target, source) if model.config.causal else 0
+    parsed = [Component.parse(name) for name in result.components]
+    verified = set(np.flatnonzero(~np.isnan(result.arrays["exact"]))) if "exact" in result.arrays else set()
+    unchanged = {i for i, c in enumerate(parsed) if c.position is not None and c.position < unchanged_before}
+    rest = [i for i in range(len(parsed)) if i not in verified | unchanged]
+    if not rest:
+        raise ValueError("every component was verified exactly: nothing is left to diagnose")
+    components = [parsed[i] for i in rest]
     sites = {c.site for c in components}
     n_prompts = task.clean_tokens.shape[0]
     with torch.no_grad():
@@ -136,6 +142,7 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 64, p: 
     result.extra["diagnostic"] = {
         "bound": float(bounds[worst] / difference), "component": str(components[worst]),
         "confidence": confidence, "samples": samples, "p": p, "n_unverified": len(components),
+        "n_unchanged": len(unchanged - verified),
         "n_without_enough_samples": int(np.isinf(bounds).sum()), "forward_passes": n_forward + 1,
         "seconds": time.perf_counter() - start,
         "note": "jointly patched components may interact; the bound assumes their effects add",
