@@ -32,6 +32,10 @@ class RunInput:
         """The edits that add this run's noise (none for a plain token run)."""
         return {} if self.noise is None else {Site("resid_pre", 0): [noise_edit(self.noise, 0, 1)]}
 
+    def positions(self, start: int, stop: int | None = None) -> "RunInput":
+        """The same run on positions ``start`` to ``stop`` (exclusive) only."""
+        return RunInput(self.tokens[:, start:stop], None if self.noise is None else self.noise[:, start:stop])
+
 
 def gaussian_noise(model, task: Task, std_multiple: float, seed: int) -> torch.Tensor:
     """Noise for causal tracing: N(0, (std_multiple * sigma)^2) on the subject tokens, where sigma

@@ -226,6 +226,25 @@ def test_atp_star_result_and_ranking(random_llama, llama_ioi, tmp_path):
     assert loaded.n_backward_passes == result.n_backward_passes and loaded.top(3) == top
 
 
+@pytest.mark.parametrize("granularity, corruption", [("heads_pos", "tokens"), ("heads", "gaussian"), ("mlp_out_pos", "tokens")])
+def test_starting_at_the_first_difference_gives_the_same_estimates(random_llama, llama_ioi, granularity, corruption):
+    """Runs that start at the first differing position (shared positions as a constant KV cache)
+    reproduce the full-length AtP* exactly, give 0 before it, and cost less."""
+    options = dict(method="atp*", corruption=corruption, progress=False)
+    full = attribution_patching(random_llama, llama_ioi, granularity, from_first_difference=False, **options)
+    suffix = attribution_patching(random_llama, llama_ioi, granularity, **options)
+    start = suffix.extra["first_differing_position"]
+    assert full.extra["first_differing_position"] == 0 and start > 0
+    assert np.abs(full.arrays["importance"]).max() > 1e-3
+    assert np.allclose(suffix.arrays["per_prompt"], full.arrays["per_prompt"], atol=1e-5)
+    assert np.allclose(suffix.arrays["importance"], full.arrays["importance"], atol=1e-5)
+    positions = [interp.Component.parse(c).position for c in suffix.components]
+    before = [i for i, p in enumerate(positions) if p is not None and p < start]
+    assert len(before) == suffix.extra["unchanged_components"] and (granularity == "heads" or before)
+    assert not suffix.arrays["importance"][before].any()
+    assert suffix.extra["forward_equivalents"] < full.extra["forward_equivalents"]
+
+
 def test_unknown_method_is_one_line(random_llama, llama_ioi):
     with pytest.raises(ValueError, match="unknown attribution method 'atp2'"):
         attribution_patching(random_llama, llama_ioi, method="atp2", progress=False)

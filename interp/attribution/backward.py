@@ -13,7 +13,7 @@ through the layers below it (about U/2 full backwards in all).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -39,12 +39,13 @@ class TracedRun:
 
 
 def traced_run(model, tokens: torch.Tensor, edits: dict[Site, list[Edit]], sites: set[Site], metric_of,
-               grad_drop: str | None) -> TracedRun:
+               grad_drop: str | None, past_key_values: Any = None) -> TracedRun:
     """Forward ``tokens`` keeping the graph, cut at each block's input.
 
     ``sites`` are the activations whose gradients are wanted; ``metric_of(logits [n, d_vocab])``
     gives one value per prompt (prompts are independent, so the gradient of the sum is each
-    prompt's own gradient).
+    prompt's own gradient). With ``past_key_values`` (a KV cache of earlier positions, held
+    constant) ``tokens`` are the positions after them, and so are the activations.
     """
     config = model.config
     reads = set(sites)
@@ -58,7 +59,8 @@ def traced_run(model, tokens: torch.Tensor, edits: dict[Site, list[Edit]], sites
     for layer in range(1, config.n_layers):
         all_edits.setdefault(Site("resid_pre", layer), []).append(torch.Tensor.detach)
     with torch.enable_grad():
-        out = model.forward(RunSpec(tokens, edits=all_edits, reads=reads, logits_to_keep=1, keep_grad=True))
+        out = model.forward(RunSpec(tokens, edits=all_edits, reads=reads, logits_to_keep=1, keep_grad=True,
+                                          past_key_values=past_key_values))
         values = metric_of(out.logits[:, -1])
         total = values.sum()
     return TracedRun(values.detach(), total, out.activations, config.n_layers, config.parallel_attn_mlp)
