@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--layers", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-orders", type=int, default=20)
-    parser.add_argument("--diagnose-samples", type=int, default=64)
+    parser.add_argument("--diagnose-samples", type=int, default=256)
     parser.add_argument("--diagnose-p", type=float, default=0.1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

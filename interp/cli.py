@@ -42,7 +42,7 @@ def _add_patch(subparsers) -> None:
     p.add_argument("--grad-drop", default="block", choices=["block", "sublayer"], help="AtP*: GradDrop unit")
     p.add_argument("--verify-top", type=int, default=0, metavar="K", help="AtP/AtP*: exactly patch the K top-ranked components")
     p.add_argument("--diagnose", action="store_true", help="AtP/AtP*: bound the effect of unverified components")
-    p.add_argument("--diagnose-samples", type=int, default=64)
+    p.add_argument("--diagnose-samples", type=int, default=256)
     p.add_argument("--diagnose-p", type=float, default=0.1, help="inclusion probability per component and sample")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--direction", default="noising", choices=list(DIRECTIONS))

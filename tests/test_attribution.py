@@ -9,7 +9,7 @@ from transformer_lens.tools.analysis import attribution_patching as tl_atp
 import interp
 from interp import tasks
 from interp.attention_geometry import AttentionGeometry
-from interp.attribution import attribution_patching, diagnose, verify_top
+from interp.attribution import attribution_patching, diagnose, verification, verify_top
 from interp.attribution.estimates import NodeSelector, per_node
 from interp.attribution.qk_fix import all_keys_fix, key_fix, query_fix
 from interp.backends.base import RunSpec
@@ -279,6 +279,19 @@ def test_diagnostic_bound_is_zero_when_nothing_is_left_and_catches_a_missed_node
     fresh = attribution_patching(random_llama, llama_ioi, "heads_pos", method="atp", layers=last, progress=False)
     diagnose(random_llama, llama_ioi, fresh, samples=128, p=0.3, progress=False)
     assert fresh.extra["diagnostic"]["bound"] >= 0.5 * np.abs(exact.scores).max()
+
+
+@pytest.mark.parametrize("corruption", ["tokens", "gaussian"])
+def test_diagnostic_started_at_the_first_difference_equals_the_full_length_one(random_llama, llama_ioi, monkeypatch, corruption):
+    result = attribution_patching(random_llama, llama_ioi, "heads", method="atp", corruption=corruption, progress=False)
+    diagnose(random_llama, llama_ioi, result, samples=16, p=0.3, progress=False)
+    suffix = dict(result.extra["diagnostic"])
+    monkeypatch.setattr(verification, "first_difference", lambda target, source: 0)
+    diagnose(random_llama, llama_ioi, result, samples=16, p=0.3, progress=False)
+    full = result.extra["diagnostic"]
+    assert suffix["first_differing_position"] > 0 and full["first_differing_position"] == 0
+    assert suffix["bound"] > 1e-3 and suffix["bound"] == pytest.approx(full["bound"], rel=1e-4)
+    assert suffix["forward_equivalents"] < full["forward_equivalents"]
 
 
 @pytest.mark.parametrize("options, message", [

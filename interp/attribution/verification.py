@@ -3,6 +3,7 @@ unverified rest could hide (AtP*'s subsampling diagnostic, Kramar et al. 2024, s
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ from interp.corruption import first_difference, noise_edit, target_and_source
 from interp.metrics import task_metric
 from interp.model import Model, component_index
 from interp.patching import activation_patching
+from interp.resume import kv_prefix
 from interp.results import Result
 from interp.tasks import Task
 
@@ -62,7 +64,7 @@ def _subset_edit(site_components: list[tuple[int, Component]], included: torch.T
     return lambda activation: torch.where(rows_mask, tiled.to(activation.dtype), activation)
 
 
-def diagnose(model: Model, task: Task, result: Result, *, samples: int = 64, p: float = 0.1,
+def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p: float = 0.1,
              confidence: float = 0.95, seed: int = 0, batch_variants: int = 8, progress: bool = True) -> Result:
     """Bound the largest effect an unverified component could have.
 
@@ -79,7 +81,8 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 64, p: 
         raise ValueError(f"--diagnose-samples must be at least 4, got {samples}")
     start = time.perf_counter()
     settings = _run_settings(result)
-    metric_of, n_forward = task_metric(settings.pop("metric"), model, task)
+    metric_of, metric_forwards = task_metric(settings.pop("metric"), model, task)
+    n_forward = metric_forwards
     target, source = target_and_source(model, task, **settings)
     # components before the first differing input position (causal models) are the same in both runs
     unchanged_before = first_difference(target, source) if model.config.causal else 0
@@ -89,11 +92,18 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 64, p: 
     rest = [i for i in range(len(parsed)) if i not in verified | unchanged]
     if not rest:
         raise ValueError("every component was verified exactly: nothing is left to diagnose")
-    components = [parsed[i] for i in rest]
+    n_prompts, n_positions = task.clean_tokens.shape
+    # runs start at the first differing position, the positions before it a shared KV cache
+    start = 0 if any(parsed[i].kind == "pattern" for i in rest) else min(unchanged_before, n_positions - 1)
+    components = [parsed[i] if parsed[i].position is None else parsed[i].at(parsed[i].position - start) for i in rest]
     sites = {c.site for c in components}
-    n_prompts = task.clean_tokens.shape[0]
     with torch.no_grad():
-        source_acts = model.forward(RunSpec(source.tokens, edits=source.edits(), reads=sites, logits_to_keep=1)).activations
+        shared = target.positions(0, start)
+        prefix = model.forward(RunSpec(shared.tokens, edits=shared.edits(), logits_to_keep=1,
+                                       return_cache=True)).past_key_values if start else None
+        source_suffix = source.positions(start)
+        source_acts = model.forward(RunSpec(source_suffix.tokens, edits=source_suffix.edits(), reads=sites, logits_to_keep=1,
+                                            past_key_values=copy.deepcopy(prefix))).activations
     # the unpatched target run's metric, per prompt, as the result recorded it
     target_run = "clean" if settings["direction"] == "noising" else "corrupt"
     target_metric = torch.as_tensor(result.arrays[f"{target_run}_metric"], device=task.clean_tokens.device)
@@ -109,12 +119,13 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 64, p: 
         n_variants = chunk.shape[0]
         edits: dict[Site, list[Edit]] = {}
         if target.noise is not None:
-            edits[Site("resid_pre", 0)] = [noise_edit(target.noise, 0, n_variants)]
+            edits[Site("resid_pre", 0)] = [noise_edit(target.noise, start, n_variants)]
         for site, members in by_site.items():
             edits.setdefault(site, []).append(_subset_edit(members, chunk, source_acts[site], n_prompts))
         rows = torch.arange(n_prompts).repeat(n_variants)
         with torch.no_grad():
-            logits = model.forward(RunSpec(target.tokens.repeat(n_variants, 1), edits=edits, logits_to_keep=1)).logits
+            logits = model.forward(RunSpec(target.tokens[:, start:].repeat(n_variants, 1), edits=edits, logits_to_keep=1,
+                                           past_key_values=kv_prefix(prefix, start, rows) if start else None)).logits
         patched = metric_of(logits[:, -1], rows).view(n_variants, n_prompts)
         effects[first:first + n_variants] = (patched - target_metric).mean(1).cpu()
         n_forward += 1
@@ -143,7 +154,9 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 64, p: 
         "bound": float(bounds[worst] / difference), "component": str(components[worst]),
         "confidence": confidence, "samples": samples, "p": p, "n_unverified": len(components),
         "n_unchanged": len(unchanged - verified),
-        "n_without_enough_samples": int(np.isinf(bounds).sum()), "forward_passes": n_forward + 1,
+        "n_without_enough_samples": int(np.isinf(bounds).sum()), "forward_passes": n_forward + 1 + bool(start),
+        "forward_equivalents": metric_forwards + (start + (1 + samples) * (n_positions - start)) / n_positions,
+        "first_differing_position": start,
         "seconds": time.perf_counter() - start,
         "note": "jointly patched components may interact; the bound assumes their effects add",
     }
