@@ -275,6 +275,7 @@ def test_diagnostic_bound_is_zero_when_nothing_is_left_and_catches_a_missed_node
     n_heads, n_positions = random_llama.config.n_heads, llama_ioi.n_positions
     assert result.extra["diagnostic"]["n_unchanged"] == n_heads * first
     assert result.extra["diagnostic"]["n_unverified"] == n_heads * (n_positions - first) - n_effective
+    assert int(result.extra["diagnostic"]["component"].split("@")[1]) >= first  # named at its own position
     # with nothing verified, the bound must cover the largest true effect
     fresh = attribution_patching(random_llama, llama_ioi, "heads_pos", method="atp", layers=last, progress=False)
     diagnose(random_llama, llama_ioi, fresh, samples=128, p=0.3, progress=False)
@@ -292,6 +293,7 @@ def test_diagnostic_started_at_the_first_difference_equals_the_full_length_one(r
     assert suffix["first_differing_position"] > 0 and full["first_differing_position"] == 0
     assert suffix["bound"] > 1e-3 and suffix["bound"] == pytest.approx(full["bound"], rel=1e-4)
     assert suffix["forward_equivalents"] < full["forward_equivalents"]
+    assert 0 < suffix["seconds"] < 600
 
 
 @pytest.mark.parametrize("options, message", [

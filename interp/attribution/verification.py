@@ -79,7 +79,7 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
         raise ValueError(f"--diagnose-p must be between 0 and 1, got {p}")
     if samples < 4:
         raise ValueError(f"--diagnose-samples must be at least 4, got {samples}")
-    start = time.perf_counter()
+    began = time.perf_counter()
     settings = _run_settings(result)
     metric_of, metric_forwards = task_metric(settings.pop("metric"), model, task)
     n_forward = metric_forwards
@@ -151,13 +151,13 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
                          "raise --diagnose-samples or --diagnose-p")
     worst = int(np.argmax(np.where(np.isinf(bounds), -np.inf, bounds)))
     result.extra["diagnostic"] = {
-        "bound": float(bounds[worst] / difference), "component": str(components[worst]),
+        "bound": float(bounds[worst] / difference), "component": str(parsed[rest[worst]]),
         "confidence": confidence, "samples": samples, "p": p, "n_unverified": len(components),
         "n_unchanged": len(unchanged - verified),
         "n_without_enough_samples": int(np.isinf(bounds).sum()), "forward_passes": n_forward + 1 + bool(start),
         "forward_equivalents": metric_forwards + (start + (1 + samples) * (n_positions - start)) / n_positions,
         "first_differing_position": start,
-        "seconds": time.perf_counter() - start,
+        "seconds": time.perf_counter() - began,
         "note": "jointly patched components may interact; the bound assumes their effects add",
     }
     return result
