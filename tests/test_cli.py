@@ -59,6 +59,17 @@ def test_patch_atp_star_with_verification(tmp_path, capsys):
     assert {"exact", "importance", "per_prompt"} <= set(Result.load(out).arrays)
 
 
+def test_patch_atp_star_with_the_diagnostic(tmp_path, capsys):
+    out = tmp_path / "diag"
+    assert cli.main(BASE + ["--granularity", "heads_pos", "--method", "atp*", "--verify-top", "4", "--diagnose",
+                            "--out", str(out)]) == 0
+    diagnostic = json.loads((out / "result.json").read_text())["extra"]["diagnostic"]
+    assert diagnostic["samples"] == 256 and 0 <= diagnostic["bound"] < 10
+    first = diagnostic["first_differing_position"]
+    assert first > 0 and int(diagnostic["component"].split("@")[1]) >= first
+    assert "confidence" in capsys.readouterr().out
+
+
 def test_verification_needs_an_attribution_method(tmp_path, capsys):
     assert cli.main(BASE + ["--verify-top", "3", "--out", str(tmp_path / "r")]) == 2
     assert "interp: error: --verify-top and --diagnose check an AtP/AtP* ranking" in capsys.readouterr().err
