@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 
 def main() -> None:
@@ -20,6 +20,7 @@ def main() -> None:
     for name in ("--tokens", "--eval-tokens", "--d-sae", "--k", "--batch", "--dead-tokens"):
         parser.add_argument(name, type=int, required=True)
     parser.add_argument("--lr", type=float, required=True)
+    parser.add_argument("--save", help="save the trained SAE here (SAELens' save_model) with its held-out reconstruction")
     args = parser.parse_args()
 
     import sae_lens
@@ -50,6 +51,9 @@ def main() -> None:
     with torch.no_grad():
         f = sae.encode(evaluation)
         reconstruction = sae.decode(f)
+    if args.save:
+        sae.save_model(args.save)
+        save_file({"reconstruction": reconstruction.contiguous()}, Path(args.save) / "saelens_reconstruction.safetensors")
     variance = (evaluation - evaluation.mean(0)).pow(2).sum(-1).mean()
     result = {"saelens_version": sae_lens.__version__, "seconds": seconds, "tokens": steps * args.batch,
               "tokens_per_second": steps * args.batch / seconds,

@@ -109,6 +109,8 @@ def load_dictionary(folder: str | Path) -> SparseDictionary:
     for name, shape in expected.items():
         if tuple(weights[name].shape) != shape:
             raise DictionaryError(f"{folder}: {name} has shape {tuple(weights[name].shape)}, the config says {shape}")
+    if not interp_file.is_file():
+        weights = _fold_saelens_options(folder, cfg, config, dict(weights))
     with torch.no_grad():
         for name, value in weights.items():
             parameter = getattr(dictionary, name, None)
@@ -116,3 +118,25 @@ def load_dictionary(folder: str | Path) -> SparseDictionary:
                 parameter.copy_(value)
     dictionary.eval()
     return dictionary
+
+
+def _fold_saelens_options(folder: Path, cfg: dict, config: DictionaryConfig, weights: dict) -> dict:
+    """Fold SAELens run-time options into plain weights, so that interp's forward gives SAELens' numbers.
+
+    * ``rescale_acts_by_decoder_norm`` (SAELens' TopK default): pre-activations are multiplied by
+      ||W_dec[i]|| and the decoder used divided by it; the same as W_enc[:, i] and b_enc[i] times
+      the norm with a unit-norm decoder row (SAELens' own ``fold_W_dec_norm``).
+    * ``apply_b_dec_to_input`` false: the encoder reads x, not x - b_dec, so b_enc gains b_dec W_enc.
+    """
+    normalization = cfg.get("normalize_activations", "none")
+    if normalization not in (None, "none"):
+        raise DictionaryError(f"{folder}: SAELens activation normalization {normalization!r} is not supported "
+                              "(it needs run-time statistics the folder does not hold); supported: none")
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        norms = weights["W_dec"].norm(dim=-1).clamp_min(1e-8)
+        weights["W_dec"] = weights["W_dec"] / norms[:, None]
+        weights["W_enc"] = weights["W_enc"] * norms
+        weights["b_enc"] = weights["b_enc"] * norms
+    if config.kind == "sae" and cfg.get("apply_b_dec_to_input") is False:
+        weights["b_enc"] = weights["b_enc"] + weights["b_dec"] @ weights["W_enc"]
+    return weights

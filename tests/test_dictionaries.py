@@ -235,6 +235,33 @@ def test_saelens_format_roundtrip(architecture, kind, tmp_path):
         torch.testing.assert_close(load_dictionary(tmp_path)(x)[0], dictionary(x)[0])
 
 
+@pytest.mark.parametrize("apply_b_dec_to_input", [True, False])
+def test_saelens_topk_with_decoder_norm_rescaling_loads_with_saelens_numbers(tmp_path, apply_b_dec_to_input):
+    """SAELens' TopK default multiplies pre-activations by ||W_dec[i]|| and decodes with W_dec[i]/||W_dec[i]||;
+    a folder saved that way (decoder rows not unit norm) must give SAELens' reconstruction, by its formula."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    W_enc, b_enc = torch.randn(8, 16, generator=generator), torch.randn(16, generator=generator)
+    W_dec = torch.randn(16, 8, generator=generator) * torch.rand(16, 1, generator=generator) * 3
+    b_dec = torch.randn(8, generator=generator)
+    save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, tmp_path / "sae_weights.safetensors")
+    cfg = {"architecture": "topk", "d_in": 8, "d_sae": 16, "k": 3, "rescale_acts_by_decoder_norm": True,
+           "apply_b_dec_to_input": apply_b_dec_to_input, "normalize_activations": "none", "dtype": "float32"}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    x = torch.randn(5, 8, generator=generator)
+    norms = W_dec.norm(dim=-1)
+    pre = ((x - b_dec) if apply_b_dec_to_input else x) @ W_enc + b_enc
+    pre = pre * norms
+    top = pre.topk(3, dim=-1)
+    acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+    saelens = acts @ (W_dec / norms[:, None]) + b_dec
+    torch.testing.assert_close(load_dictionary(tmp_path)(x)[0], saelens, atol=1e-5, rtol=1e-5)
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "normalize_activations": "layer_norm"}))
+    with pytest.raises(DictionaryError, match="SAELens activation normalization 'layer_norm' is not supported"):
+        load_dictionary(tmp_path)
+
+
 def test_bad_dictionary_files_and_mismatched_models(random_llama_module, chunks, tmp_path):
     dictionary = SparseDictionary(DictionaryConfig(d_in=8, d_sae=16, k=2, site="L1.RESID_POST"))
     save_dictionary(dictionary, tmp_path)
