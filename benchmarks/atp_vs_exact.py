@@ -1,6 +1,7 @@
 """AtP, AtP*, TransformerLens' attribution patching and random order against exact patching.
 
     python benchmarks/atp_vs_exact.py --model smollm2-135m --task ioi --granularity heads --n-prompts 16
+    python benchmarks/atp_vs_exact.py --task ioi --granularity features --dictionary runs/tc-smollm2-l6/dictionary
 
 Exact patching gives c(n) for every node; each method gives a ranking. The cost of a method to
 recover the true top-k (by |c(n)|) is its own forward-pass equivalents (backward = 2 forwards)
@@ -15,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,8 @@ import torch
 from scipy import stats
 
 import interp
+from circuits.dictionary_evaluation import spliced
+from circuits.dictionary_io import load_dictionary
 from interp.attribution import attribution_patching
 from interp.attribution.verification import diagnose, verify_top
 from interp.patching import activation_patching
@@ -85,6 +89,8 @@ def main() -> None:
     parser.add_argument("--random-orders", type=int, default=20)
     parser.add_argument("--diagnose-samples", type=int, default=256)
     parser.add_argument("--diagnose-p", type=float, default=0.1)
+    parser.add_argument("--dictionary", action="append", default=[], metavar="FOLDER",
+                        help="splice this SAE/transcoder in, with its error term (granularities features, features_pos)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
@@ -92,6 +98,9 @@ def main() -> None:
     out = Path(args.out or stem + ".json")
 
     model = interp.load_model(args.model)
+    splices = ExitStack()  # the dictionaries stay spliced in for the whole run
+    for folder in args.dictionary:
+        splices.enter_context(spliced(model, load_dictionary(folder), error_term=True))
     task = get_task(model, args.task, n_prompts=args.n_prompts, seed=args.seed)
     exact = activation_patching(model, task, args.granularity, layers=layers, progress=True)
     n = len(exact.components)

@@ -1,9 +1,10 @@
 """Running a model with a dictionary spliced in, and the standard dictionary metrics.
 
 Splicing replaces the site's activation by the dictionary's reconstruction (an SAE) or the MLP's
-output by the transcoder's prediction from the MLP's normalized input, through ``model.patch``;
-``error_term=True`` adds back what the dictionary misses, so the model's output is unchanged while
-the latents stay readable.
+output by the transcoder's prediction from the MLP's normalized input, as a ``Model.spliced``
+splice (``interp.splicing``), so its latents are components (``L6.TC.1234``); ``error_term=True``
+adds back what the dictionary misses, so the model's output is unchanged while the latents stay
+readable.
 
 Metrics on held-out chunks (special tokens left out): L0; explained variance
 1 - E||y - y_hat||^2 / (E||y||^2 - ||E y||^2), pooled; next-token cross-entropy clean, spliced and
@@ -14,6 +15,7 @@ log10 firing frequency per latent.
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -25,7 +27,10 @@ from circuits.dictionary import DictionaryError, SparseDictionary
 from interp.components import Component, Site
 from interp.metrics import next_token_loss
 from interp.model import Model
+from interp.splicing import Splice
 from interp.sublayers import Sublayers
+
+SPLICEABLE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
 
 def _check_site(model: Model, dictionary: SparseDictionary, site: str) -> Component:
@@ -36,31 +41,35 @@ def _check_site(model: Model, dictionary: SparseDictionary, site: str) -> Compon
     return component
 
 
-@contextmanager
-def spliced(model: Model, dictionary: SparseDictionary, site: str | None = None, error_term: bool = False,
-            latents: dict | None = None) -> Iterator[Model]:
-    """Within the block, runs of ``model`` use ``dictionary`` at ``site`` (default: its config's).
-    ``latents``, if given, receives the latents [batch, pos, d_sae] of the last run under "f"."""
+def dictionary_splice(model: Model, dictionary: SparseDictionary, site: str | None = None,
+                      error_term: bool = True) -> Splice:
+    """``dictionary`` as a :class:`Splice` of ``model`` at ``site`` (default: its config's): an SAE
+    replaces the site's activation, a transcoder the MLP output from the MLP's normalized input.
+    Its latents become the components ``L<layer>.SAE.<i>`` / ``L<layer>.TC.<i>``. The splice runs a
+    frozen copy of the dictionary (no gradients reach its weights)."""
     site = site or dictionary.config.site
     component = _check_site(model, dictionary, site)
+    if component.index is not None or component.position is not None or component.kind not in SPLICEABLE:
+        raise DictionaryError(f"a dictionary replaces a whole activation ({', '.join(k.upper() for k in SPLICEABLE)} "
+                              f"of a layer), not {site}")
+    frozen = copy.deepcopy(dictionary).requires_grad_(False).eval()
     layer = component.layer
-
-    def finish(original: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            out, f = dictionary(inputs.float())
-        if latents is not None:
-            latents["f"] = f
-        out = out.to(original.dtype)
-        return out + (original - out) if error_term else out
-
     if dictionary.config.kind == "sae":
-        with model.patch({site: lambda value: finish(value, value)}):
-            yield model
-        return
+        return Splice(Site("sae", layer), component.site, dictionary.config.d_sae, frozen.encode, frozen.decode,
+                      lambda finish: {component.site: lambda value: finish(value, value)}, error_term)
     if component.kind != "mlp_out":
         raise DictionaryError(f"a transcoder replaces an MLP: splice it at L<layer>.MLP, not {site}")
-    edits = Sublayers(model).mlp_replacement_edits(layer, finish)
-    with model.patch({str(Component(site.kind, site.layer)): edit for site, edit in edits.items()}):
+    sublayers = Sublayers(model)
+    return Splice(Site("tc", layer), component.site, dictionary.config.d_sae, frozen.encode, frozen.decode,
+                  lambda finish: sublayers.mlp_replacement_edits(layer, finish), error_term)
+
+
+@contextmanager
+def spliced(model: Model, dictionary: SparseDictionary, site: str | None = None,
+            error_term: bool = False) -> Iterator[Model]:
+    """Within the block, runs of ``model`` use ``dictionary`` at ``site`` (default: its config's);
+    with ``error_term`` the model's output is unchanged and the latents are readable."""
+    with model.spliced(dictionary_splice(model, dictionary, site, error_term)):
         yield model
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,13 @@ def _add_patch(subparsers) -> None:
     p.add_argument("--metric", default="logit_diff", choices=list(METRICS))
     p.add_argument("--backend", default="transformer_lens", choices=list(BACKENDS))
     p.add_argument("--layers", default=None, help="comma-separated layers to sweep (default all)")
+    p.add_argument("--components", default=None,
+                   help="comma-separated components to patch instead of a granularity, e.g. L9.H6@13,L3.TC.1234@13")
+    p.add_argument("--dictionary", action="append", default=[], metavar="FOLDER",
+                   help="splice this SAE/transcoder folder in (repeatable); its latents become components L<layer>.SAE.<i> / "
+                        "L<layer>.TC.<i> (granularities features, features_pos) and its error term L<layer>.SAE_ERR / TC_ERR")
+    p.add_argument("--no-error-term", action="store_true",
+                   help="splice dictionaries without their error term (the model then runs on reconstructions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None, help="patched variants per forward (default: from --memory-mb)")
     p.add_argument("--memory-mb", type=float, default=2048, help="memory budget for one batched forward")
@@ -74,18 +82,25 @@ def _run_patch(args: argparse.Namespace) -> int:
             raise ValueError(f"--layers must be comma-separated integers, got {args.layers!r}") from None
     suffix = "" if args.method == "exact" else "-" + args.method.replace("*", "star")
     out = Path(args.out or f"runs/{Path(args.task).stem}-{args.granularity}{suffix}")
+    components = [c for c in args.components.split(",") if c.strip()] if args.components else None
     print(f"loading {args.model} ({args.backend}) ...", file=sys.stderr)
     model = load_model(args.model, backend=args.backend, device=args.device)
     task = get_task(model, args.task, n_prompts=args.n_prompts, seed=args.seed)
-    if args.method == "exact":
-        if args.verify_top or args.diagnose:
-            raise ValueError("--verify-top and --diagnose check an AtP/AtP* ranking; use them with --method atp or atp*")
-        result = activation_patching(
-            model, task, args.granularity, direction=args.direction, metric=args.metric, corruption=args.corruption,
-            seed=args.seed, layers=layers, batch_size=args.batch_size, memory_budget_mb=args.memory_mb,
-        )
-    else:
-        result = _attribution(args, model, task, layers)
+    if args.method == "exact" and (args.verify_top or args.diagnose):
+        raise ValueError("--verify-top and --diagnose check an AtP/AtP* ranking; use them with --method atp or atp*")
+    with ExitStack() as stack:
+        for folder in args.dictionary:
+            stack.enter_context(_spliced_folder(model, folder, not args.no_error_term))
+        if args.method == "exact":
+            result = activation_patching(
+                model, task, args.granularity, direction=args.direction, metric=args.metric, corruption=args.corruption,
+                seed=args.seed, layers=layers, batch_size=args.batch_size, memory_budget_mb=args.memory_mb,
+                components=components,
+            )
+        else:
+            result = _attribution(args, model, task, layers, components)
+    if args.dictionary:
+        result.settings.update(dictionaries=[str(Path(f).resolve()) for f in args.dictionary], error_term=not args.no_error_term)
     result.save(out)
     result_heatmap(result).write_html(out / "heatmap.html", include_plotlyjs=True)
     print(f"{result.method} patching, {args.granularity}, {task.name} on {model.config.name}: "
@@ -96,13 +111,24 @@ def _run_patch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attribution(args: argparse.Namespace, model, task, layers):
+def _spliced_folder(model, folder: str, error_term: bool):
+    """Context in which ``model`` runs with the dictionary saved in ``folder`` spliced in."""
+    from circuits.dictionary_evaluation import spliced
+    from circuits.dictionary_io import load_dictionary
+
+    dictionary = load_dictionary(folder)
+    print(f"splicing {dictionary.config.kind} {folder} at {dictionary.config.site} ({dictionary.config.d_sae} latents"
+          f"{', with its error term' if error_term else ', no error term'})", file=sys.stderr)
+    return spliced(model, dictionary, error_term=error_term)
+
+
+def _attribution(args: argparse.Namespace, model, task, layers, components):
     from interp.attribution import attribution_patching, diagnose, verify_top
 
     result = attribution_patching(
         model, task, args.granularity, method=args.method, grad_drop=args.grad_drop if args.method == "atp*" else False,
         direction=args.direction, metric=args.metric, corruption=args.corruption, seed=args.seed, layers=layers,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, components=components,
     )
     if args.verify_top:
         verify_top(model, task, result, args.verify_top)

@@ -12,6 +12,13 @@ Syntax (case-insensitive on input, canonical upper case on output)::
     L5.K1 / L5.V1  key / value of KV group 1                 [batch, pos, n_kv_heads, d_head]
     L5.A3          head 3's attention pattern                [batch, n_heads, query_pos, key_pos]
     L2.N1043       MLP neuron 1043 (post-activation)         [batch, pos, d_mlp]
+    L3.TC.1234     latent 1234 of the transcoder spliced at layer 3's MLP  [batch, pos, d_sae]
+    L3.SAE.1234    latent 1234 of the SAE spliced at layer 3 [batch, pos, d_sae]
+    L3.TC_ERR      error term of that transcoder / SAE       [batch, pos, d_model]
+    L3.SAE_ERR
+
+Latents and error terms exist only while a dictionary is spliced in (``interp.splicing``); the
+model, not the config, says how many latents there are.
 
 Any of them may end in ``@12`` to restrict it to one token position (the query position for
 ``A``). A :class:`Site` is the whole tensor a component lives in (kind + layer); the component
@@ -40,17 +47,23 @@ _KINDS: dict[str, tuple[str, str | None]] = {
     "v": ("V", "n_kv_heads"),
     "pattern": ("A", "n_heads"),
     "mlp_post": ("N", "d_mlp"),
+    "tc": ("TC", "dictionary"),
+    "sae": ("SAE", "dictionary"),
+    "tc_error": ("TC_ERR", None),
+    "sae_error": ("SAE_ERR", None),
 }
+FEATURE_KINDS = ("tc", "sae")
+SPLICE_KINDS = ("tc", "sae", "tc_error", "sae_error")
 _TOKEN_TO_KIND = {token: kind for kind, (token, _) in _KINDS.items()}
 KINDS = tuple(_KINDS)
 # The axis of the site tensor that a component's index selects (batch is axis 0).
-INDEX_AXIS = {"z": 2, "q": 2, "k": 2, "v": 2, "pattern": 1, "mlp_post": 2}
+INDEX_AXIS = {"z": 2, "q": 2, "k": 2, "v": 2, "pattern": 1, "mlp_post": 2, "tc": 2, "sae": 2}
 # The axis that a component's position selects.
 POSITION_AXIS = {kind: (2 if kind == "pattern" else 1) for kind in KINDS}
 
 _PATTERN = re.compile(
-    r"^L(?P<layer>\d+)\.(?:(?P<named>RESID_PRE|RESID_MID|RESID_POST|ATTN|MLP)"
-    r"|(?P<indexed>H|Q|K|V|A|N)(?P<index>\d+))(?:@(?P<pos>-?\d+))?$"
+    r"^L(?P<layer>\d+)\.(?:(?P<named>RESID_PRE|RESID_MID|RESID_POST|ATTN|MLP|TC_ERR|SAE_ERR)"
+    r"|(?P<indexed>H|Q|K|V|A|N|TC\.|SAE\.)(?P<index>\d+))(?:@(?P<pos>-?\d+))?$"
 )
 
 
@@ -88,7 +101,7 @@ class Component:
             raise ComponentError(f"unknown component kind {self.kind!r}; known: {', '.join(KINDS)}")
         needs_index = _KINDS[self.kind][1] is not None
         if needs_index and self.index is None:
-            raise ComponentError(f"component kind {self.kind!r} needs an index (head/group/neuron)")
+            raise ComponentError(f"component kind {self.kind!r} needs an index (head/group/neuron/latent)")
         if not needs_index and self.index is not None:
             raise ComponentError(f"component kind {self.kind!r} takes no index")
 
@@ -101,15 +114,16 @@ class Component:
         if match is None:
             raise ComponentError(
                 f"cannot parse component {text!r}: expected e.g. L5.H3, L5.MLP, L5.ATTN, "
-                "L5.RESID_PRE, L5.Q3, L5.K1, L5.A3, L2.N1043, optionally with @position"
+                "L5.RESID_PRE, L5.Q3, L5.K1, L5.A3, L2.N1043, L3.TC.1234, L3.SAE.1234, L3.TC_ERR, "
+                "optionally with @position"
             )
-        token = match["named"] or match["indexed"]
+        token = match["named"] or match["indexed"].rstrip(".")
         index = int(match["index"]) if match["index"] is not None else None
         position = int(match["pos"]) if match["pos"] is not None else None
         return cls(_TOKEN_TO_KIND[token], int(match["layer"]), index, position)
 
     def __str__(self) -> str:
-        token = _KINDS[self.kind][0]
+        token = _KINDS[self.kind][0] + ("." if self.kind in FEATURE_KINDS else "")
         text = f"L{self.layer}.{token}{'' if self.index is None else self.index}"
         return text if self.position is None else f"{text}@{self.position}"
 
@@ -122,11 +136,12 @@ class Component:
         return Component(self.kind, self.layer, self.index, position)
 
     def validate(self, config: "ModelConfig", n_positions: int | None = None) -> "Component":
-        """Raise a one-line :class:`ComponentError` if this component is not in the model."""
+        """Raise a one-line :class:`ComponentError` if this component is not in the model (the
+        latents of spliced dictionaries are checked by ``Model.validate``, which knows them)."""
         if not 0 <= self.layer < config.n_layers:
             raise ComponentError(f"component {self} is out of range: the model has {config.n_layers} layers")
         bound_field = _KINDS[self.kind][1]
-        if bound_field is not None:
+        if bound_field is not None and bound_field != "dictionary":
             bound = getattr(config, bound_field)
             if not 0 <= self.index < bound:
                 raise ComponentError(f"component {self} is out of range: the model has {bound_field}={bound}")
@@ -163,12 +178,18 @@ GRANULARITIES = {
     "v_pos": "value, by layer x KV group x position",
     "pattern": "attention pattern of each head, by layer x head",
     "neurons": "MLP neurons (post-activation) over all positions, by layer x neuron",
+    "features": "latents of the spliced dictionaries over all positions, by dictionary x latent",
+    "features_pos": "latents of the spliced dictionaries, by dictionary x latent x position",
 }
+SPLICE_GRANULARITIES = ("features", "features_pos")  # enumerated by the model, which knows its splices
 
 
 def _check_granularity(granularity: str) -> None:
     if granularity not in GRANULARITIES:
         raise ComponentError(f"unknown granularity {granularity!r}; known: {', '.join(GRANULARITIES)}")
+    if granularity in SPLICE_GRANULARITIES:
+        raise ComponentError(f"granularity {granularity!r} is enumerated from the model's spliced dictionaries "
+                             "(interp.splicing.feature_components)")
 
 
 def granularity_shape(config: "ModelConfig", granularity: str, n_positions: int, layers: list[int] | None = None) -> tuple[int, ...]:

@@ -9,9 +9,10 @@ import torch
 
 from interp.architectures import decoder_layers
 from interp.backends.base import Backend, Edit, RunOutput, RunSpec
-from interp.components import INDEX_AXIS, POSITION_AXIS, Component, ComponentError, Site
+from interp.components import INDEX_AXIS, POSITION_AXIS, SPLICE_KINDS, Component, ComponentError, Site
 from interp.config import ModelConfig
 from interp.resume import Resume, layers_replayed
+from interp.splicing import Splice, with_splices
 
 PatchValue = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 ComponentLike = Union[Component, str]
@@ -78,6 +79,7 @@ class Model:
         self.source = source
         self.device = device
         self._active_edits: dict[Site, list[Edit]] = {}
+        self._splices: dict[Site, Splice] = {}
 
     def __repr__(self) -> str:
         c = self.config
@@ -117,20 +119,65 @@ class Model:
             raise TokenizationError(f"{text!r} is not a single token for {self.config.name} (it is {len(ids)} tokens)")
         return ids[0]
 
+    # ------------------------------------------------------------------ components
+    def validate(self, component: ComponentLike, n_positions: int | None = None) -> Component:
+        """The parsed component; a one-line :class:`ComponentError` if the model (with its
+        spliced dictionaries) has no such component."""
+        component = Component.parse(component).validate(self.config, n_positions)
+        if component.kind in SPLICE_KINDS:
+            splice = self._splices.get(Site(component.kind.removesuffix("_error"), component.layer))
+            if splice is None:
+                what = "transcoder" if component.kind.startswith("tc") else "SAE"
+                spliced = ", ".join(f"{s.site.kind.upper()} at L{s.site.layer}" for s in self._splices.values()) or "none"
+                raise ComponentError(f"component {component} does not exist: no {what} is spliced in at layer "
+                                     f"{component.layer} (spliced: {spliced})")
+            if component.index is not None and not 0 <= component.index < splice.width:
+                raise ComponentError(f"component {component} is out of range: the dictionary has {splice.width} latents")
+        return component
+
+    @property
+    def splices(self) -> list[Splice]:
+        """The dictionaries spliced in now, by layer."""
+        return [self._splices[site] for site in sorted(self._splices)]
+
+    @contextmanager
+    def spliced(self, splice: Splice) -> Iterator["Model"]:
+        """Within the block, every run goes through ``splice`` (see ``interp.splicing``) and its
+        latents and error term are components."""
+        if splice.site in self._splices:
+            raise ComponentError(f"a dictionary is already spliced in as L{splice.site.layer}.{splice.site.kind.upper()} "
+                                 f"(at {self._splices[splice.site].host}); one per kind and layer")
+        self._splices[splice.site] = splice
+        try:
+            yield self
+        finally:
+            del self._splices[splice.site]
+
     # ------------------------------------------------------------------ running
     def forward(self, spec: RunSpec, resume: Resume | None = None) -> RunOutput:
-        """Low-level forward; edits from active ``patch`` contexts are applied first."""
+        """Low-level forward; edits from active ``patch`` contexts are applied first, and
+        spliced dictionaries run at their hosts."""
         if self._active_edits:
             merged = {site: list(edits) for site, edits in self._active_edits.items()}
             for site, edits in spec.edits.items():
                 merged.setdefault(site, []).extend(edits)
             spec.edits = merged
+        virtual_reads: dict[Site, torch.Tensor] = {}
+        if self._splices:
+            spec = with_splices(spec, self.splices, virtual_reads)
         if resume is None:
-            return self.backend.forward(spec)
-        if resume.past_key_values is not None:
-            spec.past_key_values = resume.past_key_values
-        with layers_replayed(decoder_layers(self.hf_model, self.config.architecture), resume.layer, resume.resid):
-            return self.backend.forward(spec)
+            out = self.backend.forward(spec)
+        else:
+            if resume.past_key_values is not None:
+                spec.past_key_values = resume.past_key_values
+            with layers_replayed(decoder_layers(self.hf_model, self.config.architecture), resume.layer, resume.resid):
+                out = self.backend.forward(spec)
+        out.activations.update(virtual_reads)
+        return out
+
+    def edited_sites(self) -> set[Site]:
+        """Sites whose values every run changes (active ``patch`` contexts and splice hosts)."""
+        return set(self._active_edits) | {splice.host for splice in self._splices.values()}
 
     @torch.no_grad()
     def generate(self, tokens: torch.Tensor, new_tokens: int) -> torch.Tensor:
@@ -149,10 +196,10 @@ class Model:
         sites = set()
         for item in components:
             if isinstance(item, Site):
-                Component(item.kind, item.layer, 0 if item.kind in INDEX_AXIS else None).validate(self.config)
+                self.validate(Component(item.kind, item.layer, 0 if item.kind in INDEX_AXIS else None))
                 sites.add(item)
             else:
-                sites.add(Component.parse(item).validate(self.config).site)
+                sites.add(self.validate(item).site)
         return sites
 
     @torch.no_grad()
@@ -175,7 +222,7 @@ class Model:
         """
         added: list[tuple[Site, Edit]] = []
         for name, value in patches.items():
-            component = Component.parse(name).validate(self.config)
+            component = self.validate(name)
             edit = component_edit(component, value)
             self._active_edits.setdefault(component.site, []).append(edit)
             added.append((component.site, edit))

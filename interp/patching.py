@@ -12,7 +12,8 @@ recorded (noising: corrupt -> clean run; denoising: clean -> corrupt run). Exact
 * only the last position, which the metric reads, is unembedded;
 * in a causal model, a component at a position before the first one where the two runs' inputs
   differ (IOI: the second name) has the same activation in both runs, so its patched metric is
-  the target run's, with no forward at all.
+  the target run's, with no forward at all; so has any component whose value is identical in the
+  two runs (most latents of a spliced sparse dictionary: zero in both).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.backends.base import Edit, RunSpec
-from interp.components import Component, Site, enumerate_components, granularity_shape
+from interp.components import SPLICE_GRANULARITIES, Component, Site, enumerate_components, granularity_shape
 from interp.corruption import (RunInput, check_settings, clean_and_corrupt, first_difference, noise_edit,
                                target_and_source)
 from interp.metrics import normalized, task_metric
 from interp.model import Model, component_index
 from interp.results import Result
 from interp.resume import Resume, kv_prefix
+from interp.splicing import feature_components
 from interp.tasks import Task
 
 AXES = {
@@ -42,6 +44,7 @@ AXES = {
     "k": ["layer", "kv_group"], "v": ["layer", "kv_group"], "q_pos": ["layer", "head", "position"],
     "k_pos": ["layer", "kv_group", "position"], "v_pos": ["layer", "kv_group", "position"],
     "pattern": ["layer", "head"], "neurons": ["layer", "neuron"],
+    "features": ["dictionary", "latent"], "features_pos": ["dictionary", "latent", "position"],
 }
 
 
@@ -52,6 +55,7 @@ class _Runs:
     target: RunInput
     target_resid: dict[int, torch.Tensor]
     target_cache: object
+    target_acts: dict[Site, torch.Tensor]
     source_acts: dict[Site, torch.Tensor]
     unchanged_before: int  # positions before this one have the same activations in both runs
     target_metric: torch.Tensor  # [n]
@@ -64,13 +68,15 @@ def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, 
                     noise_std: float, seed: int, metric_of) -> tuple[_Runs, int]:
     target, source = target_and_source(model, task, direction, corruption, noise_std, seed)
     resid_sites = {Site("resid_pre", layer) for layer in range(model.config.n_layers)}
-    target_out = model.forward(RunSpec(target.tokens, edits=target.edits(), reads=resid_sites, logits_to_keep=1, return_cache=True))
+    target_out = model.forward(RunSpec(target.tokens, edits=target.edits(), reads=resid_sites | sites, logits_to_keep=1,
+                                       return_cache=True))
     source_out = model.forward(RunSpec(source.tokens, edits=source.edits(), reads=sites, logits_to_keep=1))
     target_metric, source_metric = metric_of(target_out.logits[:, -1]), metric_of(source_out.logits[:, -1])
     clean_metric, corrupt_metric = clean_and_corrupt(direction, target_metric, source_metric)
     runs = _Runs(
-        target=target, target_resid={site.layer: act for site, act in target_out.activations.items()},
-        target_cache=target_out.past_key_values, source_acts=source_out.activations,
+        target=target, target_resid={site.layer: target_out.activations[site] for site in resid_sites},
+        target_cache=target_out.past_key_values, target_acts={site: target_out.activations[site] for site in sites},
+        source_acts=source_out.activations,
         unchanged_before=first_difference(target, source) if model.config.causal else 0,
         target_metric=target_metric, source_metric=source_metric,
         clean_metric=clean_metric, corrupt_metric=corrupt_metric,
@@ -106,10 +112,12 @@ def _variant_bytes(model: Model, n_prompts: int, n_positions: int, layer: int, s
 def resolve_components(model: Model, granularity: str, n_positions: int, layers: list[int] | None,
                        components: list | None) -> tuple[list[Component], list[int], list[str]]:
     """(components, shape, axes): every component of a granularity, or an explicit list (shape [n])."""
+    if components is None and granularity in SPLICE_GRANULARITIES:
+        return feature_components(model.splices, granularity, n_positions, layers)
     if components is None:
         found = enumerate_components(model.config, granularity, n_positions, layers)
         return found, list(granularity_shape(model.config, granularity, n_positions, layers)), AXES[granularity]
-    parsed = [Component.parse(c).validate(model.config, n_positions) for c in components]
+    parsed = [model.validate(c, n_positions) for c in components]
     parsed = [c if c.position is None else c.at(c.position % n_positions) for c in parsed]
     return parsed, [len(parsed)], ["component"]
 
@@ -149,6 +157,7 @@ def activation_patching(
     check_settings(model, task, direction, corruption)
     start_time = time.perf_counter()
     n_prompts, n_positions = task.clean_tokens.shape
+    label = granularity if components is None else "components"
     components, shape, axes = resolve_components(model, granularity, n_positions, layers, components)
     sites = {component.site for component in components}
 
@@ -160,13 +169,15 @@ def activation_patching(
         patched = torch.empty(n_prompts, len(components))
 
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        unchanged = [i for i, c in enumerate(components) if c.position is not None and c.position < runs.unchanged_before]
+        before = {i for i, c in enumerate(components) if c.position is not None and c.position < runs.unchanged_before}
+        identical = {i for i, c in enumerate(components) if i not in before and _identical(runs, c)}
+        unchanged = sorted(before | identical)
         patched[:, unchanged] = runs.target_metric.cpu()[:, None]
         for i in sorted(set(range(len(components))) - set(unchanged)):  # without a causal mask every position can change
             start = (components[i].position or 0) if model.config.causal else 0
-            groups[(components[i].layer, start)].append(i)
+            groups[(_resume_layer(model, components[i].layer), start)].append(i)
         forward_equivalents = float(n_forward)
-        bar = tqdm(total=len(components), initial=len(unchanged), desc=f"patching {granularity}", disable=not progress,
+        bar = tqdm(total=len(components), initial=len(unchanged), desc=f"patching {label}", disable=not progress,
                    unit="component")
         for (layer, start), indices in sorted(groups.items()):
             per_batch = batch_size or max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_prompts, n_positions, layer, start)))
@@ -194,9 +205,27 @@ def activation_patching(
         arrays={"per_prompt": per_prompt.numpy(), "patched_metric": patched.numpy(),
                 "clean_metric": runs.clean_metric.cpu().numpy(), "corrupt_metric": runs.corrupt_metric.cpu().numpy()},
         extra={"forward_equivalents": forward_equivalents, "unchanged_components": len(unchanged),
+               "identical_components": len(identical),
                "first_differing_position": runs.unchanged_before, "clean_prompts": task.clean_prompts,
                "corrupt_prompts": task.corrupt_prompts},
     )
+
+
+def _identical(runs: _Runs, component: Component) -> bool:
+    """Whether the component has the same value in both runs (patching it changes nothing)."""
+    source, target = runs.source_acts[component.site], runs.target_acts[component.site]
+    index = component_index(component, source.dim())
+    return torch.equal(source[index], target[index])
+
+
+def _resume_layer(model: Model, layer: int) -> int:
+    """The layer a patched run of a component at ``layer`` resumes at: its own, or lower while
+    the residual stream entering it is edited by every run (a splice or ``model.patch``), which
+    replaying the recorded (already edited) residual would apply twice."""
+    edited = model.edited_sites()
+    while layer > 0 and Site("resid_pre", layer) in edited:
+        layer -= 1
+    return layer
 
 
 def _patched_forward(model: Model, runs: _Runs, components: list[Component], layer: int, start: int,

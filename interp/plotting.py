@@ -47,6 +47,8 @@ def result_heatmap(result: Result, name: str = "scores") -> go.Figure:
         grid = grid.mean(axis=0)
     axes = result.axes
     title = f"{result.method} · {result.granularity} · {result.task} · {result.model} ({result.metric}, normalized)"
+    if "layer" not in axes:  # latents of spliced dictionaries, or an explicit list of components
+        return _top_components(result, grid, title)
     layers = result.settings.get("layers") or list(range(result.shape[axes.index("layer")]))
     layer_labels = [f"L{l}" for l in layers]
     if axes == ["layer"]:
@@ -64,6 +66,22 @@ def result_heatmap(result: Result, name: str = "scores") -> go.Figure:
                        title, "position", axes[1])
     index_labels = [str(i) for i in range(grid.shape[1])]
     return heatmap(grid, index_labels, layer_labels, title, axes[1], "layer")
+
+
+def _top_components(result: Result, grid: np.ndarray, title: str, k: int = 40) -> go.Figure:
+    """The ``k`` components with the largest |effect| (by position where the grid has positions):
+    a sweep over thousands of latents, most of them silent, reads best as its top rows."""
+    positional = result.axes[-1] == "position"
+    if positional:
+        rows = grid.reshape(-1, grid.shape[-1])
+        names = [name.split("@")[0] for name in result.components[::grid.shape[-1]]]
+    else:
+        rows = grid.reshape(-1, 1)
+        names = list(result.components)
+    top = np.argsort(-np.nanmax(np.abs(rows), axis=1), kind="stable")[:k]
+    columns = _position_labels(result.tokens, rows.shape[1]) if positional else ["all positions"]
+    return heatmap(rows[top], columns, [names[i] for i in top], f"{title}: top {len(top)}",
+                   "position" if positional else "", "component")
 
 
 def importance_figure(result: Result) -> go.Figure:

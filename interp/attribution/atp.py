@@ -76,6 +76,11 @@ def attribution_patching(
     start_time = time.perf_counter()
     n_prompts, n_positions = task.clean_tokens.shape
     nodes, shape, axes = resolve_components(model, granularity, n_positions, layers, components)
+    hosts = {site: splice.host for splice in model.splices for site in splice.sites}
+    inside = [c for c in nodes if c.site in hosts and hosts[c.site].kind not in ("attn_out", "mlp_out")]
+    if inside:
+        raise ValueError(f"attribution patching reaches a dictionary's latents through the attention or MLP output it "
+                         f"replaces; {inside[0]} belongs to one spliced at {hosts[inside[0].site]} (use exact patching)")
     if qk_fix and not any(c.kind in QK_KINDS for c in nodes):
         raise ValueError(f"the QK fix applies to query and key nodes only; granularity {granularity!r} has none")
     use_qk = default_qk if qk_fix is None else qk_fix

@@ -36,6 +36,12 @@ class TracedRun:
     activations: dict[Site, torch.Tensor]
     n_layers: int
     parallel: bool  # attention and MLP read the same residual (no resid_mid)
+    hosts: dict[Site, Site]  # a spliced dictionary's latents / error term -> the activation it replaces
+
+    def sublayer(self, site: Site) -> str | None:
+        """"attn" or "mlp": which residual-stream write a site is part of (None: neither)."""
+        kind = self.hosts.get(site, site).kind
+        return "attn" if kind in ATTENTION_KINDS else "mlp" if kind in MLP_KINDS else None
 
 
 def traced_run(model, tokens: torch.Tensor, edits: dict[Site, list[Edit]], sites: set[Site], metric_of,
@@ -63,7 +69,8 @@ def traced_run(model, tokens: torch.Tensor, edits: dict[Site, list[Edit]], sites
                                           past_key_values=past_key_values))
         values = metric_of(out.logits[:, -1])
         total = values.sum()
-    return TracedRun(values.detach(), total, out.activations, config.n_layers, config.parallel_attn_mlp)
+    hosts = {site: splice.host for splice in model.splices for site in splice.sites}
+    return TracedRun(values.detach(), total, out.activations, config.n_layers, config.parallel_attn_mlp, hosts)
 
 
 def _grad(outputs: torch.Tensor, inputs: list[torch.Tensor], cotangent: torch.Tensor) -> list[torch.Tensor]:
@@ -77,8 +84,8 @@ def _block_backward(run: TracedRun, layer: int, node_sites: list[Site], cotangen
     given the cotangent at its output, with nothing, the block, its attention or its MLP dropped."""
     acts = run.activations
     resid_pre = acts[Site("resid_pre", layer)]
-    attention = [s for s in node_sites if s.kind in ATTENTION_KINDS]
-    mlp = [s for s in node_sites if s.kind in MLP_KINDS]
+    attention = [s for s in node_sites if run.sublayer(s) == "attn"]
+    mlp = [s for s in node_sites if run.sublayer(s) == "mlp"]
     grads: dict[Site, torch.Tensor] = {s: torch.zeros_like(acts[s]) for s in node_sites if s.kind != "resid_pre"}
     if skip is None:
         inner = attention + mlp
