@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from circuits.dictionary import DictionaryConfig, SparseDictionary
+from circuits.dictionary_io import save_dictionary
 from interp import cli
 
 RUNS = {
@@ -27,6 +29,11 @@ def build_runs(root: Path) -> Path:
     """Write every fixture run under ``root``, plus one corrupt and one foreign folder."""
     for name, args in RUNS.items():
         assert cli.main(args + ["--out", str(root / name)]) == 0, name
+    transcoder = root.parent / f"{root.name}-transcoder"  # a random transcoder of random-llama's MLP 1, outside the runs
+    save_dictionary(SparseDictionary(DictionaryConfig(d_in=64, d_sae=96, k=8, kind="transcoder", site="L1.MLP")), transcoder)
+    assert cli.main(["patch", "--model", "random-llama", "--n-prompts", "4", "--dictionary", str(transcoder),
+                     "--granularity", "features_pos", "--method", "atp*", "--verify-top", "5",
+                     "--out", str(root / "features-atp-star")]) == 0
     (root / "corrupt").mkdir()
     (root / "corrupt" / "result.json").write_text("{ not json")
     (root / "notes").mkdir()

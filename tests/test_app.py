@@ -54,7 +54,8 @@ def test_runs_page_lists_good_runs_and_explains_bad_folders(app_env):
     at = _run(APP)
     tables = at.dataframe
     listed = tables[0].value
-    assert sorted(listed["run"]) == ["bigram", "edges", "edges-tracr", "heads-atp-star", "heads-exact", "redundancy"]
+    assert sorted(listed["run"]) == ["bigram", "edges", "edges-tracr", "features-atp-star", "heads-atp-star", "heads-exact",
+                                     "redundancy"]
     assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit"}
     reasons = dict(zip(tables[1].value["folder"], tables[1].value["reason"]))
     assert "not valid JSON" in reasons["corrupt"] and "no result.json" in reasons["notes"]
@@ -68,6 +69,17 @@ def test_patching_page_draws_the_run(app_env):
     assert np.allclose(_array(heat["z"]), result.grid())
     top = at.dataframe[0].value
     assert list(top["component"]) == [c for c, _ in result.top(len(top))]
+
+
+def test_patching_page_draws_the_top_latents_of_a_feature_run(app_env):
+    """A sweep over a transcoder's 96 latents x positions reads as its top 40 rows, named."""
+    at = _run("app/pages/1_Patching.py", selected_run="features-atp-star")
+    result = Result.load(app_env / "features-atp-star")
+    heat = _figures(at)[0]["data"][0]
+    grid = result.grid()[0]  # [latent, position]
+    top = np.argsort(-np.abs(grid).max(axis=1), kind="stable")[:40]
+    assert list(heat["y"]) == [f"L1.TC.{i}" for i in top]
+    assert np.allclose(_array(heat["z"]), grid[top])
 
 
 def test_patching_page_scatters_atp_star_estimates_against_exact(app_env):
