@@ -13,7 +13,8 @@ recorded (noising: corrupt -> clean run; denoising: clean -> corrupt run). Exact
 * in a causal model, a component at a position before the first one where the two runs' inputs
   differ (IOI: the second name) has the same activation in both runs, so its patched metric is
   the target run's, with no forward at all; so has any component whose value is identical in the
-  two runs (most latents of a spliced sparse dictionary: zero in both).
+  two runs (most latents of a spliced sparse dictionary: zero in both); a component over every
+  position is patched in a run that starts at that first differing position.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.backends.base import Edit, RunSpec
-from interp.components import SPLICE_GRANULARITIES, Component, Site, enumerate_components, granularity_shape
+from interp.components import POSITION_AXIS, SPLICE_GRANULARITIES, Component, Site, enumerate_components, granularity_shape
 from interp.corruption import (RunInput, check_settings, clean_and_corrupt, first_difference, noise_edit,
                                target_and_source)
 from interp.metrics import normalized, task_metric
@@ -85,16 +86,18 @@ def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, 
 
 
 def _patch_edit(assignments: list[tuple[int, Component]], source: torch.Tensor, n_prompts: int, start: int) -> Edit:
-    """One edit writing each variant's component from the source run into its batch rows."""
+    """One edit writing each variant's component from the source run into its batch rows; the
+    patched run holds positions >= ``start`` only (all of one site, so one position axis)."""
+    axis = POSITION_AXIS[assignments[0][1].kind]
+    suffix = source.narrow(axis, start, source.shape[axis] - start)
 
     def edit(activation: torch.Tensor) -> torch.Tensor:
         patched = activation.clone()
         for variant, component in assignments:
-            source_index = component_index(component, source.dim())
             shifted = component if component.position is None else component.at(component.position - start)
-            target_index = component_index(shifted, activation.dim())
+            index = component_index(shifted, activation.dim())
             rows = patched[variant * n_prompts:(variant + 1) * n_prompts]
-            rows[target_index] = source[source_index]
+            rows[index] = suffix[index]
         return patched
 
     return edit
@@ -173,8 +176,11 @@ def activation_patching(
         identical = {i for i, c in enumerate(components) if i not in before and _identical(runs, c)}
         unchanged = sorted(before | identical)
         patched[:, unchanged] = runs.target_metric.cpu()[:, None]
-        for i in sorted(set(range(len(components))) - set(unchanged)):  # without a causal mask every position can change
-            start = (components[i].position or 0) if model.config.causal else 0
+        for i in sorted(set(range(len(components))) - set(unchanged)):
+            # a component over every position equals the target's before the first difference,
+            # so its run starts there too; without a causal mask every position can change
+            position = components[i].position
+            start = (min(runs.unchanged_before, n_positions - 1) if position is None else position) if model.config.causal else 0
             groups[(_resume_layer(model, components[i].layer), start)].append(i)
         forward_equivalents = float(n_forward)
         bar = tqdm(total=len(components), initial=len(unchanged), desc=f"patching {label}", disable=not progress,
