@@ -53,7 +53,7 @@ _KINDS: dict[str, tuple[str, str | None]] = {
     "sae_error": ("SAE_ERR", None),
 }
 FEATURE_KINDS = ("tc", "sae")
-SPLICE_KINDS = ("tc", "sae", "tc_error", "sae_error")
+SPLICE_KINDS = FEATURE_KINDS + tuple(f"{kind}_error" for kind in FEATURE_KINDS)
 _TOKEN_TO_KIND = {token: kind for kind, (token, _) in _KINDS.items()}
 KINDS = tuple(_KINDS)
 # The axis of the site tensor that a component's index selects (batch is axis 0).

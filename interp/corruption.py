@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from interp.backends.base import Edit
+from interp.backends.base import Edit, RunSpec
 from interp.components import Site
 from interp.tasks import Task
 
@@ -35,6 +35,16 @@ class RunInput:
     def positions(self, start: int, stop: int | None = None) -> "RunInput":
         """The same run on positions ``start`` to ``stop`` (exclusive) only."""
         return RunInput(self.tokens[:, start:stop], None if self.noise is None else self.noise[:, start:stop])
+
+    @torch.no_grad()
+    def prefix_cache(self, model, stop: int):
+        """The KV cache of this run's positions before ``stop`` (None when ``stop`` is 0): for runs
+        that share those positions, a constant every later forward can start from."""
+        if not stop:
+            return None
+        shared = self.positions(0, stop)
+        return model.forward(RunSpec(shared.tokens, edits=shared.edits(), logits_to_keep=1,
+                                     return_cache=True)).past_key_values
 
 
 def gaussian_noise(model, task: Task, std_multiple: float, seed: int) -> torch.Tensor:

@@ -175,6 +175,10 @@ class Model:
         out.activations.update(virtual_reads)
         return out
 
+    def splice_hosts(self) -> dict[Site, Site]:
+        """Each spliced dictionary's latents and error-term sites -> the activation it replaces."""
+        return {site: splice.host for splice in self._splices.values() for site in splice.sites}
+
     def edited_sites(self) -> set[Site]:
         """Sites whose values every run changes (active ``patch`` contexts and splice hosts)."""
         return set(self._active_edits) | {splice.host for splice in self._splices.values()}

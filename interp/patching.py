@@ -176,12 +176,13 @@ def activation_patching(
         identical = {i for i, c in enumerate(components) if i not in before and _identical(runs, c)}
         unchanged = sorted(before | identical)
         patched[:, unchanged] = runs.target_metric.cpu()[:, None]
+        edited = model.edited_sites()
         for i in sorted(set(range(len(components))) - set(unchanged)):
             # a component over every position equals the target's before the first difference,
             # so its run starts there too; without a causal mask every position can change
             position = components[i].position
             start = (min(runs.unchanged_before, n_positions - 1) if position is None else position) if model.config.causal else 0
-            groups[(_resume_layer(model, components[i].layer), start)].append(i)
+            groups[(_resume_layer(edited, components[i].layer), start)].append(i)
         forward_equivalents = float(n_forward)
         bar = tqdm(total=len(components), initial=len(unchanged), desc=f"patching {label}", disable=not progress,
                    unit="component")
@@ -224,11 +225,11 @@ def _identical(runs: _Runs, component: Component) -> bool:
     return torch.equal(source[index], target[index])
 
 
-def _resume_layer(model: Model, layer: int) -> int:
+def _resume_layer(edited: set[Site], layer: int) -> int:
     """The layer a patched run of a component at ``layer`` resumes at: its own, or lower while
-    the residual stream entering it is edited by every run (a splice or ``model.patch``), which
-    replaying the recorded (already edited) residual would apply twice."""
-    edited = model.edited_sites()
+    the residual stream entering it is one of the ``edited`` sites (``Model.edited_sites``: a
+    splice or ``model.patch`` every run applies), which replaying the recorded (already edited)
+    residual would apply twice."""
     while layer > 0 and Site("resid_pre", layer) in edited:
         layer -= 1
     return layer

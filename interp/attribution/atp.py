@@ -76,7 +76,7 @@ def attribution_patching(
     start_time = time.perf_counter()
     n_prompts, n_positions = task.clean_tokens.shape
     nodes, shape, axes = resolve_components(model, granularity, n_positions, layers, components)
-    hosts = {site: splice.host for splice in model.splices for site in splice.sites}
+    hosts = model.splice_hosts()
     inside = [c for c in nodes if c.site in hosts and hosts[c.site].kind not in ("attn_out", "mlp_out")]
     if inside:
         raise ValueError(f"attribution patching reaches a dictionary's latents through the attention or MLP output it "
@@ -109,13 +109,9 @@ def attribution_patching(
         def chunk_metric(logits: torch.Tensor) -> torch.Tensor:
             return metric_of(logits, row_ids)
 
-        prefix = None
+        prefix = chunk_target.prefix_cache(model, start)  # the positions both runs share, once
+        n_forward += bool(start)
         with torch.no_grad():
-            if start:  # the positions both runs share, once: their KV cache is a constant of both
-                shared = chunk_target.positions(0, start)
-                prefix = model.forward(RunSpec(shared.tokens, edits=shared.edits(), logits_to_keep=1,
-                                               return_cache=True)).past_key_values
-                n_forward += 1
             suffix_source = chunk_source.positions(start)
             source_out = model.forward(RunSpec(suffix_source.tokens, edits=suffix_source.edits(), reads=estimator.activation_sites(),
                                                logits_to_keep=1, past_key_values=copy.deepcopy(prefix)))

@@ -69,8 +69,8 @@ def traced_run(model, tokens: torch.Tensor, edits: dict[Site, list[Edit]], sites
                                           past_key_values=past_key_values))
         values = metric_of(out.logits[:, -1])
         total = values.sum()
-    hosts = {site: splice.host for splice in model.splices for site in splice.sites}
-    return TracedRun(values.detach(), total, out.activations, config.n_layers, config.parallel_attn_mlp, hosts)
+    return TracedRun(values.detach(), total, out.activations, config.n_layers, config.parallel_attn_mlp,
+                     model.splice_hosts())
 
 
 def _grad(outputs: torch.Tensor, inputs: list[torch.Tensor], cotangent: torch.Tensor) -> list[torch.Tensor]:

@@ -97,10 +97,8 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
     start = 0 if any(parsed[i].kind == "pattern" for i in rest) else min(unchanged_before, n_positions - 1)
     components = [parsed[i] if parsed[i].position is None else parsed[i].at(parsed[i].position - start) for i in rest]
     sites = {c.site for c in components}
+    prefix = target.prefix_cache(model, start)
     with torch.no_grad():
-        shared = target.positions(0, start)
-        prefix = model.forward(RunSpec(shared.tokens, edits=shared.edits(), logits_to_keep=1,
-                                       return_cache=True)).past_key_values if start else None
         source_suffix = source.positions(start)
         source_acts = model.forward(RunSpec(source_suffix.tokens, edits=source_suffix.edits(), reads=sites, logits_to_keep=1,
                                             past_key_values=copy.deepcopy(prefix))).activations
