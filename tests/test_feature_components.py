@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import interp
-from circuits.dictionary import DictionaryConfig, SparseDictionary
+from circuits.dictionary import DictionaryConfig, DictionaryError, SparseDictionary
 from circuits.dictionary_evaluation import spliced
 from circuits.dictionary_io import save_dictionary
 from interp.attribution import attribution_patching
@@ -46,6 +46,14 @@ def test_names_round_trip_and_exist_only_while_spliced(random_llama):
                 pass
     with pytest.raises(ComponentError, match="none is spliced in"):
         activation_patching(random_llama, interp.tasks.ioi(random_llama, n_prompts=2), "features", progress=False)
+    with pytest.raises(DictionaryError, match="a dictionary replaces a whole activation .* not L1.H0"):
+        with spliced(random_llama, _dictionary("sae", "L1.RESID_POST"), site="L1.H0"):
+            pass
+    with spliced(random_llama, _dictionary("transcoder", "L1.MLP", d_sae=96)):
+        with spliced(random_llama, _dictionary("sae", "L0.ATTN", d_sae=128)):
+            with pytest.raises(ComponentError, match="needs dictionaries of one width, got \\[96, 128\\]"):
+                activation_patching(random_llama, interp.tasks.ioi(random_llama, n_prompts=2), "features",
+                                    progress=False)
 
 
 def test_reading_and_editing_latents_is_decoding_them(random_llama, llama_ioi):
