@@ -17,9 +17,9 @@ from interp.results import Result, ResultError
 # which page opens a run, by Result.method
 PAGE_OF_METHOD = {"exact": "Patching", "atp": "Patching", "atp*": "Patching", "redundancy": "Pruning",
                   "drop": "Pruning", "bigram": "Bigram", "optimal-pruning": "Bigram", "eap": "Circuit",
-                  "eap-ig": "Circuit"}
+                  "eap-ig": "Circuit", "feature-graph": "Features"}
 PAGE_FILES = {"Patching": "pages/1_Patching.py", "Pruning": "pages/3_Pruning.py", "Bigram": "pages/4_Bigram.py",
-              "Circuit": "pages/6_Circuit.py"}
+              "Circuit": "pages/6_Circuit.py", "Features": "pages/7_Features.py"}
 DEFAULT_MODEL = os.environ.get("INTERP_APP_MODEL", "smollm2-135m")
 
 

@@ -90,13 +90,14 @@ def faithfulness_figure(curves: list[dict], title: str = "") -> go.Figure:
 def feature_graph_figure(graph: dict, max_width: float = 6.0) -> go.Figure:
     """Draw a transcoder attribution graph (``circuits.transcoder_circuits.attribution_graph``):
     x = token position, y = layer (embeddings at the bottom, the target on top); features are
-    circles, error nodes grey diamonds; edge width ~ |weight|, blue positive, red negative."""
+    circles, attention heads triangles just below their layer's features, error nodes grey diamonds;
+    edge width ~ |weight|, blue positive, red negative."""
     n_layers = graph["n_layers"]
 
     def position(node: dict) -> tuple[float, float]:
         offset = ((node["latent"] or 0) % 7 - 3) * 0.06 if node["kind"] == "feature" else 0.0
         layer = {"embed": -1, "target": n_layers}.get(node["kind"], node["layer"])
-        return node["position"] + offset, layer + (0.25 if node["kind"] == "error" else 0.0)
+        return node["position"] + offset, layer + {"error": 0.25, "head": -0.35}.get(node["kind"], 0.0)
 
     places = {node["id"]: position(node) for node in graph["nodes"]}
     lines = [(*places[edge["source"]], *places[edge["target"]], edge["weight"],
@@ -105,9 +106,10 @@ def feature_graph_figure(graph: dict, max_width: float = 6.0) -> go.Figure:
     figure = go.Figure()
     _add_edges(figure, lines, max_width)
     styles = {"embed": ("square", "#444444"), "feature": ("circle", "#f4a582"), "error": ("diamond", "#bbbbbb"),
-              "target": ("star", "#1b9e77")}
+              "head": ("triangle-up", "#7570b3"), "target": ("star", "#1b9e77")}
     _add_nodes(figure, graph["nodes"], places, styles,
-               lambda n: n["id"] + (f" act {n['activation']:.3f}" if n["activation"] is not None else "") + f" influence {n['influence']:.3f}",
+               lambda n: n["id"] + (f" act {n['activation']:.3f}" if n["activation"] is not None else "")
+               + (f" o.dT/do {n['value']:.3f}" if n.get("value") is not None else "") + f" influence {n['influence']:.3f}",
                lambda n: 22 if n["kind"] == "target" else 10 + 20 * min(1.0, abs(n["influence"]) * 3), False)
     tokens = graph.get("tokens", [])
     figure.update_layout(

@@ -78,6 +78,10 @@ def add_commands(subparsers) -> None:
                                  help="'ANSWER|WRONG' (logit difference of two single tokens at the last position, "
                                       "e.g. ' Mary| John') or a feature 'L6.TC.123@5'")
             circuit.add_argument("--max-features", type=int, default=64, help="candidate features (by attribution to the target)")
+            circuit.add_argument("--max-heads", type=int, default=16,
+                                 help="attention heads (head x destination position) made nodes, by |o . dT/do| (0: none)")
+            circuit.add_argument("--no-freeze-norms", action="store_true",
+                                 help="let gradients through the norms' scales (default: frozen, as in the transcoder paper)")
             circuit.add_argument("--node-threshold", type=float, default=0.8)
             circuit.add_argument("--edge-threshold", type=float, default=0.98)
             circuit.add_argument("--out", default="runs/transcoder-circuit")
@@ -197,19 +201,39 @@ def _run_circuit(args: argparse.Namespace) -> int:
     target = _parse_target(model, args.target) if args.target else None
     if target is None:
         raise ValueError("give --target")
-    graph = attribution_graph(model, transcoders, tokens, target, args.max_features, args.node_threshold, args.edge_threshold)
+    start = time.perf_counter()
+    graph = attribution_graph(model, transcoders, tokens, target, args.max_features, args.node_threshold, args.edge_threshold,
+                              max_heads=args.max_heads, freeze_norms=not args.no_freeze_norms)
+    seconds = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "graph.json").write_text(json.dumps(graph, indent=1))
     write_figures(out / "graph.html", [feature_graph_figure(graph)], f"attribution graph · {graph['target']}")
-    features = sorted((n for n in graph["nodes"] if n["kind"] == "feature"), key=lambda n: -abs(n["influence"]))
+    _graph_result(graph, args, seconds).save(out)
     print(f"{graph['target']} = {graph['target_value']:.4f}; {len(graph['nodes'])} nodes, {len(graph['edges'])} edges "
-          f"(of {graph['n_candidates']} candidate features)")
-    for node in features[:10]:
-        print(f"  {node['id']:<20} activation {node['activation']:.3f}  influence {node['influence']:.3f}  "
-              f"direct attribution {node['attribution']:+.4f}")
-    print(f"wrote {out / 'graph.json'} and {out / 'graph.html'}")
+          f"(of {graph['n_candidates']} candidate features and {graph['n_candidate_heads']} heads) in {seconds:.1f} s")
+    for kind, label in (("feature", "activation"), ("head", "o.dT/do")):
+        ranked = sorted((n for n in graph["nodes"] if n["kind"] == kind), key=lambda n: -abs(n["influence"]))
+        for node in ranked[:10]:
+            shown = node["activation"] if kind == "feature" else node["value"]
+            print(f"  {node['id']:<20} {label} {shown:+.3f}  influence {node['influence']:.3f}  "
+                  f"direct attribution {node['attribution']:+.4f}")
+    print(f"wrote {out / 'graph.json'}, {out / 'graph.html'} and {out / 'result.json'} (the app's Features page opens it)")
     return 0
+
+
+def _graph_result(graph: dict, args: argparse.Namespace, seconds: float):
+    """The run folder's result.json: one score per kept node (its influence on the target)."""
+    from interp.results import Result
+
+    nodes = [n for n in graph["nodes"] if n["kind"] != "target"]
+    return Result(method="feature-graph", model=graph["model"], task=args.prompt, metric=graph["target"], granularity="nodes",
+                  components=[n["id"] for n in nodes], scores=np.array([n["influence"] for n in nodes], dtype=np.float64),
+                  shape=[len(nodes)], axes=["node"], wall_seconds=seconds, tokens=graph["tokens"],
+                  settings={"transcoders": list(args.transcoders), "max_features": args.max_features, "max_heads": args.max_heads,
+                            "node_threshold": args.node_threshold, "edge_threshold": args.edge_threshold,
+                            "freeze_norms": graph["freeze_norms"]},
+                  extra={"graph_file": "graph.json", "target_value": graph["target_value"]})
 
 
 def _result(model, dictionary, metrics: dict, seconds: float, extra: dict, arrays: dict):

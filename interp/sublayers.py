@@ -36,16 +36,62 @@ class Sublayers:
     def __init__(self, model: Model) -> None:
         self.config = model.config
         self.layout = layout_for(model.config.architecture)
+        self._root = model.hf_model
         self._layers = decoder_layers(model.hf_model, model.config.architecture)
 
     def _leaf(self, layer: int, path: str) -> torch.nn.Module:
         return unwrapped(get_path(self._layers[layer], path))
 
+    def norm(self, which: str, layer: int | None = None) -> torch.nn.Module:
+        """The pre-norm of ``which`` ("attn" or "mlp") at ``layer``, or the final norm ("final")."""
+        if which == "final":
+            return unwrapped(get_path(self._root, self.layout.final_norm))
+        paths = {"attn": self.layout.attn_norm, "mlp": self.layout.mlp_norm}
+        if which not in paths:
+            raise ValueError(f"unknown norm {which!r}; known: attn, mlp, final")
+        return self._leaf(layer, paths[which])
+
+    def norm_gain(self, which: str, layer: int | None = None) -> torch.Tensor:
+        """A norm's elementwise gain [d_model] (Gemma's 1 + weight; ones if it has none)."""
+        norm = self.norm(which, layer)
+        weight = getattr(norm, "weight", None)
+        if weight is None:
+            return torch.ones(self.config.d_model)
+        return (weight + 1 if "Gemma" in type(norm).__name__ else weight).detach().float()
+
+    def norm_linear_part(self, which: str, layer: int | None, x: torch.Tensor) -> torch.Tensor:
+        """The part of a norm that is linear in ``x`` [..., d_model]: gain * x, centred first for a
+        LayerNorm. The norm's output is that divided by a per-position scale (plus its bias)."""
+        if isinstance(self.norm(which, layer), torch.nn.LayerNorm):
+            x = x - x.mean(-1, keepdim=True)
+        return self.norm_gain(which, layer).to(x.dtype) * x
+
+    def norm_scale(self, which: str, layer: int | None, x: torch.Tensor) -> torch.Tensor:
+        """The per-position scale [..., 1] the norm divides by (rms, or std for a LayerNorm, with its
+        epsilon): norm(x) = norm_linear_part(x) / scale + bias. No gradient."""
+        norm = self.norm(which, layer)
+        with torch.no_grad():
+            linear = self.norm_linear_part(which, layer, x)
+            shifted = norm.forward(x) - norm.forward(x.new_zeros(x.shape[-1]))
+            return (linear * linear).sum(-1, keepdim=True) / (linear * shifted).sum(-1, keepdim=True).clamp_min(1e-30)
+
+    def frozen_norm(self, which: str, layer: int | None, x: torch.Tensor) -> torch.Tensor:
+        """The norm of ``x`` [..., d_model], with gradients as if its per-position scale were a
+        constant (the linearization of attribution graphs): value norm(x), derivative
+        norm_linear_part / scale."""
+        linear = self.norm_linear_part(which, layer, x)
+        normed = self.norm(which, layer).forward(x).detach()
+        return normed + (linear - linear.detach()) / self.norm_scale(which, layer, x)
+
     def attention_inputs(self, layer: int, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, k, v) that ``resid`` [..., pos, d_model] gives at ``layer``, before rotary:
         q [..., pos, n_heads, d_head]; k, v [..., pos, n_kv_heads, d_head]."""
+        return self.attention_projections(layer, self._leaf(layer, self.layout.attn_norm).forward(resid))
+
+    def attention_projections(self, layer: int, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k, v) of the attention pre-norm's output ``normed`` [..., pos, d_model] (shapes as in
+        :meth:`attention_inputs`)."""
         c, layout = self.config, self.layout
-        normed = self._leaf(layer, layout.attn_norm).forward(resid)
         if layout.fused_qkv:
             fused = _project(self._leaf(layer, layout.qkv[0]), normed)
             q, k, v = split_fused_qkv(layout, fused, c.n_heads, c.n_kv_heads, c.d_head)
@@ -71,23 +117,17 @@ class Sublayers:
         (what a transcoder reads)."""
         return self._leaf(layer, self.layout.mlp_norm).forward(resid)
 
-    def mlp_norm_gain(self, layer: int) -> torch.Tensor:
-        """The MLP pre-norm's elementwise gain [d_model] (Gemma's 1 + weight; ones if it has none)."""
-        norm = self._leaf(layer, self.layout.mlp_norm)
-        weight = getattr(norm, "weight", None)
-        if weight is None:
-            return torch.ones(self.config.d_model)
-        return (weight + 1 if "Gemma" in type(norm).__name__ else weight).detach().float()
-
     def mlp_input(self, layer: int, resid_pre: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """The residual stream the MLP of ``layer`` reads: resid_pre (parallel attention/MLP) or
         resid_pre + attn_out (sequential)."""
         return resid_pre if self.config.parallel_attn_mlp else resid_pre + attn_out
 
-    def mlp_replacement_edits(self, layer: int, replace: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict:
+    def mlp_replacement_edits(self, layer: int, replace: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                              frozen_scale: bool = False) -> dict:
         """Edits ({Site: edit}) of a forward in which the MLP output at ``layer`` becomes
         ``replace(mlp_output, normalized_mlp_input)``: the residual stream and attention output are
-        captured on the way so the MLP's own normalized input can be rebuilt inside the edit."""
+        captured on the way so the MLP's own normalized input can be rebuilt inside the edit
+        (with ``frozen_scale``, through :meth:`frozen_norm`)."""
         seen: dict[str, torch.Tensor] = {}
 
         def keep(name: str):
@@ -98,7 +138,8 @@ class Sublayers:
 
         def swap(value: torch.Tensor) -> torch.Tensor:
             resid = self.mlp_input(layer, seen["resid"], seen["attn"])
-            return replace(value, self.mlp_normalized_input(layer, resid))
+            normed = self.frozen_norm("mlp", layer, resid) if frozen_scale else self.mlp_normalized_input(layer, resid)
+            return replace(value, normed)
 
         return {Site("resid_pre", layer): keep("resid"), Site("attn_out", layer): keep("attn"), Site("mlp_out", layer): swap}
 

@@ -34,6 +34,9 @@ def build_runs(root: Path) -> Path:
     assert cli.main(["patch", "--model", "random-llama", "--n-prompts", "4", "--dictionary", str(transcoder),
                      "--granularity", "features_pos", "--method", "atp*", "--verify-top", "5",
                      "--out", str(root / "features-atp-star")]) == 0
+    assert cli.main(["transcoder", "circuit", "--transcoders", str(transcoder), "--model", "random-llama", "--prompt",
+                     "When Mary and John went to the store, John gave a drink to", "--target", " Mary| John",
+                     "--max-heads", "8", "--node-threshold", "0.95", "--out", str(root / "feature-graph")]) == 0
     (root / "corrupt").mkdir()
     (root / "corrupt" / "result.json").write_text("{ not json")
     (root / "notes").mkdir()

@@ -54,9 +54,9 @@ def test_runs_page_lists_good_runs_and_explains_bad_folders(app_env):
     at = _run(APP)
     tables = at.dataframe
     listed = tables[0].value
-    assert sorted(listed["run"]) == ["bigram", "edges", "edges-tracr", "features-atp-star", "heads-atp-star", "heads-exact",
-                                     "redundancy"]
-    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit"}
+    assert sorted(listed["run"]) == ["bigram", "edges", "edges-tracr", "feature-graph", "features-atp-star", "heads-atp-star",
+                                     "heads-exact", "redundancy"]
+    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit", "Features"}
     reasons = dict(zip(tables[1].value["folder"], tables[1].value["reason"]))
     assert "not valid JSON" in reasons["corrupt"] and "no result.json" in reasons["notes"]
 
@@ -121,6 +121,18 @@ def test_circuit_page_draws_curves_and_the_saved_circuit_then_other_sizes(app_en
     assert not at.exception
     assert len(at.dataframe[-1].value) <= 3
     assert "nearest: 5 edges" in at.caption[-1].value or "nearest: 1 edges" in at.caption[-1].value
+
+
+def test_features_page_draws_the_attribution_graph_with_heads(app_env):
+    at = _run("app/pages/7_Features.py", selected_run="feature-graph")
+    assert not at.exception
+    graph = json.loads((app_env / "feature-graph" / "graph.json").read_text())
+    nodes = at.dataframe[0].value
+    assert len(nodes) == len(graph["nodes"]) and "head" in set(nodes["kind"]) and "feature" in set(nodes["kind"])
+    markers = {trace["name"] for trace in _figures(at)[0]["data"] if trace.get("mode") == "markers"}
+    assert "head" in markers
+    at.multiselect[0].set_value(["feature", "embed"]).run()
+    assert not at.exception and set(at.dataframe[0].value["kind"]) <= {"feature", "embed", "target"}
 
 
 def test_circuit_page_scores_a_tracr_run_against_the_compiled_circuit(app_env):

@@ -11,6 +11,7 @@ from circuits.dictionary import DictionaryConfig, DictionaryError, SparseDiction
 from circuits.dictionary_io import save_dictionary
 from circuits.transcoder_circuits import Target, attribution_graph, connections, de_embedding, replacement_forward
 from interp.cli import main
+from interp.results import Result
 from interp.sublayers import Sublayers
 
 
@@ -47,17 +48,18 @@ def _finite_difference(model, transcoders, tokens, base, perturb, read, eps=1e-3
     """Central difference; the replacement model is curved (norm scales), so eps must be small."""
     values = []
     for sign in (1, -1):
-        fixed = replacement_forward(model, transcoders, tokens)
+        fixed = replacement_forward(model, transcoders, tokens, freeze_norms=False)
         fixed.latents = {l: v.detach().clone() for l, v in base.latents.items()}
         fixed.errors = {l: v.detach().clone() for l, v in base.errors.items()}
         fixed.patterns = base.patterns
         perturb(fixed, sign * eps)
-        values.append(read(replacement_forward(model, transcoders, tokens, fixed)))
+        values.append(read(replacement_forward(model, transcoders, tokens, fixed, freeze_norms=False)))
     return (values[0] - values[1]) / (2 * eps)
 
 
 def test_edge_attributions_match_finite_differences(model, transcoders, tokens):
-    base = replacement_forward(model, transcoders, tokens)
+    """Without frozen norm scales the gradients are those of the replacement model itself."""
+    base = replacement_forward(model, transcoders, tokens, freeze_norms=False)
     up_position, up_latent = [int(v) for v in torch.nonzero(base.latents[0] > 0)[5]]
     down_latent = int(base.pre[2][7].argmax())
     base.pre[2][7, down_latent].backward(retain_graph=True)
@@ -90,7 +92,7 @@ def test_edge_attributions_match_finite_differences(model, transcoders, tokens):
 
 def test_connections_and_de_embedding_are_the_linear_maps_they_claim(model, transcoders):
     up, down = transcoders[0], transcoders[2]
-    gain = Sublayers(model).mlp_norm_gain(2)
+    gain = Sublayers(model).norm_gain("mlp", 2)
     matrix = connections(up, down, gain)
     i, j = 5, 17
     t = torch.zeros((), requires_grad=True)
@@ -137,7 +139,11 @@ def test_cli_transcoder_circuit(transcoders, tmp_path, capsys):
                  "--prompt", "When Mary and John went", "--target", " Mary| John", "--out", str(out)]) == 0
     graph = json.loads((out / "graph.json").read_text())
     assert graph["transcoder_layers"] == [0, 2] and (out / "graph.html").stat().st_size > 10_000
-    assert "logit(' Mary') - logit(' John')" in capsys.readouterr().out
+    assert graph["n_candidate_heads"] == 16 and graph["freeze_norms"] is True
+    result = Result.load(out)
+    assert result.method == "feature-graph" and result.components == [n["id"] for n in graph["nodes"] if n["kind"] != "target"]
+    printed = capsys.readouterr().out
+    assert "logit(' Mary') - logit(' John')" in printed and "o.dT/do" in printed
     assert main(["transcoder", "circuit", "--transcoders", *folders, "--model", "random-llama",
                  "--prompt", "When Mary", "--target", "Mary", "--out", str(out)]) == 2
     assert "give 'ANSWER|WRONG'" in capsys.readouterr().err
