@@ -73,10 +73,12 @@ class ReplacementRun:
 
 
 def _replacement_edits(model: Model, transcoders: dict[int, SparseDictionary], run: ReplacementRun,
-                       fixed: ReplacementRun | None, freeze_norms: bool, cut_heads: dict[int, torch.Tensor]) -> dict:
+                       fixed: ReplacementRun | None, freeze_norms: bool, cut_heads: dict[int, torch.Tensor]) -> tuple[dict, dict]:
     """Edits that splice the transcoders with leaf latents/errors, frozen patterns (and norm
-    scales), and cut heads (``cut_heads``: layer -> bool [pos, n_heads]). With ``fixed``, latents,
-    errors and patterns are taken from it instead of computed (for finite differences)."""
+    scales), and cut heads (``cut_heads``: layer -> bool [pos, n_heads]), and the dict where the
+    forward leaves each layer's residual input (key "final": the last block's output). With
+    ``fixed``, latents, errors and patterns are taken from it instead of computed (for finite
+    differences)."""
     sublayers = Sublayers(model)
     resid: dict[int, torch.Tensor] = {}
     z: dict[int, torch.Tensor] = {}
@@ -145,8 +147,7 @@ def _replacement_edits(model: Model, transcoders: dict[int, SparseDictionary], r
     for layer, dictionary in transcoders.items():
         for site, edit in sublayers.mlp_replacement_edits(layer, replace(layer, dictionary), freeze_norms).items():
             edits.setdefault(site, []).append(edit)
-    run.final_resid = resid  # read by replacement_forward for the frozen final norm
-    return edits
+    return edits, resid
 
 
 def replacement_forward(model: Model, transcoders: dict[int, SparseDictionary], tokens: torch.Tensor,
@@ -171,14 +172,13 @@ def replacement_forward(model: Model, transcoders: dict[int, SparseDictionary], 
                                   f"{model.config.name} has d_model={model.config.d_model}")
     run = ReplacementRun()
     with torch.enable_grad():
-        edits = _replacement_edits(model, transcoders, run, fixed, freeze_norms, cut_heads or {})
+        edits, resid = _replacement_edits(model, transcoders, run, fixed, freeze_norms, cut_heads or {})
         logits = model.forward(RunSpec(tokens, edits=edits, logits_to_keep=1)).logits[0, -1]
         if freeze_norms:  # the logits' value, with the gradient of the frozen final norm and the unembedding
-            normed = Sublayers(model).frozen_norm("final", None, run.final_resid["final"][0, -1].float())
+            normed = Sublayers(model).frozen_norm("final", None, resid["final"][0, -1].float())
             linear = normed @ model.hf_model.get_output_embeddings().weight.float().T
             logits = logits.detach().float() + (linear - linear.detach())
         run.logits = logits
-    del run.final_resid
     return run
 
 
