@@ -7,7 +7,7 @@ interp's TopK SAE and SAELens' TopK SAE on the same batches in the same order (S
 virtual environment, created here on first use, because it pins transformer-lens<4; constant
 learning rate, each library with its own initialization and AuxK). Reports training throughput
 (dictionary steps only), explained variance, L0 and dead fraction on held-out tokens per learning
-rate; CE recovered (interp splices each side's best SAE into the model) on held-out text; whether
+rate, and CE recovered of every SAE (interp splices each into the model) on the same held-out text; whether
 SAELens opens interp's saved folder with the same reconstructions, and whether interp opens
 SAELens' saved folder with SAELens' reconstructions. Prints a table and writes JSON.
 """
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--lrs", default="1e-3,2e-3,4e-3", help="learning rates tried on both sides (constant, Adam)")
-    parser.add_argument("--ce-chunks", type=int, default=16, help="held-out 128-token chunks for CE recovered")
+    parser.add_argument("--ce-chunks", type=int, default=64, help="held-out 128-token chunks for CE recovered")
     parser.add_argument("--out", default=str(ROOT / "results" / "dictionaries.json"))
     args = parser.parse_args()
 
@@ -116,14 +116,19 @@ def main() -> None:
     interp_opens_saelens = {"tokens": len(per_token), "tokens_within_1e-4": int((per_token <= 1e-4).sum()),
                             "relative_difference": float((ours_of_theirs - expected).norm() / expected.norm())}
 
-    # CE recovered for each side's best learning rate, both spliced into the model by interp
-    ce_tokens = held[:args.ce_chunks]
+    # CE recovered of every trained SAE (both spliced into the model by interp, on the same held-out text);
+    # "best" is each side's best learning rate by explained variance
+    ce_tokens = held[:args.ce_chunks].to(model.device)
+    keys = ("ce_clean", "ce_spliced", "ce_zero_ablation", "ce_recovered", "kl_to_clean")
+    for row in rows:
+        for side in ("interp", "saelens"):
+            metrics = evaluate_dictionary(model, load_dictionary(row[side]["folder"]), ce_tokens, site=site)
+            row[side].update({key: metrics[key] for key in keys})
     best = {}
     for side in ("interp", "saelens"):
         row = max(rows, key=lambda r: r[side]["explained_variance"])
-        metrics = evaluate_dictionary(model, load_dictionary(row[side]["folder"]), ce_tokens.to(model.device), site=site)
         best[side] = {"lr": row["lr"], "explained_variance": row[side]["explained_variance"], "l0": row[side]["l0"],
-                      **{key: metrics[key] for key in ("ce_clean", "ce_spliced", "ce_zero_ablation", "ce_recovered", "kl_to_clean")}}
+                      **{key: row[side][key] for key in keys}}
 
     saelens_version = rows[0]["saelens"]["saelens_version"]
     throughput = {side: sum(r[side]["tokens"] for r in rows) / sum(r[side]["seconds"] for r in rows) for side in ("interp", "saelens")}
@@ -137,9 +142,11 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"TopK SAE at {site} of {args.model}: d_sae {args.d_sae}, k {args.k}, {args.tokens:,} training tokens, "
           f"{args.eval_tokens:,} held-out; interp vs SAELens {saelens_version}")
-    print(f"  {'lr':<8}{'EV interp':>11}{'EV SAELens':>12}{'L0':>6}{'dead interp':>13}{'dead SAELens':>14}")
+    print(f"  {'lr':<8}{'EV interp':>11}{'EV SAELens':>12}{'CE rec. interp':>16}{'CE rec. SAELens':>17}{'L0':>6}"
+          f"{'dead interp':>13}{'dead SAELens':>14}")
     for r in rows:
         print(f"  {r['lr']:<8g}{r['interp']['explained_variance']:>11.4f}{r['saelens']['explained_variance']:>12.4f}"
+              f"{r['interp']['ce_recovered']:>16.4f}{r['saelens']['ce_recovered']:>17.4f}"
               f"{r['interp']['l0']:>6.0f}{r['interp']['dead_fraction']:>13.3f}{r['saelens']['dead_fraction']:>14.3f}")
     for side in ("interp", "saelens"):
         b = best[side]
