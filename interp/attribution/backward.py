@@ -7,7 +7,9 @@ backward skips the unit's write to the residual stream (its cotangent flows thro
 connection only), and every unit's backward below it reuses the same graph.
 
 Cost: the plain gradient is one backward; GradDrop with U units adds, per unit, a backward
-through the layers below it (about U/2 full backwards in all).
+through the layers below it (about U/2 full backwards in all). At each layer the backwards of every
+unit dropped above it go through the block together, as one batched vector-Jacobian product
+(``is_grads_batched``): the same arithmetic in one call per layer instead of one per unit.
 """
 
 from __future__ import annotations
@@ -73,35 +75,39 @@ def traced_run(model, tokens: torch.Tensor, edits: dict[Site, list[Edit]], sites
                      model.splice_hosts())
 
 
-def _grad(outputs: torch.Tensor, inputs: list[torch.Tensor], cotangent: torch.Tensor) -> list[torch.Tensor]:
-    grads = torch.autograd.grad(outputs, inputs, cotangent, retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+def _grad(outputs: torch.Tensor, inputs: list[torch.Tensor], cotangents: torch.Tensor) -> list[torch.Tensor]:
+    """Vector-Jacobian products for a stack of cotangents [n, *outputs.shape] in one batched
+    backward: [n, *input.shape] per input (zeros where an input does not reach the output)."""
+    grads = torch.autograd.grad(outputs, inputs, cotangents, retain_graph=True, allow_unused=True, is_grads_batched=True)
+    return [cotangents.new_zeros((len(cotangents), *x.shape)) if g is None else g for x, g in zip(inputs, grads)]
 
 
-def _block_backward(run: TracedRun, layer: int, node_sites: list[Site], cotangent: torch.Tensor,
+def _block_backward(run: TracedRun, layer: int, node_sites: list[Site], cotangents: torch.Tensor,
                     skip: str | None) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
-    """Cotangent at the block's input and the gradients at ``node_sites`` (all in ``layer``),
-    given the cotangent at its output, with nothing, the block, its attention or its MLP dropped."""
+    """Cotangents at the block's input and the gradients at ``node_sites`` (all in ``layer``),
+    given a stack of cotangents at its output [n, *resid.shape], with nothing, the block, its
+    attention or its MLP dropped; every result has the same leading n."""
     acts = run.activations
     resid_pre = acts[Site("resid_pre", layer)]
     attention = [s for s in node_sites if run.sublayer(s) == "attn"]
     mlp = [s for s in node_sites if run.sublayer(s) == "mlp"]
-    grads: dict[Site, torch.Tensor] = {s: torch.zeros_like(acts[s]) for s in node_sites if s.kind != "resid_pre"}
+    count = len(cotangents)
+    grads: dict[Site, torch.Tensor] = {s: acts[s].new_zeros((count, *acts[s].shape)) for s in node_sites if s.kind != "resid_pre"}
     if skip is None:
         inner = attention + mlp
-        found = _grad(acts[Site("resid_post", layer)], [resid_pre] + [acts[s] for s in inner], cotangent)
+        found = _grad(acts[Site("resid_post", layer)], [resid_pre] + [acts[s] for s in inner], cotangents)
         upstream = found[0]
     elif skip == "block":
-        inner, found, upstream = [], [None], cotangent
+        inner, found, upstream = [], [None], cotangents
     elif skip == "mlp":  # the attention write stays: resid_post = resid_pre + attn(resid_pre) + const
         inner = attention
-        found = _grad(acts[Site("attn_out", layer)], [resid_pre] + [acts[s] for s in inner], cotangent)
-        upstream = cotangent + found[0]
+        found = _grad(acts[Site("attn_out", layer)], [resid_pre] + [acts[s] for s in inner], cotangents)
+        upstream = cotangents + found[0]
     else:  # skip == "attn": only the MLP write stays, and it reads resid_pre through the skip path
         inner = mlp
         mlp_input = resid_pre if run.parallel else acts[Site("resid_mid", layer)]
-        found = _grad(acts[Site("mlp_out", layer)], [mlp_input] + [acts[s] for s in inner], cotangent)
-        upstream = cotangent + found[0]
+        found = _grad(acts[Site("mlp_out", layer)], [mlp_input] + [acts[s] for s in inner], cotangents)
+        upstream = cotangents + found[0]
     grads.update(zip(inner, found[1:]))
     if Site("resid_pre", layer) in node_sites:
         grads[Site("resid_pre", layer)] = upstream
@@ -113,9 +119,9 @@ def layer_gradients(run: TracedRun, node_sites: set[Site], grad_drop: str | None
     """Yield ``(layer, dropped unit or None, gradients at the node sites of that layer)``.
 
     Layers run from the top down to ``lowest_layer``. At each layer the plain gradient comes
-    first (unit None), then one entry per unit already dropped above, then the layer's own units.
-    A unit below a node's layer leaves the node's gradient equal to the plain one and is not
-    yielded for it.
+    first (unit None), then one entry per unit already dropped above (these share the block's
+    backward: one batched backward per layer), then the layer's own units. A unit below a node's
+    layer leaves the node's gradient equal to the plain one and is not yielded for it.
     """
     if grad_drop not in (None, *GRAD_DROP_UNITS):
         raise ValueError(f"unknown GradDrop unit {grad_drop!r}; known: {', '.join(GRAD_DROP_UNITS)}")
@@ -127,14 +133,17 @@ def layer_gradients(run: TracedRun, node_sites: set[Site], grad_drop: str | None
         by_layer.setdefault(site.layer, []).append(site)
     for layer in range(run.n_layers - 1, lowest_layer - 1, -1):
         sites = sorted(by_layer.get(layer, []))
+        units = list(live)
+        upstream, grads = _block_backward(run, layer, sites, torch.stack([live[unit] for unit in units]), None)
         below: dict[Unit | None, torch.Tensor] = {}
-        for unit, cotangent in live.items():
-            below[unit], grads = _block_backward(run, layer, sites, cotangent, None)
-            yield layer, unit, grads
+        for n, unit in enumerate(units):
+            below[unit] = upstream[n]
+            yield layer, unit, {site: grad[n] for site, grad in grads.items()}
         for part in parts:
             unit = (layer, part)
-            below[unit], grads = _block_backward(run, layer, sites, live[None], part)
-            yield layer, unit, grads
+            upstream, grads = _block_backward(run, layer, sites, live[None][None], part)
+            below[unit] = upstream[0]
+            yield layer, unit, {site: grad[0] for site, grad in grads.items()}
         live = below
 
 
