@@ -83,6 +83,11 @@ def pick_run(page: str) -> Result | None:
     return entries[names.index(name)].result
 
 
+def selected_folder() -> Path:
+    """The folder of the run :func:`pick_run` returned."""
+    return Path(st.session_state["runs_dir"]).expanduser() / st.session_state["selected_run"]
+
+
 @st.cache_resource(show_spinner="loading the model ...")
 def load_model(spec: str, backend: str = "transformer_lens"):
     """One model per (spec, backend), kept across reruns and pages."""

@@ -88,7 +88,7 @@ def transcoder_input_direction(model: Model, dictionary: SparseDictionary, layer
         raise ComponentError(f"latent {latent} is out of range: the dictionary has {dictionary.config.d_sae} latents")
     sublayers = Sublayers(model)
     direction = sublayers.norm_gain("mlp", layer) * dictionary.W_enc[:, latent].detach().float()
-    if isinstance(sublayers.norm("mlp", layer), torch.nn.LayerNorm):
+    if sublayers.norm_centres("mlp", layer):
         direction = direction - direction.mean()
     return direction
 

@@ -59,34 +59,45 @@ class Sublayers:
             return torch.ones(self.config.d_model)
         return (weight + 1 if "Gemma" in type(norm).__name__ else weight).detach().float()
 
+    def norm_centres(self, which: str, layer: int | None = None) -> bool:
+        """Whether the norm subtracts the mean first (a LayerNorm; an RMSNorm does not)."""
+        return isinstance(self.norm(which, layer), torch.nn.LayerNorm)
+
     def norm_linear_part(self, which: str, layer: int | None, x: torch.Tensor) -> torch.Tensor:
         """The part of a norm that is linear in ``x`` [..., d_model]: gain * x, centred first for a
         LayerNorm. The norm's output is that divided by a per-position scale (plus its bias)."""
-        if isinstance(self.norm(which, layer), torch.nn.LayerNorm):
+        if self.norm_centres(which, layer):
             x = x - x.mean(-1, keepdim=True)
         return self.norm_gain(which, layer).to(x.dtype) * x
+
+    def _linear_normed_scale(self, which: str, layer: int | None,
+                             x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(linear part, norm(x) without gradient, per-position scale [..., 1] without gradient)."""
+        norm = self.norm(which, layer)
+        linear = self.norm_linear_part(which, layer, x)
+        with torch.no_grad():
+            normed = norm.forward(x)
+            shifted = normed - norm.forward(x.new_zeros(x.shape[-1]))  # = linear / scale
+            scale = (linear * linear).sum(-1, keepdim=True) / (linear * shifted).sum(-1, keepdim=True).clamp_min(1e-30)
+        return linear, normed, scale.detach()
 
     def norm_scale(self, which: str, layer: int | None, x: torch.Tensor) -> torch.Tensor:
         """The per-position scale [..., 1] the norm divides by (rms, or std for a LayerNorm, with its
         epsilon): norm(x) = norm_linear_part(x) / scale + bias. No gradient."""
-        norm = self.norm(which, layer)
         with torch.no_grad():
-            linear = self.norm_linear_part(which, layer, x)
-            shifted = norm.forward(x) - norm.forward(x.new_zeros(x.shape[-1]))
-            return (linear * linear).sum(-1, keepdim=True) / (linear * shifted).sum(-1, keepdim=True).clamp_min(1e-30)
+            return self._linear_normed_scale(which, layer, x)[2]
 
     def frozen_norm(self, which: str, layer: int | None, x: torch.Tensor) -> torch.Tensor:
         """The norm of ``x`` [..., d_model], with gradients as if its per-position scale were a
         constant (the linearization of attribution graphs): value norm(x), derivative
         norm_linear_part / scale."""
-        linear = self.norm_linear_part(which, layer, x)
-        normed = self.norm(which, layer).forward(x).detach()
-        return normed + (linear - linear.detach()) / self.norm_scale(which, layer, x)
+        linear, normed, scale = self._linear_normed_scale(which, layer, x)
+        return normed + (linear - linear.detach()) / scale
 
     def attention_inputs(self, layer: int, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, k, v) that ``resid`` [..., pos, d_model] gives at ``layer``, before rotary:
         q [..., pos, n_heads, d_head]; k, v [..., pos, n_kv_heads, d_head]."""
-        return self.attention_projections(layer, self._leaf(layer, self.layout.attn_norm).forward(resid))
+        return self.attention_projections(layer, self.norm("attn", layer).forward(resid))
 
     def attention_projections(self, layer: int, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, k, v) of the attention pre-norm's output ``normed`` [..., pos, d_model] (shapes as in
@@ -115,7 +126,7 @@ class Sublayers:
     def mlp_normalized_input(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         """The MLP's own input after its pre-norm, for the residual stream ``resid`` it reads
         (what a transcoder reads)."""
-        return self._leaf(layer, self.layout.mlp_norm).forward(resid)
+        return self.norm("mlp", layer).forward(resid)
 
     def mlp_input(self, layer: int, resid_pre: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """The residual stream the MLP of ``layer`` reads: resid_pre (parallel attention/MLP) or

@@ -71,6 +71,18 @@ def test_ov_circuits_reproduce_each_head_write(setting):
     torch.testing.assert_close(expected, written, atol=1e-5, rtol=1e-4)
 
 
+def test_transcoder_input_direction_reads_the_pre_activation(setting):
+    """direction . x / scale(x) is the latent's pre-activation minus its value at x = 0 (its bias
+    path): the direction carries the MLP pre-norm's gain, centred for a LayerNorm."""
+    model, transcoders, _ = setting
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(3)) * 2 + 0.5
+    norm = Sublayers(model).norm("mlp", 1)
+    with torch.no_grad():
+        expected = (transcoders[1].pre_activations(norm.forward(x)) - transcoders[1].pre_activations(norm.forward(torch.zeros(64))))[:, 17]
+    direction = transcoder_input_direction(model, transcoders[1], 1, 17)
+    torch.testing.assert_close(x @ direction / Sublayers(model).norm_scale("mlp", 1, x)[:, 0], expected, atol=1e-5, rtol=1e-4)
+
+
 def _scales(model, tokens):
     reads = {Site("resid_pre", 1), Site("resid_mid", 1), Site("pattern", 1)}
     acts = model.forward(RunSpec(tokens, reads=reads)).activations

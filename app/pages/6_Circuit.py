@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import header, pick_run  # noqa: E402
+from app.shared import header, pick_run, selected_folder  # noqa: E402
 from circuits.circuit_selection import CircuitError, load_graph  # noqa: E402
 from circuits.edge_circuits import circuit_from_result  # noqa: E402
 from interp.circuit_plots import circuit_graph_figure, faithfulness_figure  # noqa: E402
@@ -38,7 +38,7 @@ method = st.radio("method", result.extra["methods"], horizontal=True)
 saved = result.extra["circuit"]["top_n"]
 top_n = st.slider("edges in the circuit (top-n by |score|, dangling edges pruned)", 1,
                   min(len(result.components), 2000), min(saved, len(result.components)))
-folder = Path(st.session_state["runs_dir"]).expanduser() / st.session_state["selected_run"]
+folder = selected_folder()
 graph = None
 if method == result.method and top_n == saved:
     try:

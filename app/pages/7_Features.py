@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import header, pick_run  # noqa: E402
+from app.shared import header, pick_run, selected_folder  # noqa: E402
 from interp.circuit_plots import feature_graph_figure  # noqa: E402
 
 header("Features", "Attribution graph of one prompt through transcoders (`interp transcoder circuit`): edges are direct "
@@ -18,7 +18,7 @@ result = pick_run("Features")
 if result is None:
     st.stop()
 
-folder = Path(st.session_state["runs_dir"]).expanduser() / st.session_state["selected_run"]
+folder = selected_folder()
 try:
     graph = json.loads((folder / result.extra["graph_file"]).read_text())
 except (OSError, json.JSONDecodeError, KeyError) as exc:
