@@ -138,6 +138,18 @@ def _hub_snapshot(name: str) -> Path:
         raise ModelLoadError(f"cannot load model {name!r} from the Hugging Face hub: {type(exc).__name__}") from None
 
 
+def unembed_contiguously(hf_model: torch.nn.Module) -> None:
+    """Hand the unembedding a contiguous input.
+
+    With ``logits_to_keep`` Hugging Face unembeds a slice ``hidden[:, -k:]``; a strided 3-D input
+    makes ``F.linear`` a batched matmul over an expanded weight, which re-reads all of W_U once per
+    sequence (on CPU, 400 sequences: 2.3 s against 0.17 s contiguous). Same values either way.
+    """
+    unembed = hf_model.get_output_embeddings()
+    if unembed is not None:
+        unembed.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+
+
 def load_model(spec: str = BUNDLED, backend: str = "transformer_lens", device: str = "cpu",
                dtype: torch.dtype = torch.float32, remote: bool = False) -> Model:
     """Load a causal LM and wrap it in a :class:`~interp.model.Model`.
@@ -174,4 +186,5 @@ def load_model(spec: str = BUNDLED, backend: str = "transformer_lens", device: s
             from interp.backends.nnsight_backend import NNsightBackend
 
             runner = NNsightBackend(hf_model, tokenizer, config, remote=remote)
+    unembed_contiguously(hf_model)  # after the backend: TransformerBridge wraps the unembedding in place
     return Model(runner, tokenizer, config, source=str(model_dir), device=device)
