@@ -245,6 +245,27 @@ def test_starting_at_the_first_difference_gives_the_same_estimates(random_llama,
     assert suffix.extra["forward_equivalents"] < full.extra["forward_equivalents"]
 
 
+@pytest.mark.parametrize("grad_drop", [None, "block", "sublayer"])
+def test_forward_equivalents_count_the_backward_work_done(random_llama, llama_ioi, monkeypatch, grad_drop):
+    """The reported cost counts every cotangent that goes through a block's backward (2 forwards per
+    full-length backward), and nothing for a block dropped at its own layer (the skip path)."""
+    from interp.attribution import backward
+
+    pulled = []
+    original = backward._grad
+    monkeypatch.setattr(backward, "_grad", lambda outputs, inputs, cotangents: pulled.append(len(cotangents))
+                        or original(outputs, inputs, cotangents))
+    result = attribution_patching(random_llama, llama_ioi, "heads_pos", method="atp", grad_drop=grad_drop or False,
+                                  progress=False)
+    n_layers, n_positions = random_llama.config.n_layers, llama_ioi.n_positions
+    start = result.extra["first_differing_position"]
+    forwards = start / n_positions + 2 * (n_positions - start) / n_positions  # shared prefix, target and source suffixes
+    backwards = 2.0 * sum(pulled) / n_layers * (n_positions - start) / n_positions
+    assert result.extra["forward_equivalents"] == pytest.approx(forwards + backwards)
+    expected = {None: n_layers, "block": n_layers * (n_layers + 1) // 2, "sublayer": n_layers * (n_layers + 2)}
+    assert sum(pulled) == expected[grad_drop]
+
+
 def test_unknown_method_is_one_line(random_llama, llama_ioi):
     with pytest.raises(ValueError, match="unknown attribution method 'atp2'"):
         attribution_patching(random_llama, llama_ioi, method="atp2", progress=False)

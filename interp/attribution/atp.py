@@ -123,7 +123,7 @@ def attribution_patching(
         estimator.bind({s: a.detach() for s, a in run.activations.items()}, source_out.activations)
         n_forward += 2
         for layer, unit, grads in layer_gradients(run, estimator.grad_sites(), drop, lowest):
-            block_backwards += 1
+            block_backwards += unit != (layer, "block")  # a block dropped at its own layer: the skip path, no arithmetic
             for live_indices, values in estimator.estimate(layer, grads):
                 indices = live_index[live_indices]
                 if unit is None:
