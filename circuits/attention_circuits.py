@@ -9,8 +9,8 @@ head h's output at t as A_h[t, s] / scale_s * lin(w) W_OV^h, where lin is the no
 - ``ov_circuits(model, layer)``: W_OV^h [n_heads, d_model, d_model] (value heads shared under
   grouped-query attention) and the value bias through W_O;
 - ``ov_connections(model, layer, head, up, down, down_layer)``: input-invariant, upstream feature i
-  (decoder row, or a token embedding) through head h into downstream transcoder feature j:
-  lin_attn(W_dec[i]) W_OV^h lin_mlp(.) . W_enc[:, j];
+  (decoder row, or a token embedding) through head h (None: every head at once) into downstream
+  transcoder feature j: lin_attn(W_dec[i]) W_OV^h lin_mlp(.) . W_enc[:, j];
 - ``head_source_contributions(model, tokens, layer, position, direction)``: input-dependent, the
   share of every (head, source position) in attention's output at ``position`` along
   ``direction``, A_h[t, s] * (v_s W_O^h) . direction; they sum, with the output bias, to the
@@ -62,11 +62,12 @@ def ov_circuits(model: Model, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (writes[:-1] - bias).transpose(0, 1).contiguous(), bias
 
 
-def ov_connections(model: Model, layer: int, head: int, up: SparseDictionary | torch.Tensor, down: SparseDictionary,
-                   down_layer: int) -> torch.Tensor:
+def ov_connections(model: Model, layer: int, head: int | None, up: SparseDictionary | torch.Tensor,
+                   down: SparseDictionary, down_layer: int) -> torch.Tensor:
     """Input-invariant connection [n_up, d_sae_down] from upstream writes through head ``head`` of
     ``layer`` into the encoder of ``down`` (a transcoder at ``down_layer`` >= ``layer``):
     lin_attn(w_i) W_OV^h, then the MLP pre-norm's linear part, dotted with W_enc[:, j].
+    ``head`` None gives every head of the layer at once: [n_heads, n_up, d_sae_down].
     ``up`` is a dictionary (w_i = its decoder rows) or a matrix of written vectors [n_up, d_model]
     (e.g. token embeddings). Scale by f_i * A_h[t, s] / (scale_attn(s) scale_mlp(t)) for one input."""
     _check_head(model, layer, head)
@@ -77,8 +78,9 @@ def ov_connections(model: Model, layer: int, head: int, up: SparseDictionary | t
     if writes.shape[-1] != model.config.d_model or down.config.d_in != model.config.d_model:
         raise ValueError(f"upstream writes of width {writes.shape[-1]} and a transcoder reading {down.config.d_in} "
                          f"do not fit {model.config.name}'s d_model={model.config.d_model}")
-    through_head = sublayers.norm_linear_part("attn", layer, writes) @ ov_circuits(model, layer)[0][head]
-    return (sublayers.norm_linear_part("mlp", down_layer, through_head) @ down.W_enc.detach()).detach()
+    weights = ov_circuits(model, layer)[0]  # [n_heads, d_model, d_model]
+    through_heads = sublayers.norm_linear_part("attn", layer, writes) @ (weights if head is None else weights[head])
+    return (sublayers.norm_linear_part("mlp", down_layer, through_heads) @ down.W_enc.detach()).detach()
 
 
 def transcoder_input_direction(model: Model, dictionary: SparseDictionary, layer: int, latent: int) -> torch.Tensor:

@@ -99,7 +99,8 @@ def test_feature_to_feature_edges_across_positions_are_ov_circuits_times_attenti
     model, transcoders, tokens = setting
     matrix = attribution_matrix(model, transcoders, tokens, Target(answer=100, wrong=200), max_features=10_000, max_heads=0)
     attn_scale, mlp_scale, pattern = _scales(model, tokens)
-    connections = torch.stack([ov_connections(model, 1, h, transcoders[0], transcoders[1], 1) for h in range(model.config.n_heads)])
+    connections = ov_connections(model, 1, None, transcoders[0], transcoders[1], 1)  # every head: [n_heads, n_up, n_down]
+    assert torch.equal(connections[2], ov_connections(model, 1, 2, transcoders[0], transcoders[1], 1))
     features = [node for node in matrix.nodes if node[0] == "feature"]
     checked = 0
     for up in (node for node in features if node[1] == 0):
