@@ -5,7 +5,8 @@
 
 ``--layers`` restricts both sweeps to the same layers (TransformerLens through its generic sweep
 with an explicit index of the same cells), for machines where the full TransformerLens sweep
-(one forward per cell: 3,780 on SmolLM2) takes too long.
+(one forward per cell: 3,780 on SmolLM2) takes too long. ``--interp-only`` prints our sweep's time
+and peak memory against one batched forward, with no TransformerLens run and no JSON.
 
 Prints a table (wall time, peak memory, forward passes, forward-pass equivalents of work), the
 layer lower bound of an exhaustive sweep (sum over components of the layers from the component's
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--layers", default=None, help="comma-separated layers (default all)")
     parser.add_argument("--out", default="benchmarks/results/patching.json")
+    parser.add_argument("--interp-only", action="store_true",
+                        help="skip TransformerLens (its sweep takes ~35 min on the full grid): time and memory of ours only")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,6 +81,12 @@ def main() -> None:
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         return interp.metrics.logit_diff(logits[:, -1], task.answers, task.wrong_answers, None).mean()
+
+    if args.interp_only:
+        print(f"interp {ours_seconds:.1f} s, peak {memory['interp']:.0f} MiB, {ours.n_forward_passes} forwards, "
+              f"{ours.extra['forward_equivalents']:.1f} forward-equivalents; one batched forward of {batch} sequences "
+              f"peaks at {memory['one_batched_forward']:.0f} MiB (ratio {memory['interp'] / memory['one_batched_forward']:.2f}x)")
+        return
 
     gc.collect()
     start = time.perf_counter()
