@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import interp
+from interp import hf_compat
 from interp.corpus import load_corpus
 from interp.layer_dropping import dropped
 from interp.pruning import EvaluationSet, drop_order, evaluate, speed_comparison
@@ -30,7 +31,7 @@ def cache_bytes(model, prompts: torch.Tensor, new_tokens: int) -> int:
     out = model.hf_model.generate(prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                                   use_cache=True, return_dict_in_generate=True, attention_mask=torch.ones_like(prompts),
                                   pad_token_id=model.tokenizer.eos_token_id)
-    return sum(t.numel() * t.element_size() for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
+    return sum(t.numel() * t.element_size() for pair in hf_compat.layer_states(hf_compat.output_cache(out)) for t in pair)
 
 
 def median_seconds(fn, repeats: int) -> float:

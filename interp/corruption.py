@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 
+from interp import hf_compat
 from interp.backends.base import Edit, RunSpec
 from interp.components import Site
 from interp.tasks import Task
@@ -39,12 +40,12 @@ class RunInput:
     @torch.no_grad()
     def prefix_cache(self, model, stop: int):
         """The KV cache of this run's positions before ``stop`` (None when ``stop`` is 0): for runs
-        that share those positions, a constant every later forward can start from."""
+        that share those positions, a constant (read-only) every later forward can start from."""
         if not stop:
             return None
         shared = self.positions(0, stop)
-        return model.forward(RunSpec(shared.tokens, edits=shared.edits(), logits_to_keep=1,
-                                     return_cache=True)).past_key_values
+        return hf_compat.read_only(model.forward(RunSpec(shared.tokens, edits=shared.edits(), logits_to_keep=1,
+                                                         return_cache=True)).past_key_values)
 
 
 def gaussian_noise(model, task: Task, std_multiple: float, seed: int) -> torch.Tensor:

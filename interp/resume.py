@@ -9,8 +9,6 @@ duration of one forward.
 
 from __future__ import annotations
 
-import copy
-import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -76,39 +74,3 @@ def layers_after_skipped(layers: torch.nn.ModuleList, last_layer: int) -> Iterat
     finally:
         for i, module in originals.items():
             layers[i] = module
-
-
-def kv_prefix(cache: Any, position: int, batch_index: torch.Tensor) -> Any:
-    """A copy of ``cache`` cut to positions < ``position``, with rows picked by ``batch_index``."""
-    if position == 0:
-        return None
-    prefix = copy.deepcopy(cache)
-    length = prefix.get_seq_length()
-    if position < length:
-        prefix.crop(position - length)
-    prefix.batch_select_indices(batch_index.to(prefix.layers[0].keys.device))
-    return read_only(prefix)
-
-
-def read_only(cache: Any) -> Any:
-    """``cache`` whose layers hand each forward the keys and values extended by the new positions
-    without keeping them: the forward leaves the cache as it was, and no layer's extended K/V is
-    held until the forward ends (at 144 sequences on SmolLM2 that was about 90 MB)."""
-    for layer in cache.layers:
-        layer.__class__ = _read_only_class(type(layer))
-    return cache
-
-
-@functools.cache
-def _read_only_class(layer_class: type) -> type:
-    """A subclass of a cache layer class whose ``update`` restores the layer's state afterwards."""
-
-    def update(self, *args, **kwargs):
-        state = dict(vars(self))
-        try:
-            return layer_class.update(self, *args, **kwargs)
-        finally:
-            vars(self).clear()
-            vars(self).update(state)
-
-    return type(f"ReadOnly{layer_class.__name__}", (layer_class,), {"update": update})

@@ -174,27 +174,3 @@ def test_positions_before_the_first_difference_cost_no_forward(random_llama, lla
     grid = result.grid()  # [layer, head, position]
     assert np.abs(grid[:, :, :first]).max() == 0.0
     assert np.abs(grid[:, :, first:]).max() > 1e-3
-
-
-@pytest.mark.parametrize("model_name", ["random-llama", "random-gemma"])
-def test_a_read_only_prefix_cache_gives_the_same_logits_and_stays_as_it_was(model_name):
-    """A forward over positions after a read-only KV prefix equals the one over the ordinary
-    (extended) cache, and leaves the read-only cache holding the prefix only (Gemma: sliding-window
-    layers too)."""
-    from interp.backends.base import RunSpec
-    from interp.resume import kv_prefix
-
-    model = interp.load_model(model_name)
-    tokens = torch.randint(0, model.config.d_vocab, (2, 9))
-    cache = model.forward(RunSpec(tokens[:, :5], logits_to_keep=1, return_cache=True)).past_key_values
-    rows = torch.tensor([0, 1, 0])
-    frozen = kv_prefix(cache, 5, rows)
-    ordinary = kv_prefix(cache, 5, rows)
-    for layer in ordinary.layers:  # undo read_only: the ordinary cache extends as usual
-        layer.__class__ = type(layer).__mro__[1]
-    with torch.no_grad():
-        read = model.forward(RunSpec(tokens[rows, 5:], logits_to_keep=1, past_key_values=frozen)).logits
-        extended = model.forward(RunSpec(tokens[rows, 5:], logits_to_keep=1, past_key_values=ordinary)).logits
-    assert torch.allclose(read, extended, atol=1e-6)
-    assert frozen.get_seq_length() == 5 and ordinary.get_seq_length() == 9
-    assert all(layer.keys.shape[0] == 3 for layer in frozen.layers)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import interp
+from interp import hf_compat
 from interp.layer_dropping import DropError, Unit, dropped, parameter_count
 from interp.pruning import DROP_METHODS, EvaluationSet, drop_order, evaluate, pruning_curves
 from interp.redundancy import ablation_scores, divergence, output_change, similarity_scores
@@ -84,12 +85,12 @@ def test_generation_with_dropped_attention_uses_a_correct_kv_cache(family, units
     with dropped(model, units), torch.no_grad():
         full = hf(tokens).logits[:, -3:]
         prefix = hf(tokens[:, :-3], use_cache=True)
-        rest = hf(tokens[:, -3:], past_key_values=prefix.past_key_values, use_cache=True)
+        rest = hf(tokens[:, -3:], **hf_compat.cache_kwargs(hf, hf_compat.output_cache(prefix)), use_cache=True)
         torch.testing.assert_close(rest.logits, full, rtol=1e-4, atol=1e-5)
-        cache = rest.past_key_values
+        states = hf_compat.layer_states(hf_compat.output_cache(rest))
         gone = {u.layer for unit in units for u in Unit.parse(unit).sublayers if u.kind == "attn"}
         for layer in range(model.config.n_layers):
-            keys = cache.layers[layer].keys
+            keys = states[layer][0]
             assert keys.shape[-2] == tokens.shape[1]
             assert (keys.shape[1] * keys.shape[-1] == 1) == (layer in gone)
         cached = model.generate(tokens, 5)

@@ -11,7 +11,6 @@ in the units of exact patching (0 = no effect, 1 = the whole clean-vs-corrupt di
 
 from __future__ import annotations
 
-import copy
 import time
 
 import numpy as np
@@ -114,7 +113,7 @@ def attribution_patching(
         with torch.no_grad():
             suffix_source = chunk_source.positions(start)
             source_out = model.forward(RunSpec(suffix_source.tokens, edits=suffix_source.edits(), reads=estimator.activation_sites(),
-                                               logits_to_keep=1, past_key_values=copy.deepcopy(prefix)))
+                                               logits_to_keep=1, past_key_values=prefix))
         source_metric[rows] = chunk_metric(source_out.logits[:, -1]).cpu()
         suffix_target = chunk_target.positions(start)
         run = traced_run(model, suffix_target.tokens, suffix_target.edits(),

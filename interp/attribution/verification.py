@@ -3,7 +3,6 @@ unverified rest could hide (AtP*'s subsampling diagnostic, Kramar et al. 2024, s
 
 from __future__ import annotations
 
-import copy
 import time
 
 import numpy as np
@@ -15,9 +14,9 @@ from interp.backends.base import Edit, RunSpec
 from interp.components import Component, Site
 from interp.corruption import first_difference, noise_edit, target_and_source
 from interp.metrics import task_metric
+from interp.hf_compat import kv_prefix
 from interp.model import Model, component_index
 from interp.patching import activation_patching
-from interp.resume import kv_prefix
 from interp.results import Result
 from interp.tasks import Task
 
@@ -101,7 +100,7 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
     with torch.no_grad():
         source_suffix = source.positions(start)
         source_acts = model.forward(RunSpec(source_suffix.tokens, edits=source_suffix.edits(), reads=sites, logits_to_keep=1,
-                                            past_key_values=copy.deepcopy(prefix))).activations
+                                            past_key_values=prefix)).activations
     # the unpatched target run's metric, per prompt, as the result recorded it
     target_run = "clean" if settings["direction"] == "noising" else "corrupt"
     target_metric = torch.as_tensor(result.arrays[f"{target_run}_metric"], device=task.clean_tokens.device)

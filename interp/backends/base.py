@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from interp import hf_compat
 from interp.components import Site
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -59,12 +60,13 @@ class Backend(ABC):
     def forward(self, spec: RunSpec) -> RunOutput:
         """Run one forward pass as described by ``spec``."""
 
-    @staticmethod
-    def model_kwargs(spec: RunSpec) -> dict:
-        """Keyword arguments for the Hugging Face forward shared by every backend."""
-        kwargs: dict = {"use_cache": spec.return_cache or spec.past_key_values is not None}
-        if spec.past_key_values is not None:
-            kwargs["past_key_values"] = spec.past_key_values
+    def model_kwargs(self, spec: RunSpec) -> dict:
+        """Keyword arguments for the Hugging Face forward shared by every backend. A run that
+        returns its cache starts from an empty full-layer cache (``interp.hf_compat``)."""
+        cache = spec.past_key_values
+        if cache is None and spec.return_cache:
+            cache = hf_compat.new_cache()
+        kwargs: dict = {"use_cache": cache is not None, **hf_compat.cache_kwargs(self.hf_model, cache)}
         if spec.logits_to_keep:
             kwargs["logits_to_keep"] = spec.logits_to_keep
         return kwargs

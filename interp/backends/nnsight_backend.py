@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from interp.architectures import layout_for
+from interp.architectures import Layout
 from interp.backends.base import Backend, RunOutput, RunSpec
 from interp.backends.nnsight_trace import run_trace
 from interp.config import ModelConfig
@@ -17,12 +17,12 @@ from interp.config import ModelConfig
 class NNsightBackend(Backend):
     name = "nnsight"
 
-    def __init__(self, hf_model: torch.nn.Module, tokenizer, config: ModelConfig, remote: bool = False) -> None:
+    def __init__(self, hf_model: torch.nn.Module, tokenizer, config: ModelConfig, layout: Layout, remote: bool = False) -> None:
         from nnsight import LanguageModel
 
         self.hf_model = hf_model
         self.config = config
-        self.layout = layout_for(config.architecture)
+        self.layout = layout
         self.remote = remote
         self.lm = LanguageModel(hf_model, tokenizer=tokenizer)
 

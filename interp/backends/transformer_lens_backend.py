@@ -1,14 +1,15 @@
 """Backend over TransformerLens' ``TransformerBridge`` hook points.
 
 The bridge wraps the Hugging Face modules in place, so calling the Hugging Face model fires the
-bridge's hook points; we call it directly to keep Hugging Face's own ``logits_to_keep`` and
-``past_key_values`` arguments.
+bridge's hook points; we call it directly to keep Hugging Face's own ``logits_to_keep`` and KV-cache
+arguments.
 """
 
 from __future__ import annotations
 
 import torch
 
+from interp import hf_compat
 from interp.backends.base import Backend, RunOutput, RunSpec, apply_edits
 from interp.components import Site
 
@@ -35,14 +36,9 @@ def hook_name(site: Site) -> str:
 class TransformerLensBackend(Backend):
     name = "transformer_lens"
 
-    def __init__(self, hf_model: torch.nn.Module, tokenizer, model_dir: str) -> None:
-        from transformer_lens.model_bridge import TransformerBridge
-
+    def __init__(self, hf_model: torch.nn.Module, tokenizer, model_dir: str, attention_modules: list[torch.nn.Module]) -> None:
         self.hf_model = hf_model
-        self.bridge = TransformerBridge.boot_transformers(model_dir, hf_model=hf_model, tokenizer=tokenizer)
-        if not getattr(hf_model.config, "is_causal", True):  # e.g. tracr ports: the bridge masks by default
-            for block in self.bridge.blocks:  # the bridge's own flag (plain assignment goes to the HF module)
-                vars(block.attn)["is_causal"] = False
+        self.bridge = hf_compat.boot_bridge(model_dir, hf_model, tokenizer, attention_modules)
 
     def forward(self, spec: RunSpec) -> RunOutput:
         activations: dict[Site, torch.Tensor] = {}
@@ -59,4 +55,4 @@ class TransformerLensBackend(Backend):
         hooks = [(hook_name(site), make_hook(site)) for site in spec.sites]
         with self.bridge.hooks(fwd_hooks=hooks):
             out = self.hf_model(spec.input_ids, **self.model_kwargs(spec))
-        return RunOutput(out.logits, activations, out.past_key_values if spec.return_cache else None)
+        return RunOutput(out.logits, activations, hf_compat.output_cache(out) if spec.return_cache else None)

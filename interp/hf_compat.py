@@ -1,0 +1,243 @@
+"""The one module that touches transformers' KV caches and TransformerLens' bridge internals.
+
+Both libraries change these between minor releases. transformers 5.24 renamed the cache argument
+of every model, decoder layer and attention module from ``past_key_values`` to ``cache`` (and the
+output field likewise); TransformerLens 4.3's bridge reimplements attention and still reads
+``past_key_values``, so under the bridge the cache silently stayed empty. Everything else in interp
+asks this module instead of naming an argument, an attribute or a cache layer itself, and
+``tests/test_hf_compat.py`` pins each behaviour relied on here. :func:`check_kv_cache` runs at every
+load and compares a cached forward with the plain one, so a release that breaks any of this again
+stops with one line instead of returning wrong numbers.
+
+A KV cache here is always a ``DynamicCache`` of full layers (every position kept), also for
+sliding-window models: the attention mask applies the window, and a prefix can be cut at any
+position. Hugging Face's own per-config cache keeps only the last ``sliding_window`` positions of
+a sliding layer, which cannot be cut.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import torch
+
+_CACHE_ARGUMENTS = ("cache", "past_key_values", "layer_past")  # newest first
+
+
+class KVCacheError(RuntimeError):
+    """A cached forward disagrees with the plain forward in this environment."""
+
+
+# ----------------------------------------------------------------------------- argument names
+@functools.cache
+def _cache_argument_of(forward_class: type) -> str:
+    parameters = inspect.signature(forward_class.forward).parameters
+    for name in _CACHE_ARGUMENTS:
+        if name in parameters:
+            return name
+    return "past_key_values"
+
+
+def cache_argument(hf_model: torch.nn.Module) -> str:
+    """The keyword under which ``hf_model``'s forward takes a KV cache in this transformers release."""
+    return _cache_argument_of(type(hf_model))
+
+
+def cache_kwargs(hf_model: torch.nn.Module, cache: Any) -> dict:
+    """``{name: cache}`` for ``hf_model``'s forward (empty when ``cache`` is None)."""
+    return {} if cache is None else {cache_argument(hf_model): cache}
+
+
+def cache_in(kwargs: dict) -> Any:
+    """The KV cache a module was called with, whatever this release names the argument."""
+    for name in _CACHE_ARGUMENTS:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
+@functools.cache
+def cache_output_field() -> str:
+    """The field of a causal LM's output that holds the KV cache (``cache`` from transformers 5.24,
+    ``past_key_values`` before)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a Hugging Face forward (or ``generate``) returned."""
+    current = cache_output_field()
+    for name in (current, "past_key_values" if current == "cache" else "cache"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+# ----------------------------------------------------------------------------- caches
+def new_cache() -> Any:
+    """An empty cache whose every layer keeps all positions (see the module docstring)."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def layer_states(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) of every layer, each [batch, kv_heads, pos, d_head]. Reads the layers'
+    ``keys``/``values`` attributes (pinned by a test)."""
+    states = []
+    for index, layer in enumerate(cache.layers):
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or values is None:
+            raise KVCacheError(f"KV cache layer {index} holds no keys: the forward that filled it did not use it "
+                               "(a transformers / transformer-lens combination interp does not support)")
+        states.append((keys, values))
+    return states
+
+
+def cache_from_states(states: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """A new cache holding the given (keys, values) per layer."""
+    cache = new_cache()
+    for index, (keys, values) in enumerate(states):
+        cache.update(keys, values, index)
+    return cache
+
+
+def kv_prefix(cache: Any, position: int, rows: torch.Tensor | None = None) -> Any:
+    """A read-only cache of ``cache``'s positions < ``position``, with batch rows picked by ``rows``
+    (None: all rows); None when ``position`` is 0."""
+    if position == 0:
+        return None
+    states = []
+    for keys, values in layer_states(cache):
+        if position > keys.shape[-2]:
+            raise KVCacheError(f"a KV prefix of {position} positions was asked of a cache holding {keys.shape[-2]}")
+        index = slice(None) if rows is None else rows.to(keys.device)
+        states.append((keys[index, :, :position], values[index, :, :position]))
+    return read_only(cache_from_states(states))
+
+
+def read_only(cache: Any) -> Any:
+    """``cache`` whose layers hand each forward the keys and values extended by the new positions
+    without keeping them: the forward leaves the cache as it was, so one prefix serves many
+    forwards, and no layer's extended K/V is held until the forward ends."""
+    for layer in cache.layers:
+        layer.__class__ = _read_only_class(type(layer))
+    return cache
+
+
+@functools.cache
+def _read_only_class(layer_class: type) -> type:
+    """A subclass of a cache layer class whose ``update`` restores the layer's state afterwards."""
+    if layer_class.__name__.startswith("ReadOnly"):
+        return layer_class
+
+    def update(self, *args, **kwargs):
+        state = dict(vars(self))
+        try:
+            return layer_class.update(self, *args, **kwargs)
+        finally:
+            vars(self).clear()
+            vars(self).update(state)
+
+    return type(f"ReadOnly{layer_class.__name__}", (layer_class,), {"update": update})
+
+
+def cache_length(cache: Any) -> int:
+    """Positions held by ``cache`` (0 for None)."""
+    return 0 if cache is None else cache.get_seq_length()
+
+
+# ----------------------------------------------------------------------------- TransformerLens' bridge
+def unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face module itself, under any TransformerLens bridge wrapper around it."""
+    while hasattr(module, "_original_component"):
+        module = module._original_component
+    return module
+
+
+def executing_layer(layer: torch.nn.Module) -> torch.nn.Module:
+    """The module whose ``forward`` runs a decoder layer (a bridge block runs the layer it wraps)."""
+    return unwrapped(layer)
+
+
+def boot_bridge(model_dir: str, hf_model: torch.nn.Module, tokenizer, attention_modules: list[torch.nn.Module]):
+    """TransformerLens' ``TransformerBridge`` around ``hf_model`` (wrapped in place).
+
+    ``attention_modules`` are the model's attention modules (as they sit in the tree before the
+    bridge wraps them); each bridge attention wrapper gets a pre-hook that hands it the cache
+    under the keyword the bridge reads (``past_key_values``) when this transformers release
+    passes it as ``cache``. Non-causal models get the bridge's own causal flag switched off.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    owners = _attention_owners(hf_model, attention_modules)
+    bridge = TransformerBridge.boot_transformers(model_dir, hf_model=hf_model, tokenizer=tokenizer)
+    for owner, name in owners:
+        wrapper = getattr(owner, name)
+        if wrapper is not None and hasattr(wrapper, "_original_component"):
+            wrapper.register_forward_pre_hook(_hand_cache_to_bridge, with_kwargs=True)
+    if not getattr(hf_model.config, "is_causal", True):  # e.g. tracr ports: the bridge masks by default
+        for block in bridge.blocks:  # the bridge's own flag (plain assignment goes to the HF module)
+            vars(block.attn)["is_causal"] = False
+    return bridge
+
+
+def _attention_owners(root: torch.nn.Module, modules: list[torch.nn.Module]) -> list[tuple[torch.nn.Module, str]]:
+    """(parent module, attribute name) of each module in ``modules``."""
+    wanted = {id(m) for m in modules}
+    owners = []
+    for parent in root.modules():
+        for name, child in parent.named_children():
+            if id(child) in wanted:
+                owners.append((parent, name))
+    return owners
+
+
+def _hand_cache_to_bridge(module, args, kwargs):
+    if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+        kwargs["past_key_values"] = kwargs.pop("cache")
+    return args, kwargs
+
+
+# ----------------------------------------------------------------------------- the check
+@torch.no_grad()
+def check_kv_cache(model, n_tokens: int = 6) -> None:
+    """Raise :class:`KVCacheError` unless a forward resumed from a KV prefix (as patching, AtP and
+    generation use it) gives the logits of the plain forward, on ``n_tokens`` fixed tokens."""
+    from interp.backends.base import RunSpec
+
+    if n_tokens < 2:
+        raise ValueError("check_kv_cache needs at least 2 tokens")
+    vocab = model.config.d_vocab
+    steps = torch.arange(n_tokens, device=model.device)
+    tokens = torch.stack([steps * 7919 + 11, steps * 104729 + 5]) % max(vocab - 1, 1) + 1
+    plain = model.forward(RunSpec(tokens)).logits
+    recorded = model.forward(RunSpec(tokens, logits_to_keep=1, return_cache=True)).past_key_values
+    split = n_tokens // 2
+    rows = torch.tensor([1, 0, 1], device=model.device)
+    prefix = kv_prefix(recorded, split, rows)
+    resumed = model.forward(RunSpec(tokens[rows, split:], past_key_values=prefix)).logits
+    if cache_length(prefix) != split:
+        raise KVCacheError(f"{model.config.name}: a read-only KV prefix grew from {split} to {cache_length(prefix)} "
+                           "positions during a forward")
+    difference = (resumed - plain[rows, split:]).abs().max().item()
+    scale = max(1.0, plain.abs().max().item())
+    if not difference <= 1e-3 * scale:
+        raise KVCacheError(_versions_line(f"{model.config.name} on the {model.backend.name} backend: a forward resumed "
+                                          f"from its KV cache differs from the plain forward by {difference:.3g}"))
+
+
+def _versions_line(message: str) -> str:
+    import importlib.metadata as metadata
+
+    versions = []
+    for package in ("transformers", "transformer-lens", "nnsight", "torch"):
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return f"{message} ({', '.join(versions)}); install the versions pyproject.toml lists as tested"
