@@ -55,7 +55,7 @@ def acdc(model: Model, task: Task, threshold: float, progress: bool = True) -> A
         raise ValueError(f"the ACDC threshold must be >= 0, got {threshold}")
     start = time.perf_counter()
     graph = EdgeGraph(model.config)
-    sublayers = Sublayers(model)
+    sublayers = Sublayers(model).for_edges("ACDC")
     with torch.no_grad():
         corrupt = model.forward(RunSpec(task.corrupt_tokens, reads=upstream_sites(graph), logits_to_keep=1))
         clean_logprobs = model.run(task.clean_tokens, logits_to_keep=1)[:, -1].float().log_softmax(-1)

@@ -19,7 +19,6 @@ from typing import Iterator
 import torch
 
 from circuits.dictionary import DictionaryError
-from interp.architectures import decoder_layers
 from interp.backends.base import RunSpec
 from interp.components import Component, ComponentError, Site
 from interp.model import Model
@@ -32,7 +31,7 @@ SAE_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 def _read(model: Model, tokens: torch.Tensor, sites: list[Site]) -> dict[Site, torch.Tensor]:
     """Activations at ``sites``; the layers after the last site are skipped and only one position
     is unembedded (the logits are not needed)."""
-    layers = decoder_layers(model.hf_model, model.config.architecture)
+    layers = model.decoder_layers()
     with torch.no_grad(), layers_after_skipped(layers, max(site.layer for site in sites)):
         out = model.forward(RunSpec(tokens, reads=set(sites), logits_to_keep=1))
     return {site: value.detach() for site, value in out.activations.items()}

@@ -124,7 +124,7 @@ def edge_attribution(
     check_settings(model, task, direction, corruption)
     start = time.perf_counter()
     graph = EdgeGraph(model.config)
-    sublayers = Sublayers(model)
+    sublayers = Sublayers(model).for_edges(method.upper())
     metric_of, n_forward = task_metric(metric, model, task)
     target, source = target_and_source(model, task, direction, corruption, noise_std, seed)
     n_prompts = task.clean_tokens.shape[0]

@@ -132,7 +132,7 @@ def run_with_patched_edges(model: Model, run: RunInput, patched: np.ndarray, sou
     graph = EdgeGraph(model.config)
     if patched.shape != graph.valid.shape:
         raise ValueError(f"edge mask has shape {patched.shape}; this model's graph needs {graph.valid.shape}")
-    patcher = _EdgePatcher(sublayers or Sublayers(model), graph, patched, source_upstream)
+    patcher = _EdgePatcher(sublayers or Sublayers(model).for_edges("edge patching"), graph, patched, source_upstream)
     edits = patcher.edits()
     for site, extra in run.edits().items():
         edits[site] = list(extra) + edits[site]
@@ -167,7 +167,7 @@ def patched_metrics(model: Model, task: Task, settings: dict, masks: list[np.nda
     metric_of, _ = task_metric(settings["metric"], model, task)
     target, source = target_and_source(model, task, settings["direction"], settings["corruption"],
                                        settings["noise_std"], settings["seed"])
-    sublayers = Sublayers(model)
+    sublayers = Sublayers(model).for_edges("edge patching")
     n_prompts = task.clean_tokens.shape[0]
     values = np.zeros((len(masks), n_prompts))
     bar = tqdm(total=len(masks) * n_prompts, desc=label, disable=not progress, unit="run")

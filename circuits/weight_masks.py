@@ -1,7 +1,8 @@
 """Masks over a model's attention and MLP weight matrices, applied as parametrizations.
 
-Every 2-D weight inside each layer's attention and MLP module is maskable (q/k/v/o or a fused
-qkv, gate/up/down or fc_in/fc_out); embeddings, the unembedding, norms and biases never are.
+Every weight matrix inside each layer's attention and MLP module is maskable (q/k/v/o or a fused
+qkv, gate/up/down or fc_in/fc_out, a router, and the 3-D weights that hold every expert of a
+mixture-of-experts MLP); embeddings, the unembedding, norms and biases never are.
 ``masked(model, factors)`` makes each named weight W read as ``W * factor`` inside the block
 (through ``torch.nn.utils.parametrize``, so the stored weights are never edited) and restores the
 original parameters bit-exactly afterwards, also after an exception.
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn.utils import parametrize
 
-from interp.architectures import decoder_layers, get_path, layout_for
+from interp.architectures import get_path
 from interp.model import Model
 
 Factor = Union[torch.Tensor, Callable[[], torch.Tensor]]
@@ -38,9 +39,10 @@ class MaskableMatrix:
     name: str
     layer: int
     sublayer: str  # "attn" | "mlp"
-    matrix: str  # the owning module's attribute name: "q_proj", "c_fc", "dense_4h_to_h", ...
+    matrix: str  # the owning module's attribute name: "q_proj", "c_fc", "dense_4h_to_h", "experts.down_proj", ...
     shape: tuple[int, ...]
     module: torch.nn.Module = field(compare=False, repr=False)
+    parameter: str = "weight"  # the parameter's name on ``module``
 
     @property
     def numel(self) -> int:
@@ -55,7 +57,7 @@ class MaskableMatrix:
 def maskable_matrices(model: Model) -> list[MaskableMatrix]:
     """Every attention and MLP weight matrix of ``model``, by layer (attention first)."""
     hf = model.hf_model
-    layout = layout_for(model.config.architecture)
+    layout = model.layout
     if model.backend.name == "transformer_lens" and layout.fused_qkv:
         raise MaskError(f"TransformerLens' bridge runs copies of {model.config.architecture}'s fused qkv weight, "
                         "so masks on it would not act; load the model with backend='nnsight'")
@@ -63,15 +65,19 @@ def maskable_matrices(model: Model) -> list[MaskableMatrix]:
     names = {id(module): name.replace("._original_component", "").replace("_original_component.", "")
              for name, module in hf.named_modules()}
     found: list[MaskableMatrix] = []
-    for layer, block in enumerate(decoder_layers(hf, model.config.architecture)):
+    for layer, block in enumerate(model.decoder_layers()):
         for sublayer, path in (("attn", layout.attn), ("mlp", layout.mlp)):
             for child_name, child in get_path(block, path).named_modules():
-                weight = child._parameters.get("weight") if not parametrize.is_parametrized(child) else None
-                if weight is None or weight.dim() != 2:
+                if parametrize.is_parametrized(child):
                     continue
-                name = names[id(child)]
-                found.append(MaskableMatrix(f"{name}.weight", layer, sublayer, name.rsplit(".", 1)[-1],
-                                            tuple(weight.shape), child))
+                for parameter, weight in child._parameters.items():
+                    if weight is None or weight.dim() < 2:
+                        continue
+                    name = names[id(child)]
+                    leaf = name.rsplit(".", 1)[-1]
+                    found.append(MaskableMatrix(f"{name}.{parameter}", layer, sublayer,
+                                                leaf if parameter == "weight" else f"{leaf}.{parameter}",
+                                                tuple(weight.shape), child, parameter))
     if not found:
         raise MaskError(f"found no attention or MLP weight matrices to mask in {model.config.name}")
     return found
@@ -105,16 +111,16 @@ def masked(model: Model, factors: Mapping[str, Factor]) -> Iterator[None]:
     for name, factor in factors.items():
         if isinstance(factor, torch.Tensor) and tuple(factor.shape) != by_name[name].shape:
             raise MaskError(f"mask for {name} has shape {tuple(factor.shape)}, the weight has {by_name[name].shape}")
-    registered: list[torch.nn.Module] = []
+    registered: list[tuple[torch.nn.Module, str]] = []
     try:
         for name, factor in factors.items():
-            module = by_name[name].module
-            parametrize.register_parametrization(module, "weight", _Scaled(factor), unsafe=True)
-            registered.append(module)
+            matrix = by_name[name]
+            parametrize.register_parametrization(matrix.module, matrix.parameter, _Scaled(factor), unsafe=True)
+            registered.append((matrix.module, matrix.parameter))
         yield
     finally:
-        for module in registered:
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        for module, parameter in registered:
+            parametrize.remove_parametrizations(module, parameter, leave_parametrized=False)
 
 
 # ---------------------------------------------------------------------- boolean masks

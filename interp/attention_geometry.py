@@ -1,79 +1,165 @@
 """Recompute a layer's attention scores from its queries and keys, the way the model does.
 
 Methods that change one query or key and need the new softmax (AtP*'s QK fix) must use the
-model's own score scale, causal mask and rotary embedding. :class:`AttentionGeometry` takes them
-from the loaded Hugging Face model and is checked against the attention pattern the model itself
-produced (:meth:`AttentionGeometry.check`), so a model whose attention it cannot reproduce gets a
-one-line error instead of a silently wrong number.
+model's own score scale, query/key norms, rotary embedding, logit soft-capping and mask (causal,
+sliding window). :class:`AttentionGeometry` reads them off the loaded model: the scale, the
+soft-cap and the q/k norms from the attention module, and the rotary cos/sin and the attention
+mask from what the model itself hands each attention module in one short forward (so per-layer
+rotary bases, as in Gemma-3, and sliding windows come out right without knowing the family).
+Every use is checked against the attention pattern the model produced (:meth:`LayerGeometry.check`),
+so a model whose attention it cannot reproduce gets a one-line error instead of a silently wrong
+number.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
 
-from interp.architectures import decoder_layers, get_path, layout_for
+from interp.architectures import get_path
+from interp.hf_compat import unwrapped
 
 
 class AttentionGeometryError(ValueError):
     """The attention scores of a model cannot be recomputed from its queries and keys."""
 
 
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
 @dataclass
-class AttentionGeometry:
-    """Score scale and rotary embedding of one model (shared by its layers).
+class LayerGeometry:
+    """How one layer turns canonical queries and keys (``[batch, pos, heads, d_head]`` and
+    ``[batch, pos, kv_heads, d_head]``, before norms and rotary) into attention scores, for one
+    prompt length."""
 
-    Queries and keys are in the canonical pre-rotary shapes ``[batch, pos, heads, d_head]`` and
-    ``[batch, pos, kv_heads, d_head]``.
-    """
-
+    label: str
     scale: float
     n_heads: int
     n_kv_heads: int
-    _rotary: object = None  # the model's rotary-embedding module, or None
-    _apply_rotary: object = None  # its modeling module's ``apply_rotary_pos_emb``
+    softcap: float | None
+    visible: torch.Tensor  # [1, 1, query_pos, key_pos] bool
+    cos: torch.Tensor | None  # [1, pos, rotary_dim]
+    sin: torch.Tensor | None
+    q_norm: torch.nn.Module | None
+    k_norm: torch.nn.Module | None
 
-    @classmethod
-    def of(cls, model) -> "AttentionGeometry":
-        """The geometry of an ``interp.Model``."""
-        hf = model.hf_model
-        config = model.config
-        attention = get_path(decoder_layers(hf, config.architecture)[0], layout_for(config.architecture).attn)
-        scale = getattr(attention, "scaling", None)
-        if scale is None:
-            raise AttentionGeometryError(f"{config.name}: its attention module has no 'scaling'; cannot recompute attention scores")
-        rotary = getattr(hf.base_model, "rotary_emb", None)
-        apply_rotary = getattr(sys.modules[type(hf).__module__], "apply_rotary_pos_emb", None)
-        if (rotary is None) != (apply_rotary is None):
-            raise AttentionGeometryError(f"{config.name}: found only half of its rotary embedding; cannot recompute attention scores")
-        return cls(float(scale), config.n_heads, config.n_kv_heads, rotary, apply_rotary)
+    def _normed(self, x: torch.Tensor, norm: torch.nn.Module | None) -> torch.Tensor:
+        if norm is None:
+            return x
+        weight = getattr(norm, "weight", None)
+        if weight is not None and weight.numel() == x.shape[-2] * x.shape[-1] != x.shape[-1]:  # over all heads (OLMo-2)
+            return norm.forward(x.flatten(-2)).unflatten(-1, x.shape[-2:])
+        return norm.forward(x)
+
+    def _rotary(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cos is None:
+            return x
+        width = self.cos.shape[-1]
+        cos, sin = self.cos[:, : x.shape[1], None].to(x.dtype), self.sin[:, : x.shape[1], None].to(x.dtype)
+        turned, kept = x[..., :width], x[..., width:]
+        return torch.cat((turned * cos + _rotate_half(turned) * sin, kept), dim=-1)
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Apply the rotary embedding (identity without one); keys are expanded to query heads.
-
-        Returns q, k as ``[batch, pos, heads, d_head]`` in float64.
-        """
-        if self._rotary is not None:
-            positions = torch.arange(q.shape[1], device=q.device)[None].expand(q.shape[0], -1)
-            cos, sin = self._rotary(q, positions)
-            q, k = self._apply_rotary(q, k, cos.to(q.dtype), sin.to(q.dtype), unsqueeze_dim=2)
+        """Queries and keys as the scores see them (normed, rotated; keys expanded to query
+        heads), ``[batch, pos, heads, d_head]`` in float64."""
+        with torch.no_grad():
+            q = self._rotary(self._normed(q, self.q_norm))
+            k = self._rotary(self._normed(k, self.k_norm))
         k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=2)
         return q.double(), k.double()
 
-    def scores(self, q_rot: torch.Tensor, k_rot: torch.Tensor) -> torch.Tensor:
-        """Causally masked scores ``[batch, heads, query_pos, key_pos]`` (masked = -inf), float64."""
+    def logits(self, q_rot: torch.Tensor, k_rot: torch.Tensor) -> torch.Tensor:
+        """Unmasked scores ``[batch, heads, query_pos, key_pos]`` (scaled, soft-capped), float64."""
         scores = torch.einsum("bshd,bthd->bhst", q_rot, k_rot) * self.scale
-        positions = scores.shape[-1]
-        future = torch.ones(positions, positions, dtype=torch.bool, device=scores.device).triu(1)
-        return scores.masked_fill(future, float("-inf"))
+        return scores if self.softcap is None else torch.tanh(scores / self.softcap) * self.softcap
 
-    def check(self, q_rot: torch.Tensor, k_rot: torch.Tensor, pattern: torch.Tensor, label: str, atol: float = 1e-4) -> None:
+    def scores(self, q_rot: torch.Tensor, k_rot: torch.Tensor) -> torch.Tensor:
+        """Masked scores (masked = -inf), float64."""
+        scores = self.logits(q_rot, k_rot)
+        positions = scores.shape[-1]
+        return scores.masked_fill(~self.visible[..., :positions, :positions], float("-inf"))
+
+    def check(self, q_rot: torch.Tensor, k_rot: torch.Tensor, pattern: torch.Tensor, atol: float = 1e-4) -> None:
         """Raise if the recomputed softmax differs from the model's own ``pattern`` by more than ``atol``."""
         difference = (self.scores(q_rot, k_rot).softmax(-1) - pattern.double()).abs().max().item()
         if not difference <= atol:
             raise AttentionGeometryError(
-                f"{label}: recomputed attention differs from the model's by {difference:.2e} (> {atol:g}); "
-                "this model's attention (sliding window, soft-capping or ALiBi?) is not supported by the QK fix"
+                f"{self.label}: recomputed attention differs from the model's by {difference:.2e} (> {atol:g}); "
+                "the QK fix cannot reproduce this model's attention"
             )
+
+
+class AttentionGeometry:
+    """The :class:`LayerGeometry` of every layer of an ``interp.Model``, per prompt length."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self._cache: dict[int, list[LayerGeometry]] = {}
+
+    @classmethod
+    def of(cls, model) -> "AttentionGeometry":
+        return cls(model)
+
+    def at(self, layer: int, n_positions: int) -> LayerGeometry:
+        if n_positions not in self._cache:
+            self._cache[n_positions] = self._capture(n_positions)
+        return self._cache[n_positions][layer]
+
+    @torch.no_grad()
+    def _capture(self, n_positions: int) -> list[LayerGeometry]:
+        """One forward of ``n_positions`` tokens, reading what each attention module is handed."""
+        model, config, layout = self.model, self.model.config, self.model.layout
+        layers = model.decoder_layers()
+        seen: dict[int, dict] = {}
+        handles = []
+        for index, layer in enumerate(layers):
+            def hook(module, args, kwargs, index=index):
+                seen[index] = {"mask": kwargs.get("attention_mask"), "rotary": kwargs.get("position_embeddings")}
+            handles.append(get_path(layer, layout.attn).register_forward_pre_hook(hook, with_kwargs=True))
+        try:
+            tokens = torch.ones(1, n_positions, dtype=torch.long, device=model.device)
+            model.hf_model(input_ids=tokens, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        geometries = []
+        for index, layer in enumerate(layers):
+            attention = unwrapped(get_path(layer, layout.attn))
+            label = f"{config.name} layer {index}"
+            scale = getattr(attention, "scaling", None)
+            if scale is None:
+                raise AttentionGeometryError(f"{label}: its attention module has no 'scaling'; cannot recompute attention scores")
+            softcap = getattr(attention, "attn_logit_softcapping", None) or getattr(
+                getattr(attention, "config", None), "attn_logit_softcapping", None)
+            captured = seen.get(index, {})
+            geometries.append(LayerGeometry(
+                label, float(scale), config.n_heads, config.n_kv_heads, softcap,
+                self._visible(captured.get("mask"), n_positions, config.causal, tokens_device=model.device),
+                *self._cos_sin(captured.get("rotary"), label),
+                unwrapped(get_path(layer, layout.q_norm)) if layout.q_norm else None,
+                unwrapped(get_path(layer, layout.k_norm)) if layout.k_norm else None,
+            ))
+        return geometries
+
+    @staticmethod
+    def _visible(mask, n_positions: int, causal: bool, tokens_device) -> torch.Tensor:
+        if isinstance(mask, dict):  # some releases hand a mask per attention type
+            raise AttentionGeometryError("the model handed its attention a mask per attention type; cannot read it")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            visible = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+            return visible[:1, :1].to(tokens_device)
+        full = torch.ones(n_positions, n_positions, dtype=torch.bool, device=tokens_device)
+        return (full.tril() if causal else full)[None, None]
+
+    @staticmethod
+    def _cos_sin(rotary, label: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if rotary is None:
+            return None, None
+        if not (isinstance(rotary, (tuple, list)) and len(rotary) == 2):
+            raise AttentionGeometryError(f"{label}: its rotary embedding is not a (cos, sin) pair; cannot recompute attention scores")
+        cos, sin = rotary
+        return cos.detach()[:1], sin.detach()[:1]

@@ -12,6 +12,7 @@ Syntax (case-insensitive on input, canonical upper case on output)::
     L5.K1 / L5.V1  key / value of KV group 1                 [batch, pos, n_kv_heads, d_head]
     L5.A3          head 3's attention pattern                [batch, n_heads, query_pos, key_pos]
     L2.N1043       MLP neuron 1043 (post-activation)         [batch, pos, d_mlp]
+    L2.E5          routed expert 5's share of a mixture-of-experts MLP's output  [batch, pos, n_experts, d_model]
     L3.TC.1234     latent 1234 of the transcoder spliced at layer 3's MLP  [batch, pos, d_sae]
     L3.SAE.1234    latent 1234 of the SAE spliced at layer 3 [batch, pos, d_sae]
     L3.TC_ERR      error term of that transcoder / SAE       [batch, pos, d_model]
@@ -47,6 +48,7 @@ _KINDS: dict[str, tuple[str, str | None]] = {
     "v": ("V", "n_kv_heads"),
     "pattern": ("A", "n_heads"),
     "mlp_post": ("N", "d_mlp"),
+    "expert": ("E", "n_experts"),
     "tc": ("TC", "dictionary"),
     "sae": ("SAE", "dictionary"),
     "tc_error": ("TC_ERR", None),
@@ -57,13 +59,13 @@ SPLICE_KINDS = FEATURE_KINDS + tuple(f"{kind}_error" for kind in FEATURE_KINDS)
 _TOKEN_TO_KIND = {token: kind for kind, (token, _) in _KINDS.items()}
 KINDS = tuple(_KINDS)
 # The axis of the site tensor that a component's index selects (batch is axis 0).
-INDEX_AXIS = {"z": 2, "q": 2, "k": 2, "v": 2, "pattern": 1, "mlp_post": 2, "tc": 2, "sae": 2}
+INDEX_AXIS = {"z": 2, "q": 2, "k": 2, "v": 2, "pattern": 1, "mlp_post": 2, "expert": 2, "tc": 2, "sae": 2}
 # The axis that a component's position selects.
 POSITION_AXIS = {kind: (2 if kind == "pattern" else 1) for kind in KINDS}
 
 _PATTERN = re.compile(
     r"^L(?P<layer>\d+)\.(?:(?P<named>RESID_PRE|RESID_MID|RESID_POST|ATTN|MLP|TC_ERR|SAE_ERR)"
-    r"|(?P<indexed>H|Q|K|V|A|N|TC\.|SAE\.)(?P<index>\d+))(?:@(?P<pos>-?\d+))?$"
+    r"|(?P<indexed>H|Q|K|V|A|N|E|TC\.|SAE\.)(?P<index>\d+))(?:@(?P<pos>-?\d+))?$"
 )
 
 
@@ -114,7 +116,7 @@ class Component:
         if match is None:
             raise ComponentError(
                 f"cannot parse component {text!r}: expected e.g. L5.H3, L5.MLP, L5.ATTN, "
-                "L5.RESID_PRE, L5.Q3, L5.K1, L5.A3, L2.N1043, L3.TC.1234, L3.SAE.1234, L3.TC_ERR, "
+                "L5.RESID_PRE, L5.Q3, L5.K1, L5.A3, L2.N1043, L2.E5, L3.TC.1234, L3.SAE.1234, L3.TC_ERR, "
                 "optionally with @position"
             )
         token = match["named"] or match["indexed"].rstrip(".")
@@ -140,6 +142,11 @@ class Component:
         latents of spliced dictionaries are checked by ``Model.validate``, which knows them)."""
         if not 0 <= self.layer < config.n_layers:
             raise ComponentError(f"component {self} is out of range: the model has {config.n_layers} layers")
+        if self.kind == "expert" and not config.n_experts:
+            raise ComponentError(f"component {self} does not exist: {config.name} has dense MLPs, no experts")
+        if self.kind == "mlp_post" and config.n_experts:
+            raise ComponentError(f"component {self} does not exist: {config.name}'s MLPs are mixtures of "
+                                 f"{config.n_experts} experts (name an expert's output instead, e.g. L{self.layer}.E0)")
         bound_field = _KINDS[self.kind][1]
         if bound_field is not None and bound_field != "dictionary":
             bound = getattr(config, bound_field)
@@ -178,15 +185,22 @@ GRANULARITIES = {
     "v_pos": "value, by layer x KV group x position",
     "pattern": "attention pattern of each head, by layer x head",
     "neurons": "MLP neurons (post-activation) over all positions, by layer x neuron",
+    "experts": "routed experts' outputs of mixture-of-experts MLPs over all positions, by layer x expert",
+    "experts_pos": "routed experts' outputs, by layer x expert x position",
     "features": "latents of the spliced dictionaries over all positions, by dictionary x latent",
     "features_pos": "latents of the spliced dictionaries, by dictionary x latent x position",
 }
 SPLICE_GRANULARITIES = ("features", "features_pos")  # enumerated by the model, which knows its splices
 
 
-def _check_granularity(granularity: str) -> None:
+def _check_granularity(granularity: str, config: "ModelConfig | None" = None) -> None:
     if granularity not in GRANULARITIES:
         raise ComponentError(f"unknown granularity {granularity!r}; known: {', '.join(GRANULARITIES)}")
+    if config is not None and granularity in ("experts", "experts_pos") and not config.n_experts:
+        raise ComponentError(f"granularity {granularity!r} does not exist for {config.name}: it has dense MLPs, no experts")
+    if config is not None and granularity == "neurons" and config.n_experts:
+        raise ComponentError(f"granularity 'neurons' does not exist for {config.name}: its MLPs are mixtures of "
+                             f"{config.n_experts} experts (granularity 'experts' patches each expert's output)")
     if granularity in SPLICE_GRANULARITIES:
         raise ComponentError(f"granularity {granularity!r} is enumerated from the model's spliced dictionaries "
                              "(interp.splicing.feature_components)")
@@ -194,7 +208,7 @@ def _check_granularity(granularity: str) -> None:
 
 def granularity_shape(config: "ModelConfig", granularity: str, n_positions: int, layers: list[int] | None = None) -> tuple[int, ...]:
     """Shape of the score array for a granularity, matching ``enumerate_components`` order."""
-    _check_granularity(granularity)
+    _check_granularity(granularity, config)
     n_layers = len(layers) if layers is not None else config.n_layers
     per = {
         "resid": (n_positions,), "attn_out": (), "attn_out_pos": (n_positions,), "mlp_out": (),
@@ -203,7 +217,8 @@ def granularity_shape(config: "ModelConfig", granularity: str, n_positions: int,
         "k": (config.n_kv_heads,), "v": (config.n_kv_heads,),
         "q_pos": (config.n_heads, n_positions), "k_pos": (config.n_kv_heads, n_positions),
         "v_pos": (config.n_kv_heads, n_positions), "pattern": (config.n_heads,),
-        "neurons": (config.d_mlp,),
+        "neurons": (config.d_mlp,), "experts": (config.n_experts,),
+        "experts_pos": (config.n_experts, n_positions),
     }
     if granularity == "block":
         return (3, n_layers, n_positions)
@@ -212,7 +227,7 @@ def granularity_shape(config: "ModelConfig", granularity: str, n_positions: int,
 
 def enumerate_components(config: "ModelConfig", granularity: str, n_positions: int, layers: list[int] | None = None) -> list[Component]:
     """Every component of one granularity, in row-major order of ``granularity_shape``."""
-    _check_granularity(granularity)
+    _check_granularity(granularity, config)
     layer_list = list(range(config.n_layers)) if layers is None else layers
     for layer in layer_list:
         if not 0 <= layer < config.n_layers:
@@ -231,7 +246,7 @@ def _per_layer(config: "ModelConfig", granularity: str, n_positions: int, layers
     positions = range(n_positions)
     indexed = {"heads": ("z", config.n_heads), "q": ("q", config.n_heads), "k": ("k", config.n_kv_heads),
                "v": ("v", config.n_kv_heads), "pattern": ("pattern", config.n_heads),
-               "neurons": ("mlp_post", config.d_mlp)}
+               "neurons": ("mlp_post", config.d_mlp), "experts": ("expert", config.n_experts)}
     for layer in layers:
         if granularity == "resid":
             yield from (Component("resid_pre", layer, None, p) for p in positions)
@@ -242,7 +257,8 @@ def _per_layer(config: "ModelConfig", granularity: str, n_positions: int, layers
         elif granularity in indexed:
             kind, count = indexed[granularity]
             yield from (Component(kind, layer, i) for i in range(count))
-        else:  # heads_pos, q_pos, k_pos, v_pos
+        else:  # heads_pos, q_pos, k_pos, v_pos, experts_pos
             kind, count = {"heads_pos": ("z", config.n_heads), "q_pos": ("q", config.n_heads),
-                           "k_pos": ("k", config.n_kv_heads), "v_pos": ("v", config.n_kv_heads)}[granularity]
+                           "k_pos": ("k", config.n_kv_heads), "v_pos": ("v", config.n_kv_heads),
+                           "experts_pos": ("expert", config.n_experts)}[granularity]
             yield from (Component(kind, layer, i, p) for i in range(count) for p in positions)

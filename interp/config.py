@@ -25,6 +25,7 @@ class ModelConfig:
     n_ctx: int
     parallel_attn_mlp: bool = False
     causal: bool = True  # False for bidirectional attention (tracr ports of non-causal programs)
+    n_experts: int = 0  # routed experts of a mixture-of-experts MLP (0: a dense MLP)
 
     @property
     def heads_per_kv_group(self) -> int:
@@ -35,7 +36,9 @@ class ModelConfig:
 
 
 def config_from_hf(hf_config, name: str) -> ModelConfig:
-    """Read a Hugging Face config (GPT-2, GPT-NeoX, Llama-family and Gemma names)."""
+    """Read the sizes from a Hugging Face config (the field names of GPT-2, GPT-NeoX and the
+    Llama-style families). Structure (parallel blocks, experts) comes from the module tree:
+    ``interp.architectures.discover_layout``."""
 
     def first(*fields, default=None):
         for field in fields:

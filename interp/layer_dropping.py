@@ -1,8 +1,8 @@
 """Drop attention sublayers, MLP sublayers or whole blocks, reversibly.
 
-A dropped sublayer skips its pre-norm and its module: both are swapped for stand-ins that do no
-work (the norm passes its input through, the module returns zeros, so the residual stream goes on
-unchanged), and the original modules are put back when the ``dropped`` block ends, so the model
+A dropped sublayer skips its pre-norm, its module and the norm after it (Gemma-2/3, OLMo-2): they
+are swapped for stand-ins that do no work (a norm passes its input through, the module returns
+zeros, so the residual stream goes on unchanged), and the original modules are put back when the ``dropped`` block ends, so the model
 is restored bit-exactly. A dropped attention layer never computes keys and values and its KV
 cache entry holds one number per position (it only counts positions), so during generation it
 costs neither attention time nor real cache memory: that is where the speed-up comes from.
@@ -19,7 +19,8 @@ from typing import Iterable, Iterator, Union
 
 import torch
 
-from interp.architectures import decoder_layers, layout_for
+from interp import hf_compat
+from interp.architectures import get_path
 from interp.config import ModelConfig
 
 UNIT_KINDS = ("attn", "mlp", "block")
@@ -105,7 +106,7 @@ class _SkippedAttention(torch.nn.Module):
     def forward(self, hidden_states: torch.Tensor | None = None, *args, **kwargs):
         if hidden_states is None:
             hidden_states = kwargs["hidden_states"]
-        cache = kwargs.get("past_key_values", kwargs.get("layer_past"))
+        cache = hf_compat.cache_in(kwargs)
         if cache is not None:
             batch, positions = hidden_states.shape[:2]
             placeholder = hidden_states.new_zeros(batch, 1, positions, 1)
@@ -113,25 +114,33 @@ class _SkippedAttention(torch.nn.Module):
         return torch.zeros_like(hidden_states), None
 
 
-def _executing_layer(layer: torch.nn.Module) -> torch.nn.Module:
-    """The module whose ``forward`` runs a decoder layer (a TransformerLens block bridge runs
-    the Hugging Face layer it wraps)."""
-    return getattr(layer, "original_component", None) or layer
+def _sublayer_modules(layout, kind: str) -> list[tuple[str, str]]:
+    """(path in the layer, role) of what a dropped sublayer swaps out: its pre-norm, the module,
+    and the norm its output passes before the residual add (where the family has them)."""
+    if kind == "attn":
+        parts = [(layout.attn_norm, "norm"), (layout.attn, "attn"), (layout.attn_post_norm, "norm")]
+    else:
+        parts = [(layout.mlp_norm, "norm"), (layout.mlp, "mlp"), (layout.mlp_post_norm, "norm")]
+    shared = layout.attn_norm if layout.attn_norm == layout.mlp_norm else None  # a parallel block's shared pre-norm
+    return [(path, role) for path, role in parts if path and path != shared]
+
+
+def _owner_and_name(layer: torch.nn.Module, path: str) -> tuple[torch.nn.Module, str]:
+    parent, _, name = path.rpartition(".")
+    return hf_compat.executing_layer(get_path(layer, parent) if parent else layer), name
 
 
 @contextmanager
 def dropped(model, units: Iterable[Union[Unit, str]]) -> Iterator[object]:
     """Within the block, ``model`` runs without the given units (``Unit``s or names like "L5.ATTN")."""
     sublayers = sublayers_of(units, model.config)
-    layout = layout_for(model.config.architecture)
-    layers = decoder_layers(model.hf_model, model.config.architecture)
+    layers = model.decoder_layers()
     swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
     for unit in sublayers:
-        owner = _executing_layer(layers[unit.layer])
-        if unit.kind == "attn":
-            swaps += [(owner, layout.attn_norm, _SkippedNorm()), (owner, layout.attn, _SkippedAttention(unit.layer))]
-        else:
-            swaps += [(owner, layout.mlp_norm, _SkippedNorm()), (owner, layout.mlp, _SkippedMLP())]
+        for path, role in _sublayer_modules(model.layout, unit.kind):
+            owner, name = _owner_and_name(hf_compat.executing_layer(layers[unit.layer]), path)
+            stand_in = {"norm": _SkippedNorm, "mlp": _SkippedMLP}.get(role)
+            swaps.append((owner, name, stand_in() if stand_in else _SkippedAttention(unit.layer)))
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
     try:
         for owner, name, stand_in in swaps:
@@ -143,13 +152,11 @@ def dropped(model, units: Iterable[Union[Unit, str]]) -> Iterator[object]:
 
 
 def parameter_count(model, units: Iterable[Union[Unit, str]]) -> int:
-    """Parameters (pre-norm + module) that dropping ``units`` removes from the forward pass."""
-    layout = layout_for(model.config.architecture)
-    layers = decoder_layers(model.hf_model, model.config.architecture)
+    """Parameters (norms + module) that dropping ``units`` removes from the forward pass."""
+    layers = model.decoder_layers()
     unique: dict[int, int] = {}
     for unit in sublayers_of(units, model.config):
-        owner = _executing_layer(layers[unit.layer])
-        names = (layout.attn_norm, layout.attn) if unit.kind == "attn" else (layout.mlp_norm, layout.mlp)
-        for name in names:
-            unique.update({id(p): p.numel() for p in getattr(owner, name).parameters()})
+        layer = hf_compat.executing_layer(layers[unit.layer])
+        for path, _ in _sublayer_modules(model.layout, unit.kind):
+            unique.update({id(p): p.numel() for p in get_path(layer, path).parameters()})
     return sum(unique.values())

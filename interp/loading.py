@@ -7,6 +7,7 @@ Converted GGUF weights are cached as safetensors under ``$INTERP_CACHE_DIR`` (de
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import logging
@@ -18,9 +19,12 @@ from pathlib import Path
 
 import torch
 
+from interp import hf_compat
+from interp.architectures import Shapes, decoder_layers, discover_layout, get_path, verify_layout
 from interp.backends import BACKENDS
 from interp.config import config_from_hf
 from interp.model import Model
+from interp.toy_models import RANDOM_FAMILIES
 from interp.tracr_models import TRACR_MODELS
 
 BUNDLED = "smollm2-135m"
@@ -129,7 +133,7 @@ def _hub_snapshot(name: str) -> Path:
         if offline:
             raise ModelLoadError(
                 f"unknown model {name!r}: not a bundled model ({BUNDLED}, {', '.join(TOY_MODELS + TRACR_MODELS)}, "
-                f"{RANDOM_PREFIX}<gpt2|neox|llama|gemma>), a local folder, a .gguf file, or a hub model in the local cache "
+                f"{RANDOM_PREFIX}<{'|'.join(RANDOM_FAMILIES)}>), a local folder, a .gguf file, or a hub model in the local cache "
                 "(HF_HUB_OFFLINE is set, so the hub was not asked)"
             ) from None
     try:
@@ -176,15 +180,22 @@ def load_model(spec: str = BUNDLED, backend: str = "transformer_lens", device: s
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
     config = config_from_hf(hf_model.config, name)
+    layout = discover_layout(hf_model, Shapes(config.n_layers, config.n_heads, config.n_kv_heads, config.d_head,
+                                              config.d_model), name)
+    config = dataclasses.replace(config, parallel_attn_mlp=layout.parallel, n_experts=layout.n_experts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if backend == "transformer_lens":
             from interp.backends.transformer_lens_backend import TransformerLensBackend
 
-            runner = TransformerLensBackend(hf_model, tokenizer, str(model_dir))
+            attention = [get_path(layer, layout.attn) for layer in decoder_layers(hf_model, layout)]
+            runner = TransformerLensBackend(hf_model, tokenizer, str(model_dir), attention)
         else:
             from interp.backends.nnsight_backend import NNsightBackend
 
-            runner = NNsightBackend(hf_model, tokenizer, config, remote=remote)
+            runner = NNsightBackend(hf_model, tokenizer, config, layout, remote=remote)
     unembed_contiguously(hf_model)  # after the backend: TransformerBridge wraps the unembedding in place
-    return Model(runner, tokenizer, config, source=str(model_dir), device=device)
+    model = Model(runner, tokenizer, config, layout, source=str(model_dir), device=device)
+    hf_compat.check_kv_cache(model)
+    verify_layout(model)
+    return model

@@ -7,10 +7,11 @@ from typing import Callable, Iterator, Mapping, Sequence, Union
 
 import torch
 
-from interp.architectures import decoder_layers
+from interp.architectures import Layout, decoder_layers
 from interp.backends.base import Backend, Edit, RunOutput, RunSpec
 from interp.components import INDEX_AXIS, POSITION_AXIS, SPLICE_KINDS, Component, ComponentError, Site
 from interp.config import ModelConfig
+from interp.experts import expert_sites
 from interp.resume import Resume, layers_replayed
 from interp.splicing import Splice, with_splices
 
@@ -72,10 +73,11 @@ class Model:
     Build one with :func:`interp.load_model`.
     """
 
-    def __init__(self, backend: Backend, tokenizer, config: ModelConfig, source: str, device: str = "cpu") -> None:
+    def __init__(self, backend: Backend, tokenizer, config: ModelConfig, layout: Layout, source: str, device: str = "cpu") -> None:
         self.backend = backend
         self.tokenizer = tokenizer
         self.config = config
+        self.layout = layout
         self.source = source
         self.device = device
         self._active_edits: dict[Site, list[Edit]] = {}
@@ -89,6 +91,10 @@ class Model:
     @property
     def hf_model(self) -> torch.nn.Module:
         return self.backend.hf_model
+
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        """The model's list of decoder layers (as the backend runs them)."""
+        return decoder_layers(self.hf_model, self.layout)
 
     # ------------------------------------------------------------------ tokens
     def to_tokens(self, text: Union[str, Sequence[str]]) -> torch.Tensor:
@@ -165,13 +171,14 @@ class Model:
         virtual_reads: dict[Site, torch.Tensor] = {}
         if self._splices:
             spec = with_splices(spec, self.splices, virtual_reads)
-        if resume is None:
-            out = self.backend.forward(spec)
-        else:
-            if resume.past_key_values is not None:
-                spec.past_key_values = resume.past_key_values
-            with layers_replayed(decoder_layers(self.hf_model, self.config.architecture), resume.layer, resume.resid):
+        with expert_sites(self, spec, virtual_reads) as spec:
+            if resume is None:
                 out = self.backend.forward(spec)
+            else:
+                if resume.past_key_values is not None:
+                    spec.past_key_values = resume.past_key_values
+                with layers_replayed(self.decoder_layers(), resume.layer, resume.resid):
+                    out = self.backend.forward(spec)
         out.activations.update(virtual_reads)
         return out
 

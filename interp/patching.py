@@ -34,7 +34,8 @@ from interp.corruption import (RunInput, check_settings, clean_and_corrupt, firs
 from interp.metrics import normalized, task_metric
 from interp.model import Model, component_index
 from interp.results import Result
-from interp.resume import Resume, kv_prefix
+from interp.hf_compat import kv_prefix
+from interp.resume import Resume
 from interp.splicing import feature_components
 from interp.tasks import Task
 
@@ -44,7 +45,8 @@ AXES = {
     "heads": ["layer", "head"], "heads_pos": ["layer", "head", "position"], "q": ["layer", "head"],
     "k": ["layer", "kv_group"], "v": ["layer", "kv_group"], "q_pos": ["layer", "head", "position"],
     "k_pos": ["layer", "kv_group", "position"], "v_pos": ["layer", "kv_group", "position"],
-    "pattern": ["layer", "head"], "neurons": ["layer", "neuron"],
+    "pattern": ["layer", "head"], "neurons": ["layer", "neuron"], "experts": ["layer", "expert"],
+    "experts_pos": ["layer", "expert", "position"],
     "features": ["dictionary", "latent"], "features_pos": ["dictionary", "latent", "position"],
 }
 

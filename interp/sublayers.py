@@ -14,8 +14,9 @@ from typing import Callable
 
 import torch
 
-from interp.architectures import decoder_layers, get_path, layout_for, split_fused_qkv, unwrapped
+from interp.architectures import UnsupportedArchitectureError, get_path, split_fused_qkv
 from interp.components import Site
+from interp.hf_compat import unwrapped
 from interp.model import Model
 
 
@@ -35,21 +36,47 @@ class Sublayers:
 
     def __init__(self, model: Model) -> None:
         self.config = model.config
-        self.layout = layout_for(model.config.architecture)
+        self.layout = model.layout
         self._root = model.hf_model
-        self._layers = decoder_layers(model.hf_model, model.config.architecture)
+        self._layers = model.decoder_layers()
 
     def _leaf(self, layer: int, path: str) -> torch.nn.Module:
         return unwrapped(get_path(self._layers[layer], path))
 
+    def require_additive_writes(self, analysis: str) -> None:
+        """Raise a one-line error if sublayer outputs are normed before they join the residual
+        stream (Gemma-2/3, OLMo-2): ``analysis`` decomposes the residual stream into linear
+        per-head and per-MLP writes, which such norms do not have."""
+        normed = [name for name, path in (("attention", self.layout.attn_post_norm), ("MLP", self.layout.mlp_post_norm)) if path]
+        if normed:
+            raise UnsupportedArchitectureError(
+                f"{analysis} does not apply to {self.config.name} ({self.config.architecture}): its {' and '.join(normed)} "
+                "outputs pass through a norm before the residual add, so heads and MLPs do not write to the residual "
+                "stream linearly")
+
+    def for_edges(self, analysis: str) -> "Sublayers":
+        """``self``, after a one-line error if ``analysis`` (an edge method) cannot read this model's
+        edges: it needs linear per-head and per-MLP writes and MLPs it can recompute."""
+        self.require_additive_writes(analysis)
+        self.require_dense_mlp(analysis)
+        return self
+
+    def require_dense_mlp(self, analysis: str) -> None:
+        """Raise a one-line error for a mixture-of-experts MLP, which ``analysis`` cannot recompute."""
+        if self.layout.is_moe:
+            raise UnsupportedArchitectureError(
+                f"{analysis} does not apply to {self.config.name} ({self.config.architecture}): it recomputes MLPs from "
+                f"their weights, and this model's MLPs are mixtures of {self.layout.n_experts} experts")
+
     def norm(self, which: str, layer: int | None = None) -> torch.nn.Module:
-        """The pre-norm of ``which`` ("attn" or "mlp") at ``layer``, or the final norm ("final")."""
+        """The pre-norm of ``which`` ("attn" or "mlp") at ``layer``, or the final norm ("final");
+        an identity where the family has no such pre-norm (OLMo-2)."""
         if which == "final":
             return unwrapped(get_path(self._root, self.layout.final_norm))
         paths = {"attn": self.layout.attn_norm, "mlp": self.layout.mlp_norm}
         if which not in paths:
             raise ValueError(f"unknown norm {which!r}; known: attn, mlp, final")
-        return self._leaf(layer, paths[which])
+        return torch.nn.Identity() if paths[which] is None else self._leaf(layer, paths[which])
 
     def norm_gain(self, which: str, layer: int | None = None) -> torch.Tensor:
         """A norm's elementwise gain [d_model] (Gemma's 1 + weight; ones if it has none)."""
@@ -114,10 +141,14 @@ class Sublayers:
     def mlp_output(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         """The MLP output [..., pos, d_model] that ``resid`` (the MLP's residual input) gives at ``layer``."""
         layout = self.layout
+        self.require_dense_mlp("recomputing an MLP")
         normed = self.mlp_normalized_input(layer, resid)
         hidden = _project(self._leaf(layer, layout.mlp_in), normed)
         act = self._leaf(layer, layout.mlp_act).forward
-        if layout.mlp_gate is None:
+        if layout.fused_gate_up:
+            gate, up = hidden.chunk(2, dim=-1)
+            hidden = act(gate) * up
+        elif layout.mlp_gate is None:
             hidden = act(hidden)
         else:
             hidden = act(_project(self._leaf(layer, layout.mlp_gate), normed)) * hidden
@@ -157,6 +188,7 @@ class Sublayers:
     def head_outputs(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """Each head's write into the residual stream, z_h W_O^h without the output bias:
         z [..., pos, n_heads, d_head] -> [..., pos, n_heads, d_model]."""
+        self.require_additive_writes("per-head writes")
         c = self.config
         weight = _linear_weight(self._leaf(layer, self.layout.z_proj)).unflatten(1, (c.n_heads, c.d_head))
         return torch.einsum("...hd,mhd->...hm", z, weight.to(z.dtype))

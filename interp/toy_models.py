@@ -21,21 +21,49 @@ TOY_VOCAB = 128  # token 0 is BOS; tokens "t1".."t127"
 
 
 def _random_configs(vocab: int) -> dict:
-    from transformers import GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig
+    """One tiny config per family. The first four are the long-standing test models; the rest
+    are built to exercise what their family adds (sliding windows shorter than a prompt,
+    soft-capping that binds, q/k norms, partial rotary, post-norms, fused projections, experts),
+    with a larger initializer range so attention is far from uniform."""
+    import transformers as T
 
     common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2)
+    sharp = dict(common, initializer_range=0.2)
+    small = dict(num_hidden_layers=3, num_attention_heads=4, hidden_size=64, intermediate_size=96,
+                 max_position_embeddings=256)
+    sliding = ["sliding_attention", "full_attention", "sliding_attention"]
     return {
-        "gpt2": GPT2Config(n_layer=3, n_head=4, n_embd=64, n_positions=256, **common),
-        "neox": GPTNeoXConfig(num_hidden_layers=3, num_attention_heads=4, hidden_size=64, intermediate_size=256,
-                              max_position_embeddings=256, **common),
-        "llama": LlamaConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
-                             intermediate_size=128, max_position_embeddings=256, **common),
-        "gemma": GemmaConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1, hidden_size=64,
-                             head_dim=16, intermediate_size=128, max_position_embeddings=256, **common),
+        "gpt2": T.GPT2Config(n_layer=3, n_head=4, n_embd=64, n_positions=256, **common),
+        "neox": T.GPTNeoXConfig(num_hidden_layers=3, num_attention_heads=4, hidden_size=64, intermediate_size=256,
+                                max_position_embeddings=256, **common),
+        "llama": T.LlamaConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
+                               intermediate_size=128, max_position_embeddings=256, **common),
+        "gemma": T.GemmaConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1, hidden_size=64,
+                               head_dim=16, intermediate_size=128, max_position_embeddings=256, **common),
+        "llama3": T.LlamaConfig(**small, num_key_value_heads=2, **sharp, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+        "mistral": T.MistralConfig(**small, num_key_value_heads=2, sliding_window=5, **sharp),
+        "qwen2": T.Qwen2Config(**small, num_key_value_heads=2, **sharp),
+        "qwen3": T.Qwen3Config(**small, num_key_value_heads=2, head_dim=16, **sharp),
+        "gemma2": T.Gemma2Config(**small, num_key_value_heads=2, head_dim=16, sliding_window=5, layer_types=sliding,
+                                 attn_logit_softcapping=1.0, final_logit_softcapping=3.0, query_pre_attn_scalar=16,
+                                 **sharp),
+        "gemma3": T.Gemma3TextConfig(**small, num_key_value_heads=2, head_dim=16, sliding_window=5, layer_types=sliding,
+                                     query_pre_attn_scalar=16, **sharp),
+        "phi3": T.Phi3Config(**small, num_key_value_heads=2, pad_token_id=0, **sharp,
+                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+        "olmo2": T.Olmo2Config(**small, num_key_value_heads=2, pad_token_id=0, **sharp),
+        "mixtral": T.MixtralConfig(**small, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, **sharp),
+        "qwen2moe": T.Qwen2MoeConfig(**small, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                                     moe_intermediate_size=32, shared_expert_intermediate_size=48, **sharp),
+        "olmoe": T.OlmoeConfig(**small, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, pad_token_id=0,
+                               **sharp),
     }
 
 
-RANDOM_FAMILIES = ("gpt2", "neox", "llama", "gemma")
+RANDOM_FAMILIES = ("gpt2", "neox", "llama", "gemma", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
+                   "olmo2", "mixtral", "qwen2moe", "olmoe")
 
 
 def random_model_dir(family: str) -> Path:

@@ -1,6 +1,8 @@
 """AtP and AtP*: exact identities (ALGORITHMS.md section 2), brute-force oracles and
 TransformerLens' own attribution patching."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from transformer_lens.tools.analysis import attribution_patching as tl_atp
 
 import interp
 from interp import tasks
-from interp.attention_geometry import AttentionGeometry
+from interp.attention_geometry import AttentionGeometry, LayerGeometry
 from interp.attribution import attribution_patching, diagnose, verification, verify_top
 from interp.attribution.estimates import NodeSelector, per_node
 from interp.attribution.qk_fix import all_keys_fix, key_fix, query_fix
@@ -93,7 +95,8 @@ def _explicit_effect(geometry, q, k, v, grad_o, q_new=None, k_new=None):
 def test_qk_fix_closed_forms_equal_explicit_softmax(scale):
     torch.manual_seed(1)
     b, t, h, d = 2, 7, 3, 8
-    geometry = AttentionGeometry(scale=scale, n_heads=h, n_kv_heads=h)
+    visible = torch.ones(t, t, dtype=torch.bool).tril()[None, None]
+    geometry = LayerGeometry("test", scale, h, h, None, visible, None, None, None, None)
     q, k, v, grad_o, q_new, k_new = (torch.randn(b, t, h, d, dtype=torch.float64) for _ in range(6))
     queries = query_fix(geometry, q, k, v, q_new, grad_o)
     keys = key_fix(geometry, q, k, v, k_new, grad_o)
@@ -340,8 +343,9 @@ def test_attention_the_qk_fix_cannot_reproduce_is_refused(random_llama, llama_io
     from interp.attention_geometry import AttentionGeometryError
 
     _, cache = random_llama.run_with_cache(llama_ioi.clean_tokens, [Site(k, 1) for k in ("q", "k", "pattern")])
-    wrong = AttentionGeometry.of(random_llama)
-    wrong.scale *= 2
-    q, k = wrong.rotate(cache[Site("q", 1)], cache[Site("k", 1)])
-    with pytest.raises(AttentionGeometryError, match="layer 1: recomputed attention differs from the model's"):
-        wrong.check(q, k, cache[Site("pattern", 1)], "random-llama layer 1")
+    right = AttentionGeometry.of(random_llama).at(1, llama_ioi.clean_tokens.shape[1])
+    q, k = right.rotate(cache[Site("q", 1)], cache[Site("k", 1)])
+    right.check(q, k, cache[Site("pattern", 1)])
+    wrong = dataclasses.replace(right, scale=right.scale * 2)
+    with pytest.raises(AttentionGeometryError, match="random-llama layer 1: recomputed attention differs from the model's"):
+        wrong.check(q, k, cache[Site("pattern", 1)])

@@ -120,7 +120,7 @@ import numpy as np  # noqa: E402
 from circuits.activation_store import ActivationStore, batches_from_shards, read_pairs  # noqa: E402
 from circuits.dictionary_evaluation import evaluate_dictionary, spliced  # noqa: E402
 from circuits.dictionary_io import load_dictionary, save_dictionary  # noqa: E402
-from interp.architectures import decoder_layers, unwrapped  # noqa: E402
+from interp.hf_compat import unwrapped  # noqa: E402
 from interp.cli import main  # noqa: E402
 from interp.components import ComponentError, Site  # noqa: E402
 
@@ -159,7 +159,7 @@ def test_read_pairs_sae_site_and_transcoder_mlp_pairs(random_llama_module, chunk
     assert torch.equal(x, y) and len(x) == 2 * 15  # BOS rows left out
     torch.testing.assert_close(x, cache[Site("resid_post", 1)][:, 1:].reshape(-1, 64))
     x, y = read_pairs(model, "L1.MLP", "transcoder", chunks[:2])
-    mlp = unwrapped(decoder_layers(model.hf_model, model.config.architecture)[1].mlp)
+    mlp = unwrapped(model.decoder_layers()[1].mlp)
     # the pair is exactly (MLP input after its norm, MLP output): the MLP maps one to the other
     expected = mlp.down_proj.weight @ (torch.nn.functional.silu(mlp.gate_proj.weight @ x.T) * (mlp.up_proj.weight @ x.T))
     torch.testing.assert_close(y, expected.T, atol=1e-5, rtol=1e-4)

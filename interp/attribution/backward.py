@@ -24,7 +24,7 @@ from interp.components import Site
 
 GRAD_DROP_UNITS = ("block", "sublayer")
 ATTENTION_KINDS = frozenset({"z", "q", "k", "v", "pattern", "attn_out"})
-MLP_KINDS = frozenset({"mlp_post", "mlp_out"})
+MLP_KINDS = frozenset({"mlp_post", "mlp_out", "expert"})
 
 Unit = tuple[int, str]  # (layer, "block" | "attn" | "mlp"): a residual-stream write GradDrop can drop
 

@@ -84,12 +84,13 @@ class NodeEstimator:
         self.deltas = {s: (source[s] - target[s]).float() for s in self.by_site}
         self.attention = {}
         for layer in self.qk_layers:
-            q, k = self.geometry.rotate(target[Site("q", layer)], target[Site("k", layer)])
-            self.geometry.check(q, k, target[Site("pattern", layer)], f"{self.config.name} layer {layer}")
-            q_new, k_new = self.geometry.rotate(source[Site("q", layer)], source[Site("k", layer)])
+            geometry = self.geometry.at(layer, target[Site("q", layer)].shape[1])
+            q, k = geometry.rotate(target[Site("q", layer)], target[Site("k", layer)])
+            geometry.check(q, k, target[Site("pattern", layer)])
+            q_new, k_new = geometry.rotate(source[Site("q", layer)], source[Site("k", layer)])
             groups = self.config.n_heads // self.config.n_kv_heads
             v = target[Site("v", layer)].double().repeat_interleave(groups, dim=2)
-            self.attention[layer] = (q, k, v, q_new, k_new)
+            self.attention[layer] = (geometry, q, k, v, q_new, k_new)
 
     def estimate(self, layer: int, grads: dict[Site, torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
         """(component indices, estimates [batch, len(indices)]) for every node site of ``layer``."""
@@ -105,16 +106,16 @@ class NodeEstimator:
         return out
 
     def _qk(self, site: Site, grad_o: torch.Tensor) -> torch.Tensor:
-        q, k, v, q_new, k_new = self.attention[site.layer]
+        geometry, q, k, v, q_new, k_new = self.attention[site.layer]
         selector = self.selectors[site]
         if site.kind == "q":
-            return selector.pick(query_fix(self.geometry, q, k, v, q_new, grad_o).permute(0, 2, 1))
+            return selector.pick(query_fix(geometry, q, k, v, q_new, grad_o).permute(0, 2, 1))
         groups = self.config.n_heads // self.config.n_kv_heads
-        by_head = key_fix(self.geometry, q, k, v, k_new, grad_o).permute(0, 2, 1)  # [b, heads, pos]
+        by_head = key_fix(geometry, q, k, v, k_new, grad_o).permute(0, 2, 1)  # [b, heads, pos]
         by_group = by_head.reshape(by_head.shape[0], -1, groups, by_head.shape[-1]).sum(2)
         if selector.positioned.all():
             return selector.pick(by_group)
         # a key node over every position changes whole rows at once: recompute them
-        whole = all_keys_fix(self.geometry, q, k, v, k_new, grad_o)  # [b, heads]
+        whole = all_keys_fix(geometry, q, k, v, k_new, grad_o)  # [b, heads]
         whole = whole.reshape(whole.shape[0], -1, groups).sum(-1)  # [b, groups]
         return torch.where(selector.positioned, selector.pick(by_group), whole[:, selector.index])

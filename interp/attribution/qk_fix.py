@@ -8,7 +8,8 @@ g^o_s = dL/do_s.
 
 * query at s: only row s changes, A'_{s,.} = softmax(q'_s . K^T * scale + mask);
   I(q_s) = sum_t (A'_{s,t} - A_{s,t}) g^A_{s,t}.
-* key at t: every row s >= t changes its logit at t by Delta_s = q_s . (k'_t - k_t) * scale;
+* key at t: every row s >= t changes its logit at t by Delta_s = f(q_s . k'_t) - f(q_s . k_t), f the
+  scale (and soft-cap, where the model has one);
   A'_{s,t} = sigmoid(logit(A_{s,t}) + Delta_s) and the rest of the row rescales, so
   I(k_t) = sum_{s>=t} (A'_{s,t} - A_{s,t}) g^o_s . (v_t - obar_s^(-t)), where obar^(-t) is the
   output of row s renormalized without t (= (o_s - A_{s,t} v_t) / (1 - A_{s,t})). O(T^2 d).
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from interp.attention_geometry import AttentionGeometry
+from interp.attention_geometry import LayerGeometry
 
 
 def _pattern_gradient(grad_o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -34,7 +35,7 @@ def _pattern_gradient(grad_o: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bshd,bthd->bhst", grad_o, v)
 
 
-def query_fix(geometry: AttentionGeometry, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_new: torch.Tensor,
+def query_fix(geometry: LayerGeometry, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_new: torch.Tensor,
               grad_o: torch.Tensor) -> torch.Tensor:
     """I(q_s) for every query position and head: [batch, pos, heads]."""
     pattern = geometry.scores(q, k).softmax(-1)
@@ -43,7 +44,7 @@ def query_fix(geometry: AttentionGeometry, q: torch.Tensor, k: torch.Tensor, v: 
     return effect.permute(0, 2, 1)
 
 
-def all_keys_fix(geometry: AttentionGeometry, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_new: torch.Tensor,
+def all_keys_fix(geometry: LayerGeometry, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_new: torch.Tensor,
                  grad_o: torch.Tensor) -> torch.Tensor:
     """Every key of a head replaced at once (each row recomputed): [batch, heads]."""
     pattern = geometry.scores(q, k).softmax(-1)
@@ -51,7 +52,7 @@ def all_keys_fix(geometry: AttentionGeometry, q: torch.Tensor, k: torch.Tensor, 
     return ((new_pattern - pattern) * _pattern_gradient(grad_o, v)).sum((-1, -2))
 
 
-def key_fix(geometry: AttentionGeometry, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_new: torch.Tensor,
+def key_fix(geometry: LayerGeometry, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_new: torch.Tensor,
             grad_o: torch.Tensor) -> torch.Tensor:
     """I(k_t) for every key position and head, closed form: [batch, pos, heads]."""
     scores = geometry.scores(q, k)  # [b, h, s, t], -inf above the diagonal
@@ -77,7 +78,7 @@ def key_fix(geometry: AttentionGeometry, q: torch.Tensor, k: torch.Tensor, v: to
     log_rest = torch.where(is_dominant, others_log_mass, log_rest)
     rest_gap = torch.where(is_dominant, dominant_gap, rest_gap)
 
-    delta = torch.einsum("bshd,bthd->bhst", q, k_new - k) * geometry.scale
+    delta = geometry.logits(q, k_new) - geometry.logits(q, k)  # each key's own change of logit (soft-capped)
     logit = log_pattern - log_rest  # +inf for a lone visible key: its probability stays 1
     new_pattern = torch.sigmoid(logit + delta)
     change = torch.where(visible & torch.isfinite(logit), new_pattern - pattern, torch.zeros_like(pattern))
