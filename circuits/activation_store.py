@@ -32,7 +32,7 @@ def _read(model: Model, tokens: torch.Tensor, sites: list[Site]) -> dict[Site, t
     """Activations at ``sites``; the layers after the last site are skipped and only one position
     is unembedded (the logits are not needed)."""
     layers = model.decoder_layers()
-    with torch.no_grad(), layers_after_skipped(layers, max(site.layer for site in sites)):
+    with torch.no_grad(), layers_after_skipped(layers, max(site.layer for site in sites), model.layout.layer_returns_tuple):
         out = model.forward(RunSpec(tokens, reads=set(sites), logits_to_keep=1))
     return {site: value.detach() for site, value in out.activations.items()}
 

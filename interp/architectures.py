@@ -19,13 +19,14 @@ and after each sublayer. :func:`discover_layout` reads it off any causal LM with
    depend on the attention's output (GPT-NeoX/Pythia, GPT-J, Phi-2).
 
 What rules cannot know comes from :data:`OVERRIDES`, one small entry per family (today only the
-head order inside GPT-NeoX's fused projection). A model whose parts the rules cannot find gets
+head order inside a fused projection: GPT-NeoX, Persimmon). :func:`verify_layout` then
+checks the result against the model's own forward at load. A model whose parts the rules cannot find gets
 one line naming the part and how to add an override (``register_override``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -69,6 +70,8 @@ class Layout:
     experts: str | None = None
     n_experts: int = 0
     parallel: bool = False  # attention and MLP read the same residual stream
+    writes_add: bool = True  # resid_post = resid_pre + attn_out + mlp_out (False: a multiplier in between; set at load)
+    layer_returns_tuple: bool = False  # a decoder layer returns (hidden_states, ...) rather than the tensor (Falcon)
 
     @property
     def is_moe(self) -> bool:
@@ -81,6 +84,7 @@ class Layout:
 # What the rules cannot know, by the architecture's class name. Values replace discovered fields.
 OVERRIDES: dict[str, dict[str, Any]] = {
     "GPTNeoXForCausalLM": {"fused_qkv": "per_head"},
+    "PersimmonForCausalLM": {"fused_qkv": "per_head"},
 }
 
 
@@ -333,7 +337,8 @@ def _probe(hf_model: torch.nn.Module, layer: torch.nn.Module, found: dict, s: Sh
     for name, module in watched.items():
         def hook(module, args, kwargs, output, name=name):
             first = args[0] if args else kwargs.get("hidden_states")
-            seen[name] = {"input": first if isinstance(first, torch.Tensor) else None, "output": _first_tensor(output)}
+            seen[name] = {"input": first if isinstance(first, torch.Tensor) else None, "output": _first_tensor(output),
+                          "tuple": isinstance(output, tuple)}
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:
         vocab = hf_model.get_input_embeddings().weight.shape[0]
@@ -364,12 +369,17 @@ def _probe(hf_model: torch.nn.Module, layer: torch.nn.Module, found: dict, s: Sh
                 if roles[role] is None:
                     roles[role] = name
                     assigned.add(name)
+    if roles["attn_post_norm"] is not None and roles["attn_post_norm"] == roles["mlp_norm"]:
+        raise fail("the attention's own output", f"the norm {roles['mlp_norm']} reads the attention module's output and feeds "
+                   "the MLP, so the attention module adds the residual stream itself (as Bloom's does); interp needs each "
+                   "sublayer's own output")
     unexplained = [name for name in norms if name in seen and name not in assigned]
     if unexplained:
         raise fail(f"what the norm {found['layers']}.0.{unexplained[0]} does", "it neither feeds nor follows the attention "
                    "or the MLP in a probe forward")
     mlp_reads = mlp["input"] if roles["mlp_norm"] is None else seen[roles["mlp_norm"]]["input"]
     attn_reads = attn["input"] if roles["attn_norm"] is None else seen[roles["attn_norm"]]["input"]
+    roles["layer_returns_tuple"] = block["tuple"]
     roles["parallel"] = _same(mlp_reads, block["input"]) or _same(mlp["input"], attn["input"]) or _same(mlp_reads, attn_reads)
     return roles
 
@@ -391,19 +401,23 @@ def _check_every_layer(layers: torch.nn.ModuleList, layout: Layout, fail) -> Non
 
 
 @torch.no_grad()
-def verify_layout(model) -> None:
+def verify_layout(model) -> Layout:
     """Check what discovery found against the model's own computation, on one short forward at
     layer 0: the values recomputed from the weights (pre-norm, then the value projection as
     interp splits it) must be the backend's values, and the head outputs (the output
     projection's input) the attention-weighted sums of them, ``z_h[s] = sum_t A_h[s, t] v_g(h)[t]``
     with the model's own pattern A. A fused q/k/v read in the wrong head order, a wrong pre-norm
-    or a wrong output projection fails here (one line) instead of giving wrong numbers later."""
+    or a wrong output projection fails here (one line) instead of giving wrong numbers later.
+
+    Returns the layout with ``writes_add`` measured: whether the residual stream leaving layer 0
+    is its input plus the attention and MLP outputs (Granite's residual multiplier breaks that).
+    """
     from interp.components import Site
     from interp.sublayers import Sublayers
 
     config, layout = model.config, model.layout
     tokens = (torch.arange(6, device=model.device)[None] * 101 + 7) % max(config.d_vocab - 1, 1) + 1
-    sites = [Site("resid_pre", 0), Site("v", 0), Site("pattern", 0), Site("z", 0)]
+    sites = [Site(kind, 0) for kind in ("resid_pre", "v", "pattern", "z", "attn_out", "mlp_out", "resid_post")]
     _, cache = model.run_with_cache(tokens, sites)
     v = cache[Site("v", 0)].float()
     recomputed = Sublayers(model).attention_inputs(0, cache[Site("resid_pre", 0)])[2].float()
@@ -420,3 +434,7 @@ def verify_layout(model) -> None:
             f"interp.architectures.register_override({config.architecture!r}, fused_qkv='per_head' or 'concat', "
             "z_proj='<module path>')"
         )
+    written = cache[Site("resid_pre", 0)] + cache[Site("attn_out", 0)] + cache[Site("mlp_out", 0)]
+    residual = cache[Site("resid_post", 0)]
+    adds = (written - residual).abs().max().item() <= 1e-4 * max(1.0, residual.abs().max().item())
+    return replace(layout, writes_add=adds)

@@ -55,7 +55,8 @@ def config_from_hf(hf_config, name: str) -> ModelConfig:
         architecture=architecture,
         n_layers=first("num_hidden_layers", "n_layer"),
         n_heads=n_heads,
-        n_kv_heads=first("num_key_value_heads", default=n_heads),
+        n_kv_heads=1 if getattr(hf_config, "multi_query", False) and not getattr(hf_config, "new_decoder_architecture", False)
+        else first("num_key_value_heads", "num_kv_heads", "n_head_kv", default=n_heads),
         d_model=d_model,
         d_head=first("head_dim", default=d_model // n_heads),
         d_mlp=first("intermediate_size", "n_inner", default=4 * d_model),

@@ -26,8 +26,12 @@ import torch
 _CACHE_ARGUMENTS = ("cache", "past_key_values", "layer_past")  # newest first
 
 
-class KVCacheError(RuntimeError):
+class KVCacheError(ValueError):
     """A cached forward disagrees with the plain forward in this environment."""
+
+
+class BridgeError(ValueError):
+    """TransformerLens' bridge cannot wrap this model."""
 
 
 # ----------------------------------------------------------------------------- argument names
@@ -175,7 +179,12 @@ def boot_bridge(model_dir: str, hf_model: torch.nn.Module, tokenizer, attention_
     from transformer_lens.model_bridge import TransformerBridge
 
     owners = _attention_owners(hf_model, attention_modules)
-    bridge = TransformerBridge.boot_transformers(model_dir, hf_model=hf_model, tokenizer=tokenizer)
+    try:
+        bridge = TransformerBridge.boot_transformers(model_dir, hf_model=hf_model, tokenizer=tokenizer)
+    except Exception as exc:  # the bridge raises many kinds for an architecture it has no adapter for
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise BridgeError(f"TransformerLens' bridge cannot run {type(hf_model).__name__} ({type(exc).__name__}: "
+                          f"{reason[:200]}); load it with backend='nnsight'") from None
     for owner, name in owners:
         wrapper = getattr(owner, name)
         if wrapper is not None and hasattr(wrapper, "_original_component"):
@@ -215,15 +224,22 @@ def check_kv_cache(model, n_tokens: int = 6) -> None:
     vocab = model.config.d_vocab
     steps = torch.arange(n_tokens, device=model.device)
     tokens = torch.stack([steps * 7919 + 11, steps * 104729 + 5]) % max(vocab - 1, 1) + 1
-    plain = model.forward(RunSpec(tokens)).logits
+    try:
+        plain = model.forward(RunSpec(tokens)).logits
+    except Exception as exc:  # the first forward through TransformerLens' reimplementation of the model
+        if model.backend.name != "transformer_lens":
+            raise
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise BridgeError(f"TransformerLens' bridge cannot run {model.config.architecture} ({type(exc).__name__}: "
+                          f"{reason[:200]}); load it with backend='nnsight'") from None
     recorded = model.forward(RunSpec(tokens, logits_to_keep=1, return_cache=True)).past_key_values
     split = n_tokens // 2
     rows = torch.tensor([1, 0, 1], device=model.device)
     prefix = kv_prefix(recorded, split, rows)
     resumed = model.forward(RunSpec(tokens[rows, split:], past_key_values=prefix)).logits
     if cache_length(prefix) != split:
-        raise KVCacheError(f"{model.config.name}: a read-only KV prefix grew from {split} to {cache_length(prefix)} "
-                           "positions during a forward")
+        raise KVCacheError(_versions_line(f"{model.config.name} on the {model.backend.name} backend: a read-only KV prefix "
+                                          f"of {split} positions holds {cache_length(prefix)} after a forward"))
     difference = (resumed - plain[rows, split:]).abs().max().item()
     scale = max(1.0, plain.abs().max().item())
     if not difference <= 1e-3 * scale:
@@ -240,4 +256,4 @@ def _versions_line(message: str) -> str:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
             pass
-    return f"{message} ({', '.join(versions)}); install the versions pyproject.toml lists as tested"
+    return f"{message} ({', '.join(versions)}); try backend='nnsight', or the versions pyproject.toml lists as tested"

@@ -86,7 +86,11 @@ def convert_gguf(gguf_path: Path) -> Path:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         except Exception as exc:  # transformers raises many types for unreadable GGUF
-            raise ModelLoadError(f"cannot read GGUF file {gguf_path}: {exc}") from None
+            architecture = gguf_architecture(gguf_path)
+            what = "" if architecture is None else f" (architecture {architecture!r})"
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            reason = f"{type(exc).__name__}: {reason}" if isinstance(exc, KeyError) or not reason else reason
+            raise ModelLoadError(f"cannot read GGUF file {gguf_path}{what} with transformers: {reason}") from None
         model.config.architectures = [type(model).__name__]  # GGUF configs may lack it
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config  # weights are dequantized floats now
@@ -96,6 +100,17 @@ def convert_gguf(gguf_path: Path) -> Path:
         tokenizer.save_pretrained(tmp)
 
     return _atomic_dir(target, build)
+
+
+def gguf_architecture(path: Path) -> str | None:
+    """The ``general.architecture`` a GGUF file declares (None if it cannot be read)."""
+    try:
+        import gguf
+
+        field = gguf.GGUFReader(str(path)).fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+    except Exception:  # not a GGUF file, or no such field: the caller's error says the rest
+        return None
 
 
 def resolve_model_dir(spec: str) -> tuple[Path, str]:
@@ -197,5 +212,5 @@ def load_model(spec: str = BUNDLED, backend: str = "transformer_lens", device: s
     unembed_contiguously(hf_model)  # after the backend: TransformerBridge wraps the unembedding in place
     model = Model(runner, tokenizer, config, layout, source=str(model_dir), device=device)
     hf_compat.check_kv_cache(model)
-    verify_layout(model)
+    model.layout = verify_layout(model)
     return model

@@ -177,7 +177,7 @@ class Model:
             else:
                 if resume.past_key_values is not None:
                     spec.past_key_values = resume.past_key_values
-                with layers_replayed(self.decoder_layers(), resume.layer, resume.resid):
+                with layers_replayed(self.decoder_layers(), resume.layer, resume.resid, self.layout.layer_returns_tuple):
                     out = self.backend.forward(spec)
         out.activations.update(virtual_reads)
         return out

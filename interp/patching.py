@@ -192,10 +192,12 @@ def activation_patching(
             per_batch = batch_size or max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_prompts, n_positions, layer, start)))
             for chunk_start in range(0, len(indices), per_batch):
                 chunk = indices[chunk_start:chunk_start + per_batch]
-                values = _patched_forward(model, runs, [components[i] for i in chunk], layer, start, n_prompts, metric_of)
+                values = _patched_forward(model, runs, [components[i] for i in chunk], layer, start, n_prompts, metric_of,
+                                          check=chunk_start == 0)
                 patched[:, chunk] = values.T.cpu()
                 n_forward += 1
-                forward_equivalents += len(chunk) * (n_positions - start) / n_positions * (model.config.n_layers - layer) / model.config.n_layers
+                variants = len(chunk) + (chunk_start == 0)  # the first chunk of a group carries the resume check
+                forward_equivalents += variants * (n_positions - start) / n_positions * (model.config.n_layers - layer) / model.config.n_layers
                 bar.update(len(chunk))
         bar.close()
 
@@ -237,10 +239,18 @@ def _resume_layer(edited: set[Site], layer: int) -> int:
     return layer
 
 
+class ResumeCheckError(RuntimeError):
+    """A resumed run disagrees with the plain forward: a bug, never a user error."""
+
+
 def _patched_forward(model: Model, runs: _Runs, components: list[Component], layer: int, start: int,
-                     n_prompts: int, metric_of) -> torch.Tensor:
-    """Metric [variants, n_prompts] with each component patched in its own batch rows."""
-    n_variants = len(components)
+                     n_prompts: int, metric_of, check: bool = False) -> torch.Tensor:
+    """Metric [variants, n_prompts] with each component patched in its own batch rows.
+
+    With ``check``, one more variant runs unpatched through the same shortcut (replayed layers
+    below ``layer``, the KV prefix of positions before ``start``): it must give the target run's
+    metric from its plain forward, or :class:`ResumeCheckError` is raised."""
+    n_variants = len(components) + check
     rows = torch.arange(n_prompts, device=runs.target.tokens.device).repeat(n_variants)
     edits: dict[Site, list[Edit]] = defaultdict(list)
     if layer == 0 and runs.target.noise is not None:  # the target run's own noise, on the positions computed
@@ -253,7 +263,16 @@ def _patched_forward(model: Model, runs: _Runs, components: list[Component], lay
     resid = runs.target_resid[layer][:, start:].repeat(n_variants, 1, 1) if layer > 0 else None
     resume = Resume(layer, start, resid, kv_prefix(runs.target_cache, start, rows))
     out = model.forward(RunSpec(runs.target.tokens[:, start:].repeat(n_variants, 1), edits=dict(edits), logits_to_keep=1), resume)
-    return metric_of(out.logits[:, -1], rows).view(n_variants, n_prompts)
+    values = metric_of(out.logits[:, -1], rows).view(n_variants, n_prompts)
+    if check:
+        plain, resumed = runs.target_metric.to(values.device), values[-1]
+        gap = (resumed - plain).abs().max().item()
+        if not gap <= 1e-3 * max(1.0, plain.abs().max().item()):
+            raise ResumeCheckError(f"a run resumed at layer {layer} from position {start} gives the metric {resumed.tolist()} "
+                                   f"where the plain forward gives {plain.tolist()} ({model.config.name}, "
+                                   f"{model.backend.name} backend); this is a bug in interp's resume shortcut")
+        values = values[:-1]
+    return values
 
 
 # Thin named wrappers, one per granularity (TransformerLens' naming style).

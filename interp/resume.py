@@ -32,30 +32,38 @@ class Resume:
 
 
 class _PassThrough(torch.nn.Module):
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return hidden_states
+    """A decoder layer that returns its input (as a 1-tuple where the real layer returns a tuple)."""
 
-
-class _Replay(torch.nn.Module):
-    def __init__(self, value: torch.Tensor) -> None:
+    def __init__(self, as_tuple: bool = False) -> None:
         super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return (hidden_states,) if self.as_tuple else hidden_states
+
+
+class _Replay(_PassThrough):
+    def __init__(self, value: torch.Tensor, as_tuple: bool = False) -> None:
+        super().__init__(as_tuple)
         self.value = value
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return self.value
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return super().forward(self.value)
 
 
 @contextmanager
-def layers_replayed(layers: torch.nn.ModuleList, start_layer: int, resid: torch.Tensor | None) -> Iterator[None]:
-    """Within the block, layers < ``start_layer`` do no work; the last of them returns ``resid``."""
+def layers_replayed(layers: torch.nn.ModuleList, start_layer: int, resid: torch.Tensor | None,
+                    as_tuple: bool = False) -> Iterator[None]:
+    """Within the block, layers < ``start_layer`` do no work; the last of them returns ``resid``
+    (``as_tuple``: in a 1-tuple, as the model's own layers do)."""
     if start_layer == 0:
         yield
         return
     originals = [layers[i] for i in range(start_layer)]
     try:
         for i in range(start_layer - 1):
-            layers[i] = _PassThrough()
-        layers[start_layer - 1] = _Replay(resid)
+            layers[i] = _PassThrough(as_tuple)
+        layers[start_layer - 1] = _Replay(resid, as_tuple)
         yield
     finally:
         for i, module in enumerate(originals):
@@ -63,13 +71,13 @@ def layers_replayed(layers: torch.nn.ModuleList, start_layer: int, resid: torch.
 
 
 @contextmanager
-def layers_after_skipped(layers: torch.nn.ModuleList, last_layer: int) -> Iterator[None]:
+def layers_after_skipped(layers: torch.nn.ModuleList, last_layer: int, as_tuple: bool = False) -> Iterator[None]:
     """Within the block, layers > ``last_layer`` do no work (for reads that end at ``last_layer``;
     the logits are then meaningless)."""
     originals = {i: layers[i] for i in range(last_layer + 1, len(layers))}
     try:
         for i in originals:
-            layers[i] = _PassThrough()
+            layers[i] = _PassThrough(as_tuple)
         yield
     finally:
         for i, module in originals.items():

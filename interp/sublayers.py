@@ -48,11 +48,15 @@ class Sublayers:
         stream (Gemma-2/3, OLMo-2): ``analysis`` decomposes the residual stream into linear
         per-head and per-MLP writes, which such norms do not have."""
         normed = [name for name, path in (("attention", self.layout.attn_post_norm), ("MLP", self.layout.mlp_post_norm)) if path]
+        prefix = f"{analysis} does not apply to {self.config.name} ({self.config.architecture}): its "
         if normed:
             raise UnsupportedArchitectureError(
-                f"{analysis} does not apply to {self.config.name} ({self.config.architecture}): its {' and '.join(normed)} "
-                "outputs pass through a norm before the residual add, so heads and MLPs do not write to the residual "
-                "stream linearly")
+                prefix + f"{' and '.join(normed)} outputs pass through a norm before the residual add, so heads and MLPs "
+                "do not write to the residual stream linearly")
+        if not self.layout.writes_add:
+            raise UnsupportedArchitectureError(
+                prefix + "residual stream is not the sum of the attention and MLP outputs (a multiplier sits between "
+                "them and the residual add), so heads and MLPs do not write to it as the edges assume")
 
     def for_edges(self, analysis: str) -> "Sublayers":
         """``self``, after a one-line error if ``analysis`` (an edge method) cannot read this model's

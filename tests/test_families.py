@@ -10,6 +10,8 @@ give.
 from __future__ import annotations
 
 import functools
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ from interp.attribution import attribution_patching
 from interp.patching import activation_patching
 from interp.toy_models import RANDOM_FAMILIES, random_model_dir
 
+sys.path.insert(0, str(Path(__file__).parent))  # tests/gguf_files.py
 BACKENDS = ("transformer_lens", "nnsight")
 _LLAMA = dict(layers="model.layers", attn="self_attn", z_proj="self_attn.o_proj", mlp="mlp", final_norm="model.norm",
               qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), attn_norm="input_layernorm",
@@ -496,3 +499,152 @@ def test_probes_and_head_scores_run_on_every_layer(family):
     assert scores.accuracy.shape == (3,) and ((0 <= scores.accuracy) & (scores.accuracy <= 1)).all()
     found = head_scores(model, n_sequences=2, half_length=6)
     assert all(np.isfinite(v).all() and v.shape == (3, 4) for v in found.values())
+
+
+# ----------------------------------------------------------------------------- GGUF files of other families
+GGUF_FAMILIES = [("qwen2", "qwen2"), ("phi3", "phi3"), ("gemma2", "gemma2")]
+
+
+@pytest.fixture(scope="module")
+def gguf_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("gguf")
+
+
+@pytest.mark.parametrize("family, architecture", GGUF_FAMILIES)
+def test_a_gguf_file_of_another_family_loads_once_and_runs(family, architecture, gguf_dir, monkeypatch):
+    """Written under llama.cpp's names (tests/gguf_files.py), read by interp on both backends:
+    the logits of transformers' own reading of the file, exact patching and AtP* run, and a
+    second load converts nothing."""
+    import transformers
+    from gguf_files import write_gguf
+
+    path = write_gguf(family, architecture, gguf_dir / f"{family}.gguf")
+    reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
+    for backend in BACKENDS:
+        model = interp.load_model(str(path), backend=backend)
+        assert model.config.architecture == type(reference).__name__
+        task = tasks.induction(model, n_prompts=2, seed=1)
+        with torch.no_grad():
+            expected = reference(task.clean_tokens).logits
+        torch.testing.assert_close(model.run(task.clean_tokens), expected, atol=1e-4, rtol=1e-4)
+        exact = activation_patching(model, task, "heads", progress=False)
+        star = attribution_patching(model, task, "heads", method="atp*", progress=False)
+        assert np.isfinite(exact.scores).all() and np.isfinite(star.scores).all()
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the GGUF file was converted again")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_conversion)
+    from interp.loading import convert_gguf
+    convert_gguf(path)
+
+
+def test_a_gguf_architecture_transformers_cannot_read_is_one_line(tmp_path):
+    import gguf
+
+    path = tmp_path / "recurrent.gguf"
+    writer = gguf.GGUFWriter(str(path), "rwkv6")
+    writer.add_uint32("rwkv6.block_count", 1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(interp.ModelLoadError, match="cannot read GGUF file .*recurrent.gguf \\(architecture 'rwkv6'\\) with transformers: ") as caught:
+        interp.load_model(str(path))
+    assert "\n" not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- families the rules have never seen
+def _unnamed_family(name: str, tmp_path_factory):
+    """A random-weight model of a family interp has no entry for, saved as a plain Hugging Face folder."""
+    import transformers as T
+    from transformers import AutoTokenizer
+
+    from interp.loading import bundled_gguf_path, convert_gguf
+
+    tokenizer = AutoTokenizer.from_pretrained(convert_gguf(bundled_gguf_path()))
+    small = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, intermediate_size=96,
+                 max_position_embeddings=256, vocab_size=len(tokenizer))
+    configs = {
+        "stablelm": lambda: T.StableLmConfig(**small, num_key_value_heads=2, use_qkv_bias=True, partial_rotary_factor=0.25),
+        "cohere": lambda: T.CohereConfig(**small, num_key_value_heads=2),  # parallel block, one shared norm
+        "falcon": lambda: T.FalconConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, vocab_size=len(tokenizer),
+                                         multi_query=True, parallel_attn=True),  # fused multi-query q/k/v
+        "granite": lambda: T.GraniteConfig(**small, num_key_value_heads=2, residual_multiplier=0.5, attention_multiplier=0.3),
+        "opt": lambda: T.OPTConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, ffn_dim=96, word_embed_proj_dim=64,
+                                   vocab_size=len(tokenizer), max_position_embeddings=256),
+        "bloom": lambda: T.BloomConfig(n_layer=2, n_head=4, hidden_size=64, vocab_size=len(tokenizer)),
+    }
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(configs[name]())
+    model.config.architectures = [type(model).__name__]
+    folder = tmp_path_factory.mktemp(name)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# the output projection of each, by hand (the oracle's only knowledge of these families)
+UNNAMED_Z_PROJ = {"stablelm": ("model.layers", "self_attn.o_proj"), "cohere": ("model.layers", "self_attn.o_proj"),
+                  "falcon": ("transformer.h", "self_attention.dense")}
+
+
+@pytest.mark.parametrize("name", list(UNNAMED_Z_PROJ))
+def test_a_family_no_test_names_patches_correctly(name, tmp_path_factory):
+    folder = _unnamed_family(name, tmp_path_factory)
+    plain = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    layers_path, z_path = UNNAMED_Z_PROJ[name]
+    for backend in BACKENDS:
+        model = interp.load_model(str(folder), backend=backend)
+        task = tasks.ioi(model, n_prompts=2, seed=1)
+        result = activation_patching(model, task, "heads_pos", progress=False)
+        c = model.config
+        z_of = {}
+        for run in ("corrupt", "clean"):
+            module = get_path(get_path(plain, layers_path)[1], z_path)
+            handle = module.register_forward_pre_hook(lambda m, args, run=run: z_of.__setitem__(run, args[0].clone()))
+            with torch.no_grad():
+                plain(getattr(task, f"{run}_tokens"))
+            handle.remove()
+        for head, position in ((0, c.n_heads and task.n_positions - 1), (3, task.n_positions - 2)):
+            i = result.components.index(f"L1.H{head}@{position}")
+            width = slice(head * c.d_head, (head + 1) * c.d_head)
+
+            def put(module, args):
+                x = args[0].clone()
+                x[:, position, width] = z_of["corrupt"][:, position, width]
+                return (x,)
+            handle = get_path(get_path(plain, layers_path)[1], z_path).register_forward_pre_hook(put)
+            with torch.no_grad():
+                logits = plain(task.clean_tokens).logits
+            handle.remove()
+            expected = interp.metrics.logit_diff(logits[:, -1], task.answers, task.wrong_answers, None)
+            np.testing.assert_allclose(result.arrays["patched_metric"][:, i], expected.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_a_residual_multiplier_keeps_patching_and_refuses_edges_in_one_line(tmp_path_factory):
+    from circuits.edge_attribution import edge_attribution
+    from interp.architectures import UnsupportedArchitectureError
+
+    model = interp.load_model(str(_unnamed_family("granite", tmp_path_factory)), backend="nnsight")
+    assert not model.layout.writes_add
+    task = tasks.ioi(model, n_prompts=2, seed=1)
+    assert np.isfinite(activation_patching(model, task, "heads", progress=False).scores).all()
+    with pytest.raises(UnsupportedArchitectureError, match="residual stream is not the sum of the attention and MLP outputs"):
+        edge_attribution(model, task, "eap", progress=False)
+
+
+@pytest.mark.parametrize("name, part", [
+    ("opt", "could not find the MLP \\(a child of model.decoder.layers.0 named mlp/"),
+    ("bloom", "could not find the attention's own output \\(the norm post_attention_layernorm reads"),
+])
+def test_a_family_the_rules_cannot_read_is_one_line_naming_the_part(name, part, tmp_path_factory):
+    from interp.architectures import UnsupportedArchitectureError
+    from interp.cli import main
+
+    folder = _unnamed_family(name, tmp_path_factory)
+    with pytest.raises(UnsupportedArchitectureError, match=part) as caught:
+        interp.load_model(str(folder), backend="nnsight")
+    assert "\n" not in str(caught.value) and "register_override" in str(caught.value)
+    out = tmp_path_factory.mktemp(f"{name}-run")
+    assert main(["patch", "--model", str(folder), "--task", "ioi", "--n-prompts", "2", "--out", str(out / "x")]) == 2

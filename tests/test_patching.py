@@ -174,3 +174,17 @@ def test_positions_before_the_first_difference_cost_no_forward(random_llama, lla
     grid = result.grid()  # [layer, head, position]
     assert np.abs(grid[:, :, :first]).max() == 0.0
     assert np.abs(grid[:, :, first:]).max() > 1e-3
+
+
+def test_a_wrong_resume_is_caught_by_the_unpatched_check_variant(random_llama, llama_ioi, monkeypatch):
+    """Every group of patched runs carries one unpatched variant through the same shortcut; a
+    resume that replays the wrong residual stream must fail loudly, not return numbers."""
+    from interp import patching
+
+    real = patching.Resume
+
+    def wrong(layer, position, resid, past_key_values=None):
+        return real(layer, position, None if resid is None else resid * 1.01, past_key_values)
+    monkeypatch.setattr(patching, "Resume", wrong)
+    with pytest.raises(patching.ResumeCheckError, match="a run resumed at layer 1 from position .* gives the metric"):
+        activation_patching(random_llama, llama_ioi, "heads", progress=False)
