@@ -192,8 +192,8 @@ def discover_layout(hf_model: torch.nn.Module, shapes: Shapes, model_name: str) 
     if mlp is None:
         raise fail("the MLP", f"a child of {layers_path}.0 named {'/'.join(_MLP_NAMES)} or whose class says MLP/MoE")
     found: dict[str, Any] = {"layers": layers_path, "attn": attn, "mlp": mlp}
-    found.update(_attention_parts(children[attn], attn, shapes, fail))
-    found.update(_mlp_parts(children[mlp], mlp, shapes, fail))
+    found.update(_attention_parts(children[attn], attn, shapes, fail, override))
+    found.update(_mlp_parts(children[mlp], mlp, shapes, fail, override))
     found["final_norm"] = override.get("final_norm") or _find_final_norm(hf_model, layers_path)
     if found["final_norm"] is None:
         raise fail("the final norm", "a norm module outside the decoder layers")
@@ -236,11 +236,14 @@ def _leaf_name(path: str) -> str:
     return path.rsplit(".", 1)[-1].lower()
 
 
-def _attention_parts(attention: torch.nn.Module, prefix: str, s: Shapes, fail) -> dict[str, Any]:
+def _attention_parts(attention: torch.nn.Module, prefix: str, s: Shapes, fail, override: dict) -> dict[str, Any]:
+    """q/k/v, the output projection and q/k norms inside the attention (fields in ``override``
+    are taken as given)."""
     projections = _projections(attention, prefix)
     q_width, kv_width = s.n_heads * s.d_head, s.n_kv_heads * s.d_head
     fused = [p for p, (i, o) in projections.items() if i == s.d_model and o == q_width + 2 * kv_width]
-    outs = [p for p, (i, o) in projections.items() if i == q_width and o == s.d_model]
+    outs = [override["z_proj"]] if "z_proj" in override else [
+        p for p, (i, o) in projections.items() if i == q_width and o == s.d_model]
     named_outs = [p for p in outs if _leaf_name(p) in _OUT_NAMES]
     if len(outs) > 1:
         outs = named_outs
@@ -249,7 +252,11 @@ def _attention_parts(attention: torch.nn.Module, prefix: str, s: Shapes, fail) -
                    f"named {'/'.join(_OUT_NAMES)}; found {sorted(projections)}")
     parts: dict[str, Any] = {"z_proj": outs[0]}
     inputs = {p: f for p, f in projections.items() if p != outs[0] and f[0] == s.d_model}
-    if fused and not [p for p, (i, o) in inputs.items() if o == q_width and p not in fused]:
+    if "qkv" in override:
+        parts["qkv"] = tuple(override["qkv"])
+        if len(parts["qkv"]) == 1:
+            parts["fused_qkv"] = override.get("fused_qkv", "concat")
+    elif fused and not [p for p, (i, o) in inputs.items() if o == q_width and p not in fused]:
         parts.update(qkv=(fused[0],), fused_qkv="concat")
     else:
         def named(width: int, letters: tuple[str, ...]) -> list[str]:
@@ -270,7 +277,11 @@ def _attention_parts(attention: torch.nn.Module, prefix: str, s: Shapes, fail) -
     return parts
 
 
-def _mlp_parts(mlp: torch.nn.Module, prefix: str, s: Shapes, fail) -> dict[str, Any]:
+def _mlp_parts(mlp: torch.nn.Module, prefix: str, s: Shapes, fail, override: dict) -> dict[str, Any]:
+    """The MLP's projections and activation, or its experts (fields in ``override`` are taken as
+    given: with ``mlp_out_proj`` and ``mlp_in`` both overridden, no rule runs)."""
+    if "mlp_out_proj" in override and "mlp_in" in override:
+        return {}
     experts = [name for name, child in mlp.named_children()
                if any(p.dim() == 3 for p in child.parameters(recurse=False))]
     if experts:

@@ -199,8 +199,9 @@ def test_layout_is_discovered_from_the_module_tree(family):
     layout = _model(family, "nnsight").layout.describe()
     for field, value in EXPECTED[family].items():
         assert layout[field] == value, field
-    assert not set(layout) - set(EXPECTED[family]) - {"mlp_act"} or all(
-        layout[f] in (None, False, 0) for f in set(layout) - set(EXPECTED[family]) - {"mlp_act"})
+    rest = set(layout) - set(EXPECTED[family]) - {"mlp_act", "writes_add", "layer_returns_tuple"}
+    assert all(layout[field] in (None, False, 0) for field in rest), {f: layout[f] for f in rest}
+    assert layout["writes_add"] and not layout["layer_returns_tuple"]
 
 
 @pytest.mark.parametrize("family", RANDOM_FAMILIES)
@@ -321,6 +322,37 @@ def test_atp_agrees_across_backends_and_with_a_plain_gradient(family):
     np.testing.assert_allclose(per_prompt[:, node] * difference, by_hand.numpy(), atol=1e-5, rtol=1e-3)
 
 
+@pytest.mark.parametrize("family", RANDOM_FAMILIES)
+def test_atp_matches_transformer_lens_attribution_patching(family):
+    """TransformerLens' own node attribution on the bridge (denoising: gradient on the corrupt run)."""
+    from transformer_lens.tools.analysis import attribution_patching as tl_atp
+
+    model, task = _model(family, "transformer_lens"), _task(family)
+    result = attribution_patching(model, task, "heads_pos", method="atp", direction="denoising", progress=False)
+    n = task.clean_tokens.shape[0]
+    reference = {}
+    embedding = model.hf_model.get_input_embeddings().weight
+    embedding.requires_grad_(True)  # TransformerLens' backward hooks need a graph; interp freezes weights
+    try:
+        for i in range(n):
+            answer, wrong = task.answers[i:i + 1], task.wrong_answers[i:i + 1]
+            metric = lambda logits: interp.metrics.logit_diff(logits[:, -1], answer, wrong, None).sum()  # noqa: E731
+            scores = tl_atp.attribution_patch(model.backend.bridge, task.clean_tokens[i:i + 1], task.corrupt_tokens[i:i + 1],
+                                              metric).node_scores
+            for node, value in scores.items():
+                if node.kind == "attn_head_out":
+                    name = f"L{node.layer}.H{node.head}@{node.position}"
+                    reference[name] = reference.get(name, 0.0) + value / n
+    finally:
+        embedding.requires_grad_(False)
+    difference = result.arrays["per_prompt"].mean(0)
+    scale = (result.corrupt_metric - result.clean_metric)
+    ours = dict(zip(result.components, difference * -scale))  # raw mean estimate, denoising sign
+    names = sorted(reference)
+    assert set(ours) == set(reference)
+    np.testing.assert_allclose([ours[k] for k in names], [reference[k] for k in names], atol=1e-4, rtol=1e-3)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", RANDOM_FAMILIES)
 def test_qk_fix_reproduces_the_familys_attention(family, backend):
@@ -365,6 +397,9 @@ def test_eap_node_sums_equal_atp_and_edge_patching_endpoints(family):
     from interp.sublayers import Sublayers
 
     model, task = _model(family, "nnsight"), _task(family)
+    # completeness at the embedding: its summed EAP-IG scores approach the whole difference (1) as steps grow
+    error = [abs(edge_attribution(model, task, "eap-ig", steps=steps, progress=False).node_scores()[0] - 1) for steps in (1, 32)]
+    assert error[1] < error[0] and error[1] < 0.6
     scores = edge_attribution(model, task, "eap", progress=False)
     graph = scores.graph
     for granularity, kind in (("heads", "head"), ("mlp_out", "mlp")):
@@ -648,3 +683,22 @@ def test_a_family_the_rules_cannot_read_is_one_line_naming_the_part(name, part, 
     assert "\n" not in str(caught.value) and "register_override" in str(caught.value)
     out = tmp_path_factory.mktemp(f"{name}-run")
     assert main(["patch", "--model", str(folder), "--task", "ioi", "--n-prompts", "2", "--out", str(out / "x")]) == 2
+
+
+def test_an_override_supplies_what_the_rules_cannot_find(monkeypatch):
+    """With q and the output projection of one shape and no name to tell them apart, the rules
+    stop in one line; the override they suggest makes the model load, and load correctly."""
+    from interp import architectures
+    from interp.architectures import UnsupportedArchitectureError, register_override
+
+    monkeypatch.setattr(architectures, "_OUT_NAMES", ("proj",))
+    with pytest.raises(UnsupportedArchitectureError, match="could not find the attention output projection .*register_override"):
+        interp.load_model("random-llama3", backend="nnsight")
+    monkeypatch.setitem(architectures.OVERRIDES, "LlamaForCausalLM", {})
+    register_override("LlamaForCausalLM", z_proj="self_attn.o_proj")
+    model = interp.load_model("random-llama3", backend="nnsight")
+    assert model.layout.z_proj == "self_attn.o_proj"
+    tokens = _task("llama3").clean_tokens
+    _, cache = model.run_with_cache(tokens, ["L1.H2"])
+    _, plain = plain_run("llama3", tokens, reads={Site("z", 1)})
+    torch.testing.assert_close(cache["L1.H2"], plain[Site("z", 1)][:, :, 2])
