@@ -1,7 +1,7 @@
 """Write small GGUF files of other families for the tests: a random-weight Hugging Face model of
 ``interp.toy_models``'s config for the family, written out under llama.cpp's tensor names (gguf-py's
 own name map) with its config under transformers' GGUF keys and a byte-level BPE vocabulary (the
-256 bytes, no merges), so the files are small and quick to read.
+256 bytes and two merges), so the files are small and quick to read.
 
 The weights need not survive the round trip exactly (transformers reorders some on reading); the
 tests compare interp on the file with transformers' own reading of the same file.
@@ -28,7 +28,9 @@ def _byte_tokens() -> list[str]:
     return [chr(by_byte[b]) for b in range(256)]
 
 
-VOCAB = 257  # the 256 bytes and an end-of-text token
+# the 256 bytes, two merges ("Ġt", "Ġa": older GGUF readers need merges, and read a list of one as a
+# plain string) and an end-of-text token
+VOCAB = 259
 
 
 def write_gguf(family: str, architecture: str, path: Path) -> Path:
@@ -60,10 +62,10 @@ def write_gguf(family: str, architecture: str, path: Path) -> Path:
             writer.add_uint32(full, int(value))
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt2")
-    writer.add_token_list(_byte_tokens() + ["<|endoftext|>"])
-    writer.add_token_types([gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL])
+    writer.add_token_list(_byte_tokens() + ["\u0120t", "\u0120a", "<|endoftext|>"])
+    writer.add_token_types([gguf.TokenType.NORMAL] * (VOCAB - 1) + [gguf.TokenType.CONTROL])
     writer.add_token_scores([0.0] * VOCAB)
-    writer.add_token_merges([])
+    writer.add_token_merges(["\u0120 t", "\u0120 a"])
     writer.add_bos_token_id(VOCAB - 1)
     writer.add_eos_token_id(VOCAB - 1)
     writer.add_pad_token_id(VOCAB - 1)
