@@ -641,7 +641,7 @@ def test_a_family_no_test_names_patches_correctly(name, tmp_path_factory):
             with torch.no_grad():
                 plain(getattr(task, f"{run}_tokens"))
             handle.remove()
-        for head, position in ((0, c.n_heads and task.n_positions - 1), (3, task.n_positions - 2)):
+        for head, position in ((0, task.n_positions - 1), (3, task.n_positions - 2)):
             i = result.components.index(f"L1.H{head}@{position}")
             width = slice(head * c.d_head, (head + 1) * c.d_head)
 
