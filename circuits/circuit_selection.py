@@ -33,11 +33,6 @@ def top_edges(graph: EdgeGraph, scores: np.ndarray, n: int) -> np.ndarray:
     return keep.reshape(graph.valid.shape)
 
 
-def threshold_edges(graph: EdgeGraph, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Existing edges with |score| >= ``threshold``."""
-    return graph.valid & (np.abs(scores) >= threshold)
-
-
 def input_owners(graph: EdgeGraph) -> list[list[int]]:
     """For each downstream column, the upstream rows of the node(s) it is an input of
     (a KV group feeds every query head of the group; LOGITS has none)."""

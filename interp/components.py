@@ -159,11 +159,6 @@ class Component:
         return self
 
 
-def parse_components(names: "list[str | Component]", config: "ModelConfig") -> list[Component]:
-    """Parse and validate a list of component names."""
-    return [Component.parse(name).validate(config) for name in names]
-
-
 # ----------------------------------------------------------------------------- granularities
 # One enumeration function per granularity; each yields components in a fixed order whose
 # array shape is given by ``granularity_shape``.

@@ -22,13 +22,15 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interp.analysis import Analysis, ConfigError, RunSettings, option, register
 from interp.backends.base import Edit, RunSpec
-from interp.components import POSITION_AXIS, SPLICE_GRANULARITIES, Component, Site, enumerate_components, granularity_shape
+from interp.components import GRANULARITIES, POSITION_AXIS, SPLICE_GRANULARITIES, Component, Site, enumerate_components, granularity_shape
 from interp.corruption import (RunInput, check_settings, clean_and_corrupt, first_difference, noise_edit,
                                target_and_source)
 from interp.metrics import normalized, task_metric
@@ -151,7 +153,9 @@ def activation_patching(
         corruption: "tokens" (the task's corrupt prompts) or "gaussian" (noise of ``noise_std``
             embedding standard deviations on the subject tokens, seeded).
         layers: restrict the sweep to these layers (default all).
-        batch_size: patched variants per forward; default from ``memory_budget_mb``.
+        batch_size: sequences per forward pass (each patched variant holds all ``n_prompts``
+            prompts, so ``batch_size // n_prompts`` variants, at least one); default from
+            ``memory_budget_mb``.
         components: patch exactly these components instead of every one of ``granularity``
             (the result then has shape [len(components)]).
 
@@ -189,7 +193,7 @@ def activation_patching(
         bar = tqdm(total=len(components), initial=len(unchanged), desc=f"patching {label}", disable=not progress,
                    unit="component")
         for (layer, start), indices in sorted(groups.items()):
-            per_batch = batch_size or max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_prompts, n_positions, layer, start)))
+            per_batch = max(1, batch_size // n_prompts) if batch_size else max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_prompts, n_positions, layer, start)))
             for chunk_start in range(0, len(indices), per_batch):
                 chunk = indices[chunk_start:chunk_start + per_batch]
                 values = _patched_forward(model, runs, [components[i] for i in chunk], layer, start, n_prompts, metric_of,
@@ -275,18 +279,57 @@ def _patched_forward(model: Model, runs: _Runs, components: list[Component], lay
     return values
 
 
-# Thin named wrappers, one per granularity (TransformerLens' naming style).
-def patch_resid(model: Model, task: Task, **kwargs) -> Result:
-    return activation_patching(model, task, "resid", **kwargs)
+@dataclass(frozen=True)
+class PatchingConfig(RunSettings):
+    """``interp patch``: exact activation patching, or its attribution estimate (AtP / AtP*),
+    over one granularity or an explicit list of components."""
+
+    aliases = {"method": {"atp-star": "atp*"}}
+
+    granularity: Literal[tuple(GRANULARITIES)] = option("heads", "what one component is")  # type: ignore[valid-type]
+    method: Literal["exact", "atp", "atp*"] = option(
+        "exact", "exact patching, or attribution patching (AtP; AtP* = QK fix + GradDrop; atp-star is the same, "
+                 "and needs no quotes in a shell)")
+    components: tuple[str, ...] | None = option(
+        None, "patch these components instead of a granularity, e.g. L9.H6@13,L3.TC.1234@13")
+    noise_std: float = option(3.0, "gaussian corruption: noise in embedding standard deviations", minimum=0)
+    grad_drop: Literal["block", "sublayer"] = option("block", "AtP*: GradDrop unit")
+    verify_top: int = option(0, "AtP/AtP*: exactly patch the K top-ranked components", minimum=0)
+    diagnose: bool = option(False, "AtP/AtP*: bound the effect of unverified components")
+    diagnose_samples: int = option(256, "AtP/AtP* diagnostic: random subsets patched", minimum=1)
+    diagnose_p: float = option(0.1, "AtP/AtP* diagnostic: inclusion probability per component and sample",
+                               minimum=0, maximum=1)
+    confidence: float = option(0.95, "AtP/AtP* diagnostic: confidence of the bound", minimum=0, maximum=1)
+
+    def validate(self) -> None:
+        if self.method == "exact" and (self.verify_top or self.diagnose):
+            raise ConfigError("--verify-top and --diagnose check an AtP/AtP* ranking; use them with --method atp or atp*")
 
 
-def patch_heads(model: Model, task: Task, **kwargs) -> Result:
-    return activation_patching(model, task, "heads", **kwargs)
+def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConfig()) -> Result:
+    """The patching analysis: :func:`activation_patching` or ``attribution_patching`` (then
+    ``verify_top`` and ``diagnose`` as asked) with ``config``'s settings."""
+    shared = dict(direction=config.direction, metric=config.metric, corruption=config.corruption,
+                  noise_std=config.noise_std, seed=config.seed, layers=list(config.layers) if config.layers else None,
+                  batch_size=config.batch_size, progress=config.progress,
+                  components=list(config.components) if config.components else None)
+    if config.method == "exact":
+        result = activation_patching(model, task, config.granularity, memory_budget_mb=config.memory_mb, **shared)
+    else:
+        from interp.attribution import attribution_patching, diagnose, verify_top
+
+        result = attribution_patching(model, task, config.granularity, method=config.method,
+                                      grad_drop=config.grad_drop if config.method == "atp*" else False, **shared)
+        if config.verify_top:
+            verify_top(model, task, result, config.verify_top, progress=config.progress)
+        if config.diagnose:
+            diagnose(model, task, result, samples=config.diagnose_samples, p=config.diagnose_p,
+                     confidence=config.confidence, seed=config.seed)
+    result.analysis = "patching"
+    return result
 
 
-def patch_heads_by_pos(model: Model, task: Task, **kwargs) -> Result:
-    return activation_patching(model, task, "heads_pos", **kwargs)
-
-
-def patch_block(model: Model, task: Task, **kwargs) -> Result:
-    return activation_patching(model, task, "block", **kwargs)
+register(Analysis(
+    name="patching", config=PatchingConfig, run=run_patching, methods=("exact", "atp", "atp*"), page="Patching",
+    figures="interp.ui.figures:patching_figures",
+    summary="the effect of each component on the task's metric: exact activation patching, AtP or AtP*"))

@@ -69,6 +69,7 @@ class Result:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     versions: dict = field(default_factory=versions)
+    analysis: str = ""  # the registered analysis that wrote it (``interp.analysis``); "" in older run folders
 
     def grid(self, name: str = "scores") -> np.ndarray:
         """``scores`` (or a named array) folded to ``shape``."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from circuits.dictionary import DictionaryConfig, SparseDictionary
 from circuits.dictionary_io import save_dictionary
-from interp import cli
+from interp.ui import cli
 
 RUNS = {
     "heads-exact": ["patch", "--model", "toy-induction", "--task", "induction", "--n-prompts", "4", "--granularity",

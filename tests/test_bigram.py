@@ -15,7 +15,7 @@ from circuits.subnetwork_evaluation import (ablation_table, bigram_fit, kept_by_
                                             surprisal_pairs)
 from circuits.weight_masks import (MaskError, complement, kept_fraction, load_masks, maskable_matrices, masked,
                                    random_like, save_masks)
-from interp import cli
+from interp.ui import cli
 from interp.corpus import Corpus, CorpusError
 from interp.results import Result
 from interp.toy_models import markov_corpus, toy_tokenizer

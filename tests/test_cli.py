@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from interp import cli, patching
+from interp import patching
+from interp.ui import cli
 from interp.results import Result
 
 BASE = ["patch", "--model", "random-llama", "--task", "ioi", "--n-prompts", "3"]

@@ -121,7 +121,7 @@ from circuits.activation_store import ActivationStore, batches_from_shards, read
 from circuits.dictionary_evaluation import evaluate_dictionary, spliced  # noqa: E402
 from circuits.dictionary_io import load_dictionary, save_dictionary  # noqa: E402
 from interp.hf_compat import unwrapped  # noqa: E402
-from interp.cli import main  # noqa: E402
+from interp.ui.cli import main  # noqa: E402
 from interp.components import ComponentError, Site  # noqa: E402
 
 

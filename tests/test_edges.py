@@ -16,7 +16,7 @@ from circuits.edge_runs import upstream_outputs, upstream_sites
 from interp import tasks
 from interp.attribution.atp import attribution_patching
 from interp.backends.base import RunSpec
-from interp.cli import main
+from interp.ui.cli import main
 from interp.components import Site
 from interp.corruption import RunInput
 from interp.patching import activation_patching

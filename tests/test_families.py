@@ -675,7 +675,7 @@ def test_a_residual_multiplier_keeps_patching_and_refuses_edges_in_one_line(tmp_
 ])
 def test_a_family_the_rules_cannot_read_is_one_line_naming_the_part(name, part, tmp_path_factory):
     from interp.architectures import UnsupportedArchitectureError
-    from interp.cli import main
+    from interp.ui.cli import main
 
     folder = _unnamed_family(name, tmp_path_factory)
     with pytest.raises(UnsupportedArchitectureError, match=part) as caught:

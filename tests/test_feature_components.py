@@ -12,7 +12,7 @@ from circuits.dictionary import DictionaryConfig, DictionaryError, SparseDiction
 from circuits.dictionary_evaluation import spliced
 from circuits.dictionary_io import save_dictionary
 from interp.attribution import attribution_patching
-from interp.cli import main
+from interp.ui.cli import main
 from interp.components import Component, ComponentError, Site
 from interp.patching import activation_patching
 from interp.sublayers import Sublayers

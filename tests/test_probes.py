@@ -90,7 +90,7 @@ def test_jsonl_dataset_and_its_errors(random_llama, tmp_path):
 
 
 def test_cli_probe_writes_a_run_and_reports_bad_files(tmp_path, capsys):
-    from interp.cli import main
+    from interp.ui.cli import main
 
     out = tmp_path / "probe"
     assert main(["probe", "--model", "random-llama", "--task", "ioi", "--n-prompts", "12", "--folds", "3", "--out", str(out)]) == 0

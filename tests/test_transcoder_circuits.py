@@ -10,7 +10,7 @@ import interp
 from circuits.dictionary import DictionaryConfig, DictionaryError, SparseDictionary
 from circuits.dictionary_io import save_dictionary
 from circuits.transcoder_circuits import Target, attribution_graph, connections, de_embedding, replacement_forward
-from interp.cli import main
+from interp.ui.cli import main
 from interp.results import Result
 from interp.sublayers import Sublayers
 

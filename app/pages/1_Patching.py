@@ -11,7 +11,7 @@ import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from app.shared import header, pick_run  # noqa: E402
-from interp.plotting import result_heatmap  # noqa: E402
+from interp.ui.figures import result_heatmap  # noqa: E402
 
 header("Patching", "Normalized effect of each component: 0 = no effect, 1 = the full clean-vs-corrupt difference.")
 result = pick_run("Patching")

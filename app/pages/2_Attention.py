@@ -9,7 +9,7 @@ import streamlit as st  # noqa: E402
 
 from app.shared import DEFAULT_MODEL, header, load_model  # noqa: E402
 from interp.head_scores import attention_patterns, head_scores  # noqa: E402
-from interp.plotting import heatmap  # noqa: E402
+from interp.ui.figures import heatmap  # noqa: E402
 
 header("Attention", "Live on a loaded model: patterns per head and the standard head scores.")
 spec = st.sidebar.text_input("model", value=DEFAULT_MODEL)

@@ -9,7 +9,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from app.shared import header, pick_run  # noqa: E402
-from interp.plotting import importance_figure, pruning_curves_figure  # noqa: E402
+from interp.ui.figures import importance_figure, pruning_curves_figure  # noqa: E402
 
 header("Pruning", "Which attention and MLP sublayers are redundant, and what dropping them costs.")
 result = pick_run("Pruning")

@@ -9,7 +9,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from app.shared import header, pick_run  # noqa: E402
-from interp.plotting import bigram_figures  # noqa: E402
+from interp.ui.figures import bigram_figures  # noqa: E402
 
 header("Bigram subnetwork", "The weights that alone predict the next token from the current one (continuous sparsification).")
 result = pick_run("Bigram")

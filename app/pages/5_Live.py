@@ -10,7 +10,7 @@ import streamlit as st  # noqa: E402
 
 from app.shared import DEFAULT_MODEL, header, load_model  # noqa: E402
 from interp.attribution import attribution_patching, verify_top  # noqa: E402
-from interp.plotting import result_heatmap  # noqa: E402
+from interp.ui.figures import result_heatmap  # noqa: E402
 from interp.tasks import Task  # noqa: E402
 
 header("Live patching", "AtP* ranks every head from a few forward and backward passes; the top k are then patched exactly.")

@@ -11,7 +11,7 @@ import streamlit as st  # noqa: E402
 from app.shared import header, pick_run, selected_folder  # noqa: E402
 from circuits.circuit_selection import CircuitError, load_graph  # noqa: E402
 from circuits.edge_circuits import circuit_from_result  # noqa: E402
-from interp.circuit_plots import circuit_graph_figure, faithfulness_figure  # noqa: E402
+from interp.ui.circuit_figures import circuit_graph_figure, faithfulness_figure  # noqa: E402
 
 header("Circuit", "Edges scored by EAP / EAP-IG; a circuit keeps the top-n edges and patches every other edge from the "
                   "corrupt run. Faithfulness: 0 = the corrupt run, 1 = the full model.")

@@ -10,7 +10,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from app.shared import header, pick_run, selected_folder  # noqa: E402
-from interp.circuit_plots import feature_graph_figure  # noqa: E402
+from interp.ui.circuit_figures import feature_graph_figure  # noqa: E402
 
 header("Features", "Attribution graph of one prompt through transcoders (`interp transcoder circuit`): edges are direct "
                    "linear effects with attention patterns and norm scales frozen; the heads that matter most are nodes.")

@@ -96,7 +96,7 @@ def _settings(args: argparse.Namespace, tokens) -> dict:
 
 def _run_redundancy(args: argparse.Namespace) -> int:
     from interp.layer_dropping import DropError
-    from interp.plotting import importance_figure, pruning_curves_figure, write_figures
+    from interp.ui.figures import importance_figure, pruning_curves_figure, write_figures
     from interp.pruning import candidate_units, findings, pruning_curves
     from interp.redundancy import ablation_scores
     from interp.results import Result

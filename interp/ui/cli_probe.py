@@ -38,7 +38,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     import plotly.graph_objects as go
 
     from interp.loading import load_model
-    from interp.plotting import write_figures
+    from interp.ui.figures import write_figures
     from interp.results import Result
     from interp.tasks import GENERATORS, get_task
     from probes.activations import residual_activations

@@ -70,7 +70,7 @@ def _run_bigram(args: argparse.Namespace) -> int:
     from circuits.weight_masks import maskable_matrices, save_masks
     from interp.corpus import load_corpus
     from interp.loading import load_model
-    from interp.plotting import bigram_figures, write_figures
+    from interp.ui.figures import bigram_figures, write_figures
     from interp.results import Result
 
     configs = [_config(args, lam, args.target) for lam in args.lambdas]  # bad settings fail before loading anything

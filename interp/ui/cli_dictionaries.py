@@ -181,10 +181,10 @@ def _run_circuit(args: argparse.Namespace) -> int:
 
     from circuits.dictionary_io import load_dictionary
     from circuits.transcoder_circuits import attribution_graph
-    from interp.circuit_plots import feature_graph_figure
+    from interp.ui.circuit_figures import feature_graph_figure
     from interp.components import Component
     from interp.loading import load_model
-    from interp.plotting import write_figures
+    from interp.ui.figures import write_figures
 
     transcoders = {}
     for folder in args.transcoders:
@@ -255,7 +255,7 @@ def _result(model, dictionary, metrics: dict, seconds: float, extra: dict, array
 def _write_html(result, out: Path) -> None:
     import plotly.graph_objects as go
 
-    from interp.plotting import write_figures
+    from interp.ui.figures import write_figures
 
     figures = [go.Figure(go.Histogram(x=result.arrays["log10_frequency"], nbinsx=50)).update_layout(
         title=f"latent density · {result.task} · {result.model}", xaxis_title="log10 firing frequency",

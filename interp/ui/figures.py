@@ -165,3 +165,8 @@ def bigram_figures(result: Result) -> list[go.Figure]:
                            yaxis_title="R^2", template="plotly_white")
         figures.append(maps)
     return figures
+
+
+def patching_figures(result: Result) -> list[go.Figure]:
+    """The patching analysis' figures: its heatmap."""
+    return [result_heatmap(result)]

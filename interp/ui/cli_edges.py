@@ -60,9 +60,9 @@ def _sizes(text: str | None) -> list[int] | None:
 def _run_edges(args: argparse.Namespace) -> int:
     from circuits.circuit_selection import save_graph
     from circuits.edge_circuits import discover_edges
-    from interp.circuit_plots import circuit_graph_figure, faithfulness_figure
+    from interp.ui.circuit_figures import circuit_graph_figure, faithfulness_figure
     from interp.loading import load_model
-    from interp.plotting import write_figures
+    from interp.ui.figures import write_figures
     from interp.patching import activation_patching
     from interp.tasks import get_task
 

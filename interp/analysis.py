@@ -1,0 +1,251 @@
+"""The analysis contract: one shape for every analysis.
+
+An analysis is
+
+* a ``Config``: a frozen dataclass whose fields are typed (``Literal`` choices, ``int``/``float``
+  with an optional minimum, ``tuple[int, ...]``, ``X | None``) and carry their help text
+  (:func:`option`). It is validated on construction, so a bad value fails before any model loads,
+  with one line naming the field;
+* ``run(model, inputs, config) -> Result``: the work, which builds its own :class:`Result`
+  (``Result.analysis`` names the analysis; its typed payload is ``payload_type(**result.extra)``);
+* an :class:`Analysis` entry in :data:`ANALYSES` (:func:`register`), which names the app page that
+  shows its results and, as an ``"module:function"`` path, the function that draws its figures
+  (``figures(result) -> list[plotly Figure]``). The path is resolved only when figures are asked
+  for, so the core never imports the interface layer.
+
+Settings several analyses share have one meaning each and live in :class:`RunSettings`:
+``batch_size`` is always *sequences per forward pass* and ``progress`` always defaults to True.
+The command line (``interp.ui.cli``) generates its flags from these dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Literal
+
+from interp.backends import BACKENDS
+from interp.corruption import CORRUPTIONS, DIRECTIONS
+from interp.metrics import METRICS
+
+
+class ConfigError(ValueError):
+    """A configuration value outside what its field allows (a user error: one line)."""
+
+
+def option(default: Any, help: str, *, minimum: float | None = None, flags: tuple[str, ...] = (),
+           maximum: float | None = None) -> Any:
+    """A config field: its default, its help text (shown by ``--help``), an optional numeric range
+    and extra command-line spellings (``flags``, e.g. an old name kept as an alias)."""
+    kwargs = {"default_factory": lambda: default} if isinstance(default, (list, dict)) else {"default": default}
+    return field(metadata={"help": help, "minimum": minimum, "maximum": maximum, "flags": flags}, **kwargs)
+
+
+def flag_name(name: str) -> str:
+    """The command-line spelling of a field: ``n_prompts`` -> ``--n-prompts``."""
+    return "--" + name.replace("_", "-")
+
+
+def _describe(name: str) -> str:
+    return f"{name} ({flag_name(name)})"
+
+
+def _check(name: str, hint: Any, value: Any) -> Any:
+    """``value`` converted to ``hint`` where that is lossless (list -> tuple, int -> float), else
+    :class:`ConfigError`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        problems = []
+        for option_hint in (h for h in options if h is not type(None)):
+            try:
+                return _check(name, option_hint, value)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        raise ConfigError(problems[0])
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{_describe(name)} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{_describe(name)} must be a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_check(name, item, v) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{_describe(name)} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{_describe(name)} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{_describe(name)} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{_describe(name)} must be a string, got {value!r}")
+        return value
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """Base of every analysis' settings: typed fields, validated on construction (see module doc).
+
+    ``aliases`` maps a field to old or shell-safe spellings of its values (``atp-star`` for
+    ``atp*``), replaced by the canonical value on construction."""
+
+    aliases: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str):
+                value = self.aliases.get(f.name, {}).get(value, value)
+            value = _check(f.name, hints[f.name], value)
+            low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if low is not None and value < low:
+                    raise ConfigError(f"{_describe(f.name)} must be at least {low:g}, got {value:g}")
+                if high is not None and value > high:
+                    raise ConfigError(f"{_describe(f.name)} must be at most {high:g}, got {value:g}")
+            object.__setattr__(self, f.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks that involve several fields (override; raise :class:`ConfigError`)."""
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Field values as plain JSON types (tuples become lists)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+Direction = Literal[DIRECTIONS]  # type: ignore[valid-type]
+Corruption = Literal[CORRUPTIONS]  # type: ignore[valid-type]
+Metric = Literal[tuple(METRICS)]  # type: ignore[valid-type]
+
+
+Backend = Literal[BACKENDS]  # type: ignore[valid-type]
+DType = Literal["float32", "float64", "bfloat16", "float16"]
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class ModelOptions(Config):
+    """Which model to load, and how: the same flags and defaults for every command."""
+
+    model: str = option(DEFAULT_MODEL, "bundled name, toy model, HF folder, .gguf file or hub name")
+    backend: Backend = option("nnsight", "nnsight runs the plain Hugging Face modules (every family); "
+                                         "transformer_lens runs TransformerLens' bridge")
+    device: str = option("cpu", "torch device, e.g. cpu, cuda, cuda:1, mps")
+    dtype: DType = option("float32", "weights' dtype")
+
+    def load(self):
+        """The model (``interp.load_model``)."""
+        import torch
+
+        from interp.loading import load_model
+
+        return load_model(self.model, backend=self.backend, device=self.device, dtype=getattr(torch, self.dtype))
+
+
+@dataclass(frozen=True)
+class TaskOptions(Config):
+    """The prompts of a clean-vs-corrupt analysis: a built-in task or a JSONL file."""
+
+    task: str = option("ioi", "ioi | capitals | greater_than | induction | path.jsonl")
+    n_prompts: int = option(16, "prompt pairs (built-in tasks; a file's prompts are all used)", minimum=1)
+
+    def build(self, model, seed: int = 0):
+        """The :class:`interp.tasks.Task` on ``model``."""
+        from interp.tasks import get_task
+
+        return get_task(model, self.task, n_prompts=self.n_prompts, seed=seed)
+
+
+@dataclass(frozen=True)
+class RunSettings(Config):
+    """What every clean-vs-corrupt analysis shares (patching, AtP, edges), one meaning per name."""
+
+    direction: Direction = option("noising", "noising: patch corrupt activations into the clean run; "
+                                             "denoising: clean activations into the corrupt run")
+    corruption: Corruption = option("tokens", "tokens: the task's corrupt prompts; gaussian: noise on the "
+                                              "subject tokens' embeddings (causal tracing)")
+    metric: Metric = option("logit_diff", "logit_diff: answer minus wrong-answer logit; prob: answer "
+                                          "probability; kl: KL(clean || run) in nats")
+    seed: int = option(0, "seed of the prompts, the noise and any sampling")
+    layers: tuple[int, ...] | None = option(None, "layers to sweep, comma-separated (default: all)")
+    batch_size: int | None = option(None, "sequences per forward pass (default: from --memory-mb, or all prompts)",
+                                    minimum=1)
+    memory_mb: float = option(2048.0, "memory budget of one batched forward pass, MiB", minimum=1)
+    progress: bool = option(True, "show progress bars")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A registered analysis.
+
+    ``methods`` are the ``Result.method`` values its runs write (the app picks the page by them,
+    for run folders written before ``Result.analysis`` existed); ``page`` is the title of the app
+    page that shows them (None: no page); ``figures`` is ``"module:function"``.
+    """
+
+    name: str
+    config: type[Config]
+    run: Callable[..., Any]
+    summary: str
+    methods: tuple[str, ...] = ()
+    page: str | None = None
+    figures: str | None = None
+    payload: type | None = None
+
+    def figures_of(self, result) -> list:
+        """The analysis' figures of ``result`` (empty when it registers none)."""
+        if self.figures is None:
+            return []
+        module, _, function = self.figures.partition(":")
+        return list(getattr(importlib.import_module(module), function)(result))
+
+
+ANALYSES: dict[str, Analysis] = {}
+
+
+def register(analysis: Analysis) -> Analysis:
+    """Add ``analysis`` to :data:`ANALYSES` (a second registration of the same name replaces it)."""
+    ANALYSES[analysis.name] = analysis
+    return analysis
+
+
+def analysis_of(result) -> Analysis | None:
+    """The registered analysis that wrote ``result``: by ``result.analysis``, else by its method."""
+    name = getattr(result, "analysis", None)
+    if name in ANALYSES:
+        return ANALYSES[name]
+    return next((a for a in ANALYSES.values() if result.method in a.methods), None)
+
+
+def payload_of(result):
+    """``result.extra`` as its analysis' typed payload (the dict itself where none is registered)."""
+    analysis = analysis_of(result)
+    if analysis is None or analysis.payload is None:
+        return result.extra
+    names = {f.name for f in fields(analysis.payload)}
+    return analysis.payload(**{k: v for k, v in result.extra.items() if k in names})

@@ -1,0 +1,154 @@
+"""The ``interp`` command line. Every subcommand writes a run folder and prints where it is.
+
+    interp patch --model smollm2-135m --task ioi --n-prompts 16 --granularity heads \
+        --method exact --direction noising --out runs/ioi-heads
+    interp patch --method atp-star --granularity heads_pos --verify-top 20 --diagnose
+    interp redundancy --model smollm2-135m --out runs/redundancy
+    interp drop --model smollm2-135m --attn 8 --out runs/drop-attn8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+
+from interp.analysis import TaskOptions
+from interp.patching import PatchingConfig
+from interp.ui.cli_bigram import add_command as add_bigram_command
+from interp.ui.cli_edges import add_command as add_edges_command
+from interp.ui.cli_probe import add_command as add_probe_command
+from interp.ui.cli_dictionaries import add_commands as add_dictionary_commands
+from interp.ui.cli_redundancy import add_commands as add_redundancy_commands
+from interp.ui.flags import add_config_flags, add_model_flags, config_from_args, load, save_run, subcommand
+
+# Errors that are the user's input, reported as one line (never a traceback).
+_USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError, KeyError)  # DictionaryError, EdgeError, ... are ValueErrors
+
+
+def _add_patch(subparsers) -> None:
+    p = subcommand(subparsers, "patch", "activation patching sweep over one granularity",
+                   "Activation patching: the effect of each component on the task's metric.")
+    add_model_flags(p)
+    add_config_flags(p, TaskOptions, group="prompts")
+    add_config_flags(p, PatchingConfig, group="analysis")
+    p.add_argument("--dictionary", action="append", default=[], metavar="FOLDER",
+                   help="splice this SAE/transcoder folder in (repeatable); its latents become components L<layer>.SAE.<i> / "
+                        "L<layer>.TC.<i> (granularities features, features_pos) and its error term L<layer>.SAE_ERR / TC_ERR")
+    p.add_argument("--no-error-term", action="store_true",
+                   help="splice dictionaries without their error term (the model then runs on reconstructions)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<task>-<granularity>[-<method>])")
+    p.set_defaults(func=_run_patch)
+
+
+def _run_patch(args: argparse.Namespace) -> int:
+    from interp.patching import run_patching
+
+    config = config_from_args(PatchingConfig, args)
+    inputs = config_from_args(TaskOptions, args)
+    suffix = "" if config.method == "exact" else "-" + config.method.replace("*", "star")
+    out = Path(args.out or f"runs/{Path(inputs.task).stem}-{config.granularity}{suffix}")
+    model = load(args)
+    task = inputs.build(model, seed=config.seed)
+    with ExitStack() as stack:
+        for folder in args.dictionary:
+            stack.enter_context(_spliced_folder(model, folder, not args.no_error_term))
+        result = run_patching(model, task, config)
+    if args.dictionary:
+        result.settings.update(dictionaries=[str(Path(f).resolve()) for f in args.dictionary], error_term=not args.no_error_term)
+    written = save_run(result, out)
+    print(f"{result.method} patching, {config.granularity}, {task.name} on {model.config.name}: "
+          f"clean {config.metric} {result.clean_metric:.3f}, corrupt {result.corrupt_metric:.3f}, "
+          f"{result.n_forward_passes} forward + {result.n_backward_passes} backward passes, {result.wall_seconds:.1f} s")
+    check = result.extra.get("verification")
+    if check:
+        print(f"verified the top {check['k']} exactly ({check['forward_passes']} forward passes, {check['seconds']:.1f} s): "
+              f"largest |estimate - exact| {check['max_abs_error']:.4f}")
+    bound = result.extra.get("diagnostic")
+    if bound:
+        print(f"diagnostic: no unverified component has |effect| above {bound['bound']:.4f} (normalized) at "
+              f"{bound['confidence']:.0%} confidence (largest: {bound['component']}; {bound['samples']} samples; "
+              f"{bound['n_without_enough_samples']} of {bound['n_unverified']} components sampled too rarely to bound; "
+              "assumes jointly patched effects add)")
+    _print_top(result)
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _spliced_folder(model, folder: str, error_term: bool):
+    """Context in which ``model`` runs with the dictionary saved in ``folder`` spliced in."""
+    from circuits.dictionary_evaluation import spliced
+    from circuits.dictionary_io import load_dictionary
+
+    dictionary = load_dictionary(folder)
+    print(f"splicing {dictionary.config.kind} {folder} at {dictionary.config.site} ({dictionary.config.d_sae} latents"
+          f"{', with its error term' if error_term else ', no error term'})", file=sys.stderr)
+    return spliced(model, dictionary, error_term=error_term)
+
+
+def _print_top(result) -> None:
+    exact = result.arrays.get("exact")
+    print("top components (normalized effect" + (", exact where verified):" if exact is not None else "):"))
+    for i in result.ranking()[:10]:
+        line = f"  {result.components[i]:<16} {result.scores[i]:+.4f}"
+        if exact is not None and not np.isnan(exact[i]):
+            line += f"   exact {exact[i]:+.4f}"
+        print(line)
+
+
+def _add_app(subparsers) -> None:
+    p = subparsers.add_parser("app", help="open the Streamlit circuit explorer on a runs folder",
+                              description="Serve the circuit explorer (app/Home.py) on localhost.")
+    p.add_argument("--runs", default="runs", help="folder whose run folders the app lists")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--model", default=None, help="model for the live pages (default smollm2-135m)")
+    p.set_defaults(func=_run_app)
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import app
+
+    home = Path(app.__file__).resolve().parent / "Home.py"
+    env = {**os.environ, "INTERP_RUNS_DIR": str(Path(args.runs).resolve())}
+    if args.model:
+        env["INTERP_APP_MODEL"] = args.model
+    print(f"serving {home} on http://localhost:{args.port} (runs from {env['INTERP_RUNS_DIR']}); Ctrl-C stops it")
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(args.port),
+                            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"], env=env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interp", description="Mechanistic interpretability toolkit.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_patch(subparsers)
+    add_redundancy_commands(subparsers)
+    add_bigram_command(subparsers)
+    add_edges_command(subparsers)
+    add_dictionary_commands(subparsers)
+    add_probe_command(subparsers)
+    _add_app(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _USER_ERRORS as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"interp: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interp: interrupted; no result was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Command-line flags generated from ``interp.analysis.Config`` dataclasses.
+
+A field ``n_prompts: int = option(16, "...")`` becomes ``--n-prompts N`` with that help text and
+default (shown by ``--help``); ``Literal`` fields get their choices, ``tuple[int, ...]`` fields take
+a comma-separated list, a ``bool`` that defaults to False is a switch and one that defaults to True
+gets ``--no-<name>``. :func:`config_from_args` builds the validated config back from the parsed
+namespace, so names, help and defaults live only in the dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from dataclasses import MISSING, fields
+from typing import Any, Literal
+
+from pathlib import Path
+
+from interp.analysis import Config, ConfigError, ModelOptions, flag_name
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows every default (unless the help text already says it) and keeps the
+    description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or action.option_strings == []:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _strip_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType):
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        if len(options) == 1:
+            return options[0]
+    return hint
+
+
+_WORDS = {int: "integers", float: "numbers", str: "names"}
+
+
+def parse_list(text: str | tuple | None, item: type, flag: str) -> tuple | None:
+    """``"1,2"`` -> ``(1, 2)``; a bad item is a :class:`ConfigError` naming ``flag``."""
+    if text is None or isinstance(text, tuple):
+        return text
+    try:
+        return tuple(item(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma-separated {_WORDS.get(item, item.__name__)}, got {text!r}") from None
+
+
+def _default(f) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config: type[Config], *, skip: tuple[str, ...] = (),
+                     defaults: dict[str, Any] | None = None, group: str | None = None) -> None:
+    """Add one flag per field of ``config`` (except ``skip``) to ``parser``; ``defaults``
+    overrides a field's default for this command only (e.g. a task's prompt count)."""
+    hints = typing.get_type_hints(config)
+    target = parser.add_argument_group(group) if group else parser
+    for f in fields(config):
+        if f.name in skip:
+            continue
+        hint = _strip_optional(hints[f.name])
+        default = (defaults or {}).get(f.name, _default(f))
+        help_text = f.metadata.get("help", "")
+        names = [flag_name(f.name), *f.metadata.get("flags", ())]
+        if hint is bool:
+            if default:
+                target.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                                    help=f"switch off (on by default): {help_text}")
+            else:
+                target.add_argument(*names, dest=f.name, action="store_true", help=help_text)
+            parser.set_defaults(**{f.name: default})
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
+        origin = typing.get_origin(hint)
+        if origin is Literal:
+            choices = list(typing.get_args(hint))
+            choices += [alias for alias in config.aliases.get(f.name, {}) if alias not in choices]
+            kwargs.update(choices=choices)
+        elif origin is tuple:
+            kwargs.update(metavar="A,B,...")  # parsed in config_from_args, so a bad item is one line
+        elif hint in (int, float, str):
+            kwargs.update(type=hint)
+        target.add_argument(*names, **kwargs)
+
+
+def config_from_args(config: type[Config], args: argparse.Namespace, **fixed: Any) -> Config:
+    """``config`` from the parsed flags (fields the command has no flag for keep their defaults)."""
+    hints = typing.get_type_hints(config)
+    values = {}
+    for name in config.field_names():
+        if hasattr(args, name):
+            hint = _strip_optional(hints[name])
+            value = getattr(args, name)
+            if typing.get_origin(hint) is tuple:
+                value = parse_list(value, typing.get_args(hint)[0], flag_name(name))
+            values[name] = value
+    values.update(fixed)
+    return config(**values)
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--backend``, ``--device``, ``--dtype``: the same flags and defaults on every command."""
+    add_config_flags(parser, ModelOptions, group="model")
+
+
+def load(args: argparse.Namespace):
+    """The model the flags of :func:`add_model_flags` name, announced on stderr."""
+    options = config_from_args(ModelOptions, args)
+    print(f"loading {options.model} ({options.backend}, {options.dtype}, {options.device}) ...", file=sys.stderr)
+    return options.load()
+
+
+def subcommand(subparsers, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` shows every default."""
+    return subparsers.add_parser(name, help=help, description=description, formatter_class=Formatter)
+
+
+def save_run(result, out: Path) -> list[Path]:
+    """Save ``result`` into the run folder ``out`` with its analysis' figures (``<analysis>.html``,
+    or ``heatmap.html`` for patching, its name since the first release); returns what was written."""
+    from interp.analysis import analysis_of
+    from interp.ui.figures import write_figures
+
+    result.save(out)
+    written = [out / "result.json"]
+    analysis = analysis_of(result)
+    figures = analysis.figures_of(result) if analysis else []
+    if figures:
+        name = "heatmap.html" if analysis.name == "patching" else f"{analysis.name}.html"
+        write_figures(out / name, figures, f"{analysis.name} · {result.task} · {result.model}")
+        written.append(out / name)
+    return written
