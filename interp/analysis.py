@@ -50,7 +50,7 @@ def flag_name(name: str) -> str:
 
 
 def _describe(name: str) -> str:
-    return f"{name} ({flag_name(name)})"
+    return flag_name(name)
 
 
 def _check(name: str, hint: Any, value: Any) -> Any:
@@ -179,6 +179,19 @@ class TaskOptions(Config):
         from interp.tasks import get_task
 
         return get_task(model, self.task, n_prompts=self.n_prompts, seed=seed)
+
+
+@dataclass(frozen=True)
+class CorpusOptions(Config):
+    """The text of a corpus-based analysis (redundancy, dropping, dictionaries, bigram subnetworks)."""
+
+    corpus: str = option("python-docs", "python-docs (offline default) | toy-markov | file | folder | hf:<dataset>")
+
+    def load(self):
+        """The :class:`interp.corpus.Corpus`."""
+        from interp.corpus import load_corpus
+
+        return load_corpus(self.corpus)
 
 
 @dataclass(frozen=True)

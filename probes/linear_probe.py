@@ -19,18 +19,23 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from interp.analysis import Config, option
 
-@dataclass
-class ProbeConfig:
-    """``C``: inverse regularization strength; ``l1_ratio``: 0 = L2, 1 = L1 (scikit-learn's
-    elastic-net mixing); ``n_splits`` grouped folds; ``confidence`` of the accuracy intervals."""
 
-    C: float = 1.0
-    l1_ratio: float = 0.0
-    n_splits: int = 5
-    max_iter: int = 2000
-    confidence: float = 0.95
-    seed: int = 0
+@dataclass(frozen=True)
+class ProbeConfig(Config):
+    """``interp probe``: a logistic probe per layer. ``C``: inverse regularization strength;
+    ``l1_ratio``: 0 = L2, 1 = L1 (scikit-learn's elastic-net mixing); ``n_splits`` grouped folds;
+    ``confidence`` of the accuracy intervals; ``batch_size``: sequences per forward pass while
+    reading activations."""
+
+    C: float = option(1.0, "inverse regularization strength", minimum=0)
+    l1_ratio: float = option(0.0, "elastic-net mixing: 0 = L2, 1 = L1", minimum=0, maximum=1)
+    n_splits: int = option(5, "grouped cross-validation folds", minimum=2, flags=("--folds",))
+    max_iter: int = option(2000, "solver iterations", minimum=1)
+    confidence: float = option(0.95, "confidence of the accuracy intervals", minimum=0, maximum=1)
+    seed: int = option(0, "seed of the folds, the control task and the prompts")
+    batch_size: int = option(16, "sequences per forward pass while reading activations", minimum=1)
 
 
 @dataclass

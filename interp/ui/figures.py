@@ -170,3 +170,27 @@ def bigram_figures(result: Result) -> list[go.Figure]:
 def patching_figures(result: Result) -> list[go.Figure]:
     """The patching analysis' figures: its heatmap."""
     return [result_heatmap(result)]
+
+
+def probe_figures(result: Result) -> list[go.Figure]:
+    """Probe accuracy per layer with its interval, the control task and the selectivity."""
+    layers = list(range(len(result.scores)))
+    accuracy, arrays = result.scores, result.arrays
+    figure = go.Figure([
+        go.Scatter(x=layers, y=accuracy, name="probe accuracy", mode="lines+markers",
+                   error_y={"type": "data", "symmetric": False, "array": arrays["ci_high"] - accuracy,
+                            "arrayminus": accuracy - arrays["ci_low"]}),
+        go.Scatter(x=layers, y=arrays["control_accuracy"], name="control task", mode="lines+markers"),
+        go.Scatter(x=layers, y=arrays["selectivity"], name="selectivity", mode="lines"),
+    ])
+    figure.add_hline(y=result.extra["chance"], line_dash="dot", annotation_text="chance")
+    figure.update_layout(title=f"linear probes · {result.task} · {result.model}",
+                         xaxis_title="layer (residual stream leaving it)", yaxis_title="accuracy", template="plotly_white")
+    return [figure]
+
+
+def redundancy_figures(result: Result) -> list[go.Figure]:
+    """Importance per unit, and the pruning curves of each evaluation metric (when run)."""
+    curves = result.extra.get("curves")
+    metrics = ("perplexity", "ioi_accuracy", "capitals_accuracy", "greater_than_accuracy") if curves else ()
+    return [importance_figure(result)] + [pruning_curves_figure(curves, m) for m in metrics]

@@ -26,7 +26,8 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or action.option_strings == []:
+        if ("default" in text or action.default is None or action.default is False or action.default == []
+                or action.default is argparse.SUPPRESS or not action.option_strings):
             return text
         return text + " (default: %(default)s)"
 
@@ -46,8 +47,9 @@ def parse_list(text: str | tuple | None, item: type, flag: str) -> tuple | None:
     """``"1,2"`` -> ``(1, 2)``; a bad item is a :class:`ConfigError` naming ``flag``."""
     if text is None or isinstance(text, tuple):
         return text
+    convert = item if item in _WORDS else str  # a Literal item is checked by the config itself
     try:
-        return tuple(item(x.strip()) for x in text.split(",") if x.strip())
+        return tuple(convert(x.strip()) for x in text.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"{flag} must be comma-separated {_WORDS.get(item, item.__name__)}, got {text!r}") from None
 
