@@ -7,19 +7,19 @@ come from the same ``interp`` functions a notebook calls.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
 from interp.results import Result, ResultError
+from interp.ui.analyses import analysis_of
 
-# which page opens a run, by Result.method
-PAGE_OF_METHOD = {"exact": "Patching", "atp": "Patching", "atp*": "Patching", "redundancy": "Pruning",
-                  "drop": "Pruning", "bigram": "Bigram", "optimal-pruning": "Bigram", "eap": "Circuit",
-                  "eap-ig": "Circuit", "feature-graph": "Features"}
-PAGE_FILES = {"Patching": "pages/1_Patching.py", "Pruning": "pages/3_Pruning.py", "Bigram": "pages/4_Bigram.py",
-              "Circuit": "pages/6_Circuit.py", "Features": "pages/7_Features.py"}
+# page title -> its file, from the pages folder ("3_Pruning.py" is the page "Pruning"); which page
+# opens a run is the registered analysis' choice (``interp.analysis.Analysis.page``)
+PAGE_FILES = {path.stem.split("_", 1)[1]: f"pages/{path.name}"
+              for path in sorted((Path(__file__).resolve().parent / "pages").glob("[0-9]*_*.py"))}
 DEFAULT_MODEL = os.environ.get("INTERP_APP_MODEL", "smollm2-135m")
 
 
@@ -35,7 +35,8 @@ class RunEntry:
     def page(self) -> str | None:
         if self.result is None:
             return None
-        return PAGE_OF_METHOD.get(self.result.method)
+        analysis = analysis_of(self.result)
+        return analysis.page if analysis else None
 
 
 def runs_dir() -> Path:
@@ -90,10 +91,17 @@ def selected_folder() -> Path:
 
 @st.cache_resource(show_spinner="loading the model ...")
 def load_model(spec: str, backend: str = "transformer_lens"):
-    """One model per (spec, backend), kept across reruns and pages."""
+    """One model per (spec, backend), kept across reruns, pages and browser sessions; run it only
+    inside :func:`model_lock`, since analyses hook and splice it while they run."""
     import interp
 
     return interp.load_model(spec, backend=backend)
+
+
+@st.cache_resource(show_spinner=False)
+def model_lock(spec: str, backend: str = "transformer_lens") -> threading.Lock:
+    """The lock that serializes every browser session's runs of the shared :func:`load_model`."""
+    return threading.Lock()
 
 
 def header(title: str, caption: str) -> None:

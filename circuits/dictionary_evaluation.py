@@ -113,7 +113,8 @@ def evaluate_dictionary(model: Model, dictionary: SparseDictionary, chunks: torc
     variance = sums["energy"] / n_tokens - mean_y.pow(2).sum().item()
     ce_mean = {name: torch.cat(values).mean().item() for name, values in ce.items()}
     frequency = fired / n_tokens
-    recovered = (ce_mean["zero"] - ce_mean["spliced"]) / (ce_mean["zero"] - ce_mean["clean"]) if ce_mean["zero"] != ce_mean["clean"] else float("nan")
+    recovered = ((ce_mean["zero"] - ce_mean["spliced"]) / (ce_mean["zero"] - ce_mean["clean"])
+                 if ce_mean["zero"] != ce_mean["clean"] else float("nan"))
     return {
         "site": site, "kind": dictionary.config.kind, "architecture": dictionary.config.architecture, "n_tokens": n_tokens,
         "l0": sums["l0"] / n_tokens, "explained_variance": 1 - (sums["error"] / n_tokens) / max(variance, 1e-12),

@@ -143,7 +143,8 @@ def edge_attribution(
         source_metric[rows] = chunk_metric(source_logits).cpu()
         gradient = None
         if method == "eap":
-            activations, grads, values = _gradient_run(model, chunk_target, None, upstream_sites(graph) | gradient_sites(graph), chunk_metric)
+            sites = upstream_sites(graph) | gradient_sites(graph)
+            activations, grads, values = _gradient_run(model, chunk_target, None, sites, chunk_metric)
             target_acts = activations
             gradient = downstream_gradients(sublayers, graph, activations, grads)
             n_forward += 2

@@ -49,7 +49,8 @@ class KnownCircuit:
     def of(cls, model: Model) -> "KnownCircuit":
         metadata = read_metadata(model.source)
         if metadata is None:
-            raise GroundTruthError(f"model {model.config.name!r} has no known circuit (only tracr ports do: tracr-reverse, tracr-frac-prevs)")
+            raise GroundTruthError(f"model {model.config.name!r} has no known circuit "
+                                   "(only tracr ports do: tracr-reverse, tracr-frac-prevs)")
         graph = EdgeGraph(model.config)
         writes = {node: set(labels) for node, labels in metadata["writes"].items()}
         reads = {node: set(labels) for node, labels in metadata["reads"].items()}

@@ -8,7 +8,7 @@
 from interp.components import Component, ComponentError, Site, enumerate_components
 from interp.config import ModelConfig
 from interp.loading import ModelLoadError, load_model
-from interp import metrics, tasks
+from interp import metrics, tasks  # noqa: F401  (interp.tasks.ioi, interp.metrics.logit_diff)
 from interp.model import ActivationCache, Model, TokenizationError
 
 __all__ = [

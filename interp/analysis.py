@@ -218,7 +218,8 @@ class Analysis:
 
     ``methods`` are the ``Result.method`` values its runs write (the app picks the page by them,
     for run folders written before ``Result.analysis`` existed); ``page`` is the title of the app
-    page that shows them (None: no page); ``figures`` is ``"module:function"``.
+    page that shows them (None: no page); ``figures`` is ``"module:function"``; ``payload`` is the
+    dataclass ``Result.extra`` holds (:func:`payload_of`).
     """
 
     name: str
@@ -229,6 +230,11 @@ class Analysis:
     page: str | None = None
     figures: str | None = None
     payload: type | None = None
+    figure_file: str | None = None  # the run folder's HTML page of figures (default ``<name>.html``)
+
+    @property
+    def html_name(self) -> str:
+        return self.figure_file or f"{self.name}.html"
 
     def figures_of(self, result) -> list:
         """The analysis' figures of ``result`` (empty when it registers none)."""

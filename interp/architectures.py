@@ -188,7 +188,8 @@ def discover_layout(hf_model: torch.nn.Module, shapes: Shapes, model_name: str) 
     attn = override.get("attn") or _pick_child(children, _ATTENTION_NAMES, ("attention",))
     if attn is None:
         raise fail("the attention module", f"a child of {layers_path}.0 named {'/'.join(_ATTENTION_NAMES)} or whose class says Attention")
-    mlp = override.get("mlp") or _pick_child({k: v for k, v in children.items() if k != attn}, _MLP_NAMES, ("mlp", "moe", "feedforward", "ffn"))
+    others = {k: v for k, v in children.items() if k != attn}
+    mlp = override.get("mlp") or _pick_child(others, _MLP_NAMES, ("mlp", "moe", "feedforward", "ffn"))
     if mlp is None:
         raise fail("the MLP", f"a child of {layers_path}.0 named {'/'.join(_MLP_NAMES)} or whose class says MLP/MoE")
     found: dict[str, Any] = {"layers": layers_path, "attn": attn, "mlp": mlp}

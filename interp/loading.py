@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import contextlib
 import logging
 import os
 import shutil
@@ -169,6 +170,19 @@ def unembed_contiguously(hf_model: torch.nn.Module) -> None:
         unembed.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' logger at ERROR while a model loads (its load reports are noise here), and
+    back to the caller's level afterwards."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_model(spec: str = BUNDLED, backend: str = "transformer_lens", device: str = "cpu",
                dtype: torch.dtype = torch.float32, remote: bool = False) -> Model:
     """Load a causal LM and wrap it in a :class:`~interp.model.Model`.
@@ -188,9 +202,9 @@ def load_model(spec: str = BUNDLED, backend: str = "transformer_lens", device: s
     if remote and backend != "nnsight":
         raise ModelLoadError("remote=True needs backend='nnsight'")
     model_dir, name = resolve_model_dir(spec)
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
     hf_model.to(device).eval().requires_grad_(False)
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping, Sequence, Union
 
@@ -167,7 +169,7 @@ class Model:
             merged = {site: list(edits) for site, edits in self._active_edits.items()}
             for site, edits in spec.edits.items():
                 merged.setdefault(site, []).extend(edits)
-            spec.edits = merged
+            spec = dataclasses.replace(spec, edits=merged)  # the caller's spec stays as it was
         virtual_reads: dict[Site, torch.Tensor] = {}
         if self._splices:
             spec = with_splices(spec, self.splices, virtual_reads)
@@ -219,7 +221,8 @@ class Model:
         return self.forward(RunSpec(tokens, logits_to_keep=logits_to_keep)).logits
 
     @torch.no_grad()
-    def run_with_cache(self, tokens: torch.Tensor, components: Sequence[Union[ComponentLike, Site]]) -> tuple[torch.Tensor, ActivationCache]:
+    def run_with_cache(self, tokens: torch.Tensor,
+                       components: Sequence[Union[ComponentLike, Site]]) -> tuple[torch.Tensor, ActivationCache]:
         """Logits and the activations of the sites holding ``components``."""
         out = self.forward(RunSpec(tokens, reads=self._sites(components)))
         return out.logits, ActivationCache({s: a.detach() for s, a in out.activations.items()})

@@ -193,7 +193,10 @@ def activation_patching(
         bar = tqdm(total=len(components), initial=len(unchanged), desc=f"patching {label}", disable=not progress,
                    unit="component")
         for (layer, start), indices in sorted(groups.items()):
-            per_batch = max(1, batch_size // n_prompts) if batch_size else max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_prompts, n_positions, layer, start)))
+            if batch_size:
+                per_batch = max(1, batch_size // n_prompts)
+            else:
+                per_batch = max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_prompts, n_positions, layer, start)))
             for chunk_start in range(0, len(indices), per_batch):
                 chunk = indices[chunk_start:chunk_start + per_batch]
                 values = _patched_forward(model, runs, [components[i] for i in chunk], layer, start, n_prompts, metric_of,
@@ -201,7 +204,8 @@ def activation_patching(
                 patched[:, chunk] = values.T.cpu()
                 n_forward += 1
                 variants = len(chunk) + (chunk_start == 0)  # the first chunk of a group carries the resume check
-                forward_equivalents += variants * (n_positions - start) / n_positions * (model.config.n_layers - layer) / model.config.n_layers
+                n_layers = model.config.n_layers
+                forward_equivalents += variants * (n_positions - start) / n_positions * (n_layers - layer) / n_layers
                 bar.update(len(chunk))
         bar.close()
 
@@ -331,5 +335,5 @@ def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConf
 
 register(Analysis(
     name="patching", config=PatchingConfig, run=run_patching, methods=("exact", "atp", "atp*"), page="Patching",
-    figures="interp.ui.figures:patching_figures",
+    figures="interp.ui.figures:patching_figures", figure_file="heatmap.html",
     summary="the effect of each component on the task's metric: exact activation patching, AtP or AtP*"))

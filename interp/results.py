@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,10 @@ class Result:
     extra: dict = field(default_factory=dict)
     versions: dict = field(default_factory=versions)
     analysis: str = ""  # the registered analysis that wrote it (``interp.analysis``); "" in older run folders
+    # documents saved beside result.json under their file names (an edge run's graph.json, a
+    # bigram run's masks): JSON-able values or objects with ``write_document(path)``;
+    # not read back by :meth:`load`, whose readers open them by name
+    documents: dict[str, object] = field(default_factory=dict, repr=False)
 
     def grid(self, name: str = "scores") -> np.ndarray:
         """``scores`` (or a named array) folded to ``shape``."""
@@ -89,6 +94,7 @@ class Result:
     def to_json_dict(self) -> dict:
         data = asdict(self)
         data.pop("arrays")
+        data.pop("documents")
         data["scores"] = [float(x) for x in self.scores]
         data["format"] = FORMAT
         data["format_version"] = FORMAT_VERSION
@@ -104,6 +110,15 @@ class Result:
             np.savez_compressed(handle, scores=self.scores, **self.arrays)
         json_tmp = folder / ".result.json.tmp"
         json_tmp.write_text(json.dumps(self.to_json_dict(), indent=2))
+        for name, document in self.documents.items():  # a JSON-able value, or an object with write_document(path)
+            tmp = folder / f".{name}.tmp{Path(name).suffix}"
+            if hasattr(type(document), "write_document"):  # (nnsight gives every object a .save)
+                document.write_document(tmp)
+            else:
+                tmp.write_text(json.dumps(document, indent=1))
+            if tmp.is_dir() and (folder / name).is_dir():  # a folder document replaces the older folder
+                shutil.rmtree(folder / name)
+            os.replace(tmp, folder / name)
         os.replace(arrays_tmp, folder / "arrays.npz")
         os.replace(json_tmp, folder / "result.json")
         return folder

@@ -115,7 +115,6 @@ def test_bad_configs_inputs_and_nan_losses():
 # ----------------------------------------------------------------------------- on a model
 import json  # noqa: E402
 
-import numpy as np  # noqa: E402
 
 from circuits.activation_store import ActivationStore, batches_from_shards, read_pairs  # noqa: E402
 from circuits.dictionary_evaluation import evaluate_dictionary, spliced  # noqa: E402

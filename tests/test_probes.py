@@ -9,7 +9,7 @@ import torch
 from interp import tasks
 from probes.activations import residual_activations
 from probes.dataset import ProbeDataError, ProbeDataset
-from probes.linear_probe import (ProbeConfig, control_labels, group_folds, probe_layers, remove_direction,
+from probes.linear_probe import (control_labels, group_folds, probe_layers, remove_direction,
                                  wilson_interval)
 
 N = 80

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import streamlit as st  # noqa: E402
 
-from app.shared import DEFAULT_MODEL, header, load_model  # noqa: E402
+from app.shared import DEFAULT_MODEL, header, load_model, model_lock  # noqa: E402
 from interp.head_scores import attention_patterns, head_scores  # noqa: E402
 from interp.ui.figures import heatmap  # noqa: E402
 
@@ -24,13 +24,16 @@ head = cols[1].selectbox("head", list(range(model.config.n_heads)))
 
 @st.cache_data(show_spinner="computing patterns ...")
 def patterns_of(spec: str, prompt: str):
-    tokens = load_model(spec).to_tokens(prompt)
-    return attention_patterns(load_model(spec), tokens)[:, 0].cpu().numpy(), load_model(spec).to_str_tokens(tokens)
+    model = load_model(spec)
+    with model_lock(spec):
+        tokens = model.to_tokens(prompt)
+        return attention_patterns(model, tokens)[:, 0].cpu().numpy(), model.to_str_tokens(tokens)
 
 
 @st.cache_data(show_spinner="scoring heads ...")
 def scores_of(spec: str):
-    return head_scores(load_model(spec))
+    with model_lock(spec):
+        return head_scores(load_model(spec))
 
 
 patterns, tokens = patterns_of(spec, prompt)

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import DEFAULT_MODEL, header, load_model  # noqa: E402
+from app.shared import DEFAULT_MODEL, header, load_model, model_lock  # noqa: E402
 from interp.attribution import attribution_patching, verify_top  # noqa: E402
 from interp.ui.figures import result_heatmap  # noqa: E402
 from interp.tasks import Task  # noqa: E402
@@ -35,7 +35,7 @@ if submitted:
     except ValueError as exc:
         st.error(str(exc))
         st.stop()
-    with st.spinner("AtP* over every head ..."):
+    with st.spinner("AtP* over every head ..."), model_lock(spec):
         result = attribution_patching(model, task, "heads", method="atp*", progress=False)
         if k:
             verify_top(model, task, result, int(k), progress=False)

@@ -119,3 +119,19 @@ def feature_graph_figure(graph: dict, max_width: float = 6.0) -> go.Figure:
                "title": "token"},
         yaxis={"title": "layer", "dtick": 1})
     return figure
+
+
+def edges_figures(result) -> list[go.Figure]:
+    """An edges run's faithfulness curves and its circuit graph (its ``graph.json`` document, or
+    rebuilt from the stored edge scores of a loaded run)."""
+    from circuits.edge_circuits import circuit_from_result
+
+    graph = result.documents.get("graph.json") or circuit_from_result(result, result.method, result.extra["circuit"]["top_n"])
+    return [faithfulness_figure(result.extra["curves"], f"faithfulness · {result.task} · {result.model}"),
+            circuit_graph_figure(graph)]
+
+
+def feature_graph_figures(result) -> list[go.Figure]:
+    """A transcoder attribution graph run's graph (its ``graph.json`` document)."""
+    graph = result.documents.get("graph.json")  # a loaded run: the Features page reads the folder's graph.json
+    return [] if graph is None else [feature_graph_figure(graph)]

@@ -121,7 +121,7 @@ def _run_app(args: argparse.Namespace) -> int:
         env["INTERP_APP_MODEL"] = args.model
     print(f"serving {home} on http://localhost:{args.port} (runs from {env['INTERP_RUNS_DIR']}); Ctrl-C stops it")
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(args.port),
-                            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"], env=env)
+                            "--server.address", "localhost", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"], env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:

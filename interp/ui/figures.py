@@ -109,7 +109,8 @@ def pruning_curves_figure(curves: dict, metric: str = "perplexity", title: str =
         else:
             figure.add_trace(go.Scatter(x=k, y=values, mode="lines+markers", name=curve["name"],
                                         customdata=[[", ".join(p["dropped"][-1:])] for p in curve["points"]],
-                                        hovertemplate="k=%{x}: %{y:.4g}<br>last dropped: %{customdata[0]}<extra>" + curve["name"] + "</extra>"))
+                                        hovertemplate="k=%{x}: %{y:.4g}<br>last dropped: %{customdata[0]}<extra>"
+                                        + curve["name"] + "</extra>"))
     random = [c for c in curves["curves"] if c["method"] == "random"]
     if random:
         mean = np.mean([[p.get(metric) for p in c["points"]] for c in random], axis=0)
@@ -194,3 +195,15 @@ def redundancy_figures(result: Result) -> list[go.Figure]:
     curves = result.extra.get("curves")
     metrics = ("perplexity", "ioi_accuracy", "capitals_accuracy", "greater_than_accuracy") if curves else ()
     return [importance_figure(result)] + [pruning_curves_figure(curves, m) for m in metrics]
+
+
+def dictionary_figures(result: Result) -> list[go.Figure]:
+    """A dictionary run's latent density and, for a training run, its training curves."""
+    figures = [go.Figure(go.Histogram(x=result.arrays["log10_frequency"], nbinsx=50)).update_layout(
+        title=f"latent density · {result.task} · {result.model}", xaxis_title="log10 firing frequency",
+        yaxis_title="latents", template="plotly_white")]
+    if "history_step" in result.arrays:
+        for key in ("mse", "l0", "explained_variance", "dead_fraction"):
+            figures.append(go.Figure(go.Scatter(x=result.arrays["history_step"], y=result.arrays[f"history_{key}"])).update_layout(
+                title=key.replace("_", " "), xaxis_title="step", template="plotly_white", height=300))
+    return figures

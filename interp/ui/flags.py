@@ -43,13 +43,14 @@ def _strip_optional(hint: Any) -> Any:
 _WORDS = {int: "integers", float: "numbers", str: "names"}
 
 
-def parse_list(text: str | tuple | None, item: type, flag: str) -> tuple | None:
-    """``"1,2"`` -> ``(1, 2)``; a bad item is a :class:`ConfigError` naming ``flag``."""
+def parse_list(text: str | list | tuple | None, item: type, flag: str) -> tuple | None:
+    """``"1,2"`` or ``["1", "2"]`` -> ``(1, 2)``; a bad item is a :class:`ConfigError` naming ``flag``."""
     if text is None or isinstance(text, tuple):
         return text
+    words = [w for part in ([text] if isinstance(text, str) else text) for w in part.split(",") if w.strip()]
     convert = item if item in _WORDS else str  # a Literal item is checked by the config itself
     try:
-        return tuple(convert(x.strip()) for x in text.split(",") if x.strip())
+        return tuple(convert(x.strip()) for x in words)
     except ValueError:
         raise ConfigError(f"{flag} must be comma-separated {_WORDS.get(item, item.__name__)}, got {text!r}") from None
 
@@ -90,7 +91,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type[Config], *, s
             choices += [alias for alias in config.aliases.get(f.name, {}) if alias not in choices]
             kwargs.update(choices=choices)
         elif origin is tuple:
-            kwargs.update(metavar="A,B,...")  # parsed in config_from_args, so a bad item is one line
+            # "a,b" or "a b"; parsed in config_from_args, so a bad item is one line
+            kwargs.update(metavar="A,B", nargs="+")
         elif hint in (int, float, str):
             kwargs.update(type=hint)
         target.add_argument(*names, **kwargs)
@@ -111,9 +113,10 @@ def config_from_args(config: type[Config], args: argparse.Namespace, **fixed: An
     return config(**values)
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--backend``, ``--device``, ``--dtype``: the same flags and defaults on every command."""
-    add_config_flags(parser, ModelOptions, group="model")
+def add_model_flags(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """``--model``, ``--backend``, ``--device``, ``--dtype``: the same flags and defaults on every
+    command (``defaults`` only where a command cannot run on the default backend)."""
+    add_config_flags(parser, ModelOptions, group="model", defaults=defaults)
 
 
 def load(args: argparse.Namespace):
@@ -129,17 +132,17 @@ def subcommand(subparsers, name: str, help: str, description: str) -> argparse.A
 
 
 def save_run(result, out: Path) -> list[Path]:
-    """Save ``result`` into the run folder ``out`` with its analysis' figures (``<analysis>.html``,
-    or ``heatmap.html`` for patching, its name since the first release); returns what was written."""
+    """Save ``result`` into the run folder ``out`` with its analysis' figures (``Analysis.html_name``);
+    returns what was written."""
     from interp.analysis import analysis_of
     from interp.ui.figures import write_figures
 
     result.save(out)
-    written = [out / "result.json"]
+    written = [out / "result.json"] + [out / name for name in result.documents]
     analysis = analysis_of(result)
     figures = analysis.figures_of(result) if analysis else []
     if figures:
-        name = "heatmap.html" if analysis.name == "patching" else f"{analysis.name}.html"
+        name = analysis.html_name
         write_figures(out / name, figures, f"{analysis.name} · {result.task} · {result.model}")
         written.append(out / name)
     return written

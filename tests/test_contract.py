@@ -1,0 +1,135 @@
+"""The analysis contract: configs validated on construction, CLI flags generated from them, the
+registry, the package layering, and no state changed behind the caller's back."""
+
+import ast
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import interp
+from interp.analysis import ANALYSES, ConfigError, ModelOptions, RunSettings, analysis_of, payload_of
+from interp.backends.base import RunSpec
+from interp.components import Site
+from interp.patching import PatchingConfig, run_patching
+from interp.results import Result
+from interp.ui import cli
+from interp.ui.analyses import ANALYSES as REGISTERED
+from interp.ui.flags import config_from_args
+
+ROOT = Path(__file__).resolve().parent.parent
+UPWARD = ("circuits", "probes", "interp.ui", "app")
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def _upward(path: Path) -> list[str]:
+    return sorted(m for m in _imports(path) if any(m == u or m.startswith(u + ".") for u in UPWARD))
+
+
+def test_the_core_imports_neither_the_interface_nor_the_analysis_packages():
+    core = [p for p in (ROOT / "interp").rglob("*.py") if "ui" not in p.relative_to(ROOT / "interp").parts]
+    assert len(core) > 30
+    offenders = {str(p.relative_to(ROOT)): _upward(p) for p in core if _upward(p)}
+    assert offenders == {}
+    # the scan sees such imports where they are allowed (so it can fail)
+    assert "circuits.edge_circuits" in _upward(ROOT / "interp" / "ui" / "cli_edges.py")
+
+
+def test_configs_validate_on_construction_with_one_line_naming_the_flag():
+    with pytest.raises(ConfigError, match=r"^--metric must be one of logit_diff, prob, kl; got 'x'$"):
+        RunSettings(metric="x")
+    with pytest.raises(ConfigError, match=r"^--batch-size must be at least 1, got 0$"):
+        RunSettings(batch_size=0)
+    with pytest.raises(ConfigError, match="--verify-top and --diagnose check an AtP/AtP. ranking"):
+        PatchingConfig(verify_top=3)
+    with pytest.raises(ConfigError, match="--diagnose-p must be at most 1"):
+        PatchingConfig(method="atp", diagnose_p=2.0)
+    assert RunSettings(layers=[1, 2]).layers == (1, 2) and RunSettings(memory_mb=5).memory_mb == 5.0
+    assert PatchingConfig(method="atp-star").method == "atp*"
+    with pytest.raises(ConfigError, match="--seed must be an integer"):
+        RunSettings(seed="3")
+
+
+def test_cli_flags_come_from_the_configs():
+    parser = cli.build_parser()
+    args = parser.parse_args(["patch", "--method", "atp-star", "--layers", "1,2", "--batch-size", "8", "--no-progress"])
+    config = config_from_args(PatchingConfig, args)
+    assert config == PatchingConfig(method="atp*", layers=(1, 2), batch_size=8, progress=False)
+    assert config_from_args(ModelOptions, args) == ModelOptions()
+    commands = {"patch": [], "redundancy": [], "drop": [], "bigram": [], "edges": [], "probe": [],
+                "sae": ["train", "--site", "L0.MLP"], "transcoder": ["train", "--layer", "0"]}
+    for command, extra in commands.items():
+        parsed = parser.parse_args([command, *extra])
+        assert (parsed.backend, parsed.device, parsed.dtype) == ("nnsight", "cpu", "float32"), command
+    circuit = parser.parse_args(["transcoder", "circuit", "--transcoders", "x", "--prompt", "p", "--target", "a|b"])
+    assert circuit.backend == "transformer_lens"  # attribution graphs need the bridge; its --help says so
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["patch", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--granularity", "(default: heads)", "(default: nnsight)", "(default: 2048.0)", "--dtype", "atp-star"):
+        assert shown in text
+
+
+def test_every_registered_analysis_has_a_page_and_figures_that_exist():
+    from app.shared import PAGE_FILES
+
+    assert set(REGISTERED) >= {"patching", "redundancy", "drop", "bigram", "edges", "probe", "dictionary",
+                               "dictionary-eval", "feature-graph"}
+    assert REGISTERED is ANALYSES
+    for analysis in ANALYSES.values():
+        assert analysis.page is None or analysis.page in PAGE_FILES, analysis.name
+        if analysis.figures:
+            module, _, function = analysis.figures.partition(":")
+            assert callable(getattr(__import__(module, fromlist=[function]), function)), analysis.name
+
+
+def test_results_find_their_analysis_and_typed_payload():
+    old = Result(method="redundancy", model="m", task="t", metric="1 - cos", granularity="units", components=["L0.ATTN"],
+                 scores=np.zeros(1), shape=[1], axes=["unit"], extra={"curves": None, "findings": {}, "n_similarity_tokens": 7})
+    assert analysis_of(old).name == "redundancy"  # a run folder from before Result.analysis: by its method
+    payload = payload_of(old)
+    assert type(payload).__name__ == "RedundancyPayload" and payload.n_similarity_tokens == 7
+
+
+def test_atp_star_spelling_gives_the_same_numbers(random_llama, llama_ioi, tmp_path):
+    star = run_patching(random_llama, llama_ioi, PatchingConfig(method="atp*", seed=1, progress=False))
+    assert cli.main(["patch", "--model", "random-llama", "--backend", "transformer_lens", "--task", "ioi", "--n-prompts", "4",
+                     "--seed", "1", "--method", "atp-star", "--no-progress", "--out", str(tmp_path / "r")]) == 0
+    loaded = Result.load(tmp_path / "r")
+    assert loaded.method == "atp*" and loaded.analysis == "patching"
+    np.testing.assert_allclose(loaded.scores, star.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_leaves_the_callers_runspec_alone(random_llama, llama_ioi):
+    spec = RunSpec(llama_ioi.clean_tokens, reads={Site("resid_pre", 1)})
+    plain = random_llama.forward(spec).logits
+    with random_llama.patch({"L0.ATTN": lambda x: 0 * x}):
+        patched = random_llama.forward(spec).logits
+    assert spec.edits == {}
+    assert not torch.allclose(plain, patched)
+    torch.testing.assert_close(random_llama.forward(spec).logits, plain)
+
+
+def test_loading_restores_the_transformers_logger():
+    logger = logging.getLogger("transformers")
+    before = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        interp.load_model("random-llama")
+        assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(before)
