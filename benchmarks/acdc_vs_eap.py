@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--n-prompts", type=int, default=8)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "acdc_vs_eap.json"))
     args = parser.parse_args()
-    model = interp.load_model("toy-induction")
+    model = interp.load_model("toy-induction", backend="transformer_lens")
     task = tasks.induction(model, n_prompts=args.n_prompts, seed=0, half_length=12, break_match=True)
     scored = {method: edge_attribution(model, task, method, progress=False) for method in ("eap", "eap-ig")}
     graph = scored["eap"].graph

@@ -97,7 +97,7 @@ def main() -> None:
     stem = f"benchmarks/results/atp_vs_exact-{args.model}-{Path(args.task).stem}-{args.granularity}"
     out = Path(args.out or stem + ".json")
 
-    model = interp.load_model(args.model)
+    model = interp.load_model(args.model, backend="transformer_lens")
     splices = ExitStack()  # the dictionaries stay spliced in for the whole run
     for folder in args.dictionary:
         splices.enter_context(spliced(model, load_dictionary(folder), error_term=True))

@@ -49,7 +49,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
 
-    model = interp.load_model(args.model)
+    model = interp.load_model(args.model, backend="transformer_lens")
     task = tasks.ioi(model, n_prompts=args.n_prompts, seed=0)
     c = model.config
     n, positions = task.clean_tokens.shape

@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     rows, reports = [], {}
     for name in TRACR_MODELS:
-        model = interp.load_model(name)
+        model = interp.load_model(name, backend="transformer_lens")
         task = tasks.get_task(model, "tracr", n_prompts=args.n_prompts)
         seconds = {}
         scored = []

@@ -174,6 +174,6 @@ def sweep_line(row: dict) -> str:
 
 
 register(Analysis(
-    name="bigram", config=BigramConfig, run=run_bigram, methods=("bigram", "optimal-pruning"), page="Bigram",
+    name="bigram", inputs="corpus", config=BigramConfig, run=run_bigram, methods=("bigram", "optimal-pruning"), page="Bigram",
     payload=BigramPayload, figures="interp.ui.figures:bigram_figures",
     summary="bigram subnetwork: the minimal weights that make next-token-from-current-token predictions"))

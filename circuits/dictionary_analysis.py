@@ -230,14 +230,16 @@ def run_feature_graph(model: Model, transcoders: dict[int, SparseDictionary], pr
 
 
 register(Analysis(
-    name="dictionary", config=DictionaryTrainingConfig, run=run_training, methods=("sae", "transcoder"),
+    name="dictionary", command="sae train", inputs="corpus",
+    config=DictionaryTrainingConfig, run=run_training, methods=("sae", "transcoder"),
     payload=DictionaryPayload, figures="interp.ui.figures:dictionary_figures", figure_file="dictionary.html",
     summary="train a sparse autoencoder or transcoder on a model's activations and evaluate it on held-out text"))
 register(Analysis(
-    name="dictionary-eval", config=DictionaryEvalConfig, run=run_evaluation, payload=DictionaryPayload,
+    name="dictionary-eval", command="sae eval", config=DictionaryEvalConfig, run=run_evaluation, payload=DictionaryPayload,
     figures="interp.ui.figures:dictionary_figures", figure_file="dictionary.html",
     summary="held-out metrics of a saved dictionary (interp or SAELens format)"))
 register(Analysis(
-    name="feature-graph", config=FeatureGraphConfig, run=run_feature_graph, methods=("feature-graph",), page="Features",
+    name="feature-graph", command="transcoder circuit",
+    config=FeatureGraphConfig, run=run_feature_graph, methods=("feature-graph",), page="Features",
     figures="interp.ui.circuit_figures:feature_graph_figures", figure_file="graph.html",
     summary="attribution graph of a logit difference or a feature through transcoders on one prompt"))

@@ -231,6 +231,14 @@ class Analysis:
     figures: str | None = None
     payload: type | None = None
     figure_file: str | None = None  # the run folder's HTML page of figures (default ``<name>.html``)
+    # what ``run``'s second argument is: "task" (clean/corrupt prompts) or "corpus" (text); the
+    # command line gives an analysis without a hand-written command ``interp <name>`` from it
+    inputs: Literal["task", "corpus"] | None = None
+    command: str | None = None  # the CLI command that runs it (default: ``interp <name>``)
+
+    @property
+    def cli_command(self) -> str:
+        return self.command or self.name
 
     @property
     def html_name(self) -> str:

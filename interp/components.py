@@ -30,42 +30,72 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from interp.config import ModelConfig
 
-# kind -> (syntax token, whether it takes an index, which config field bounds the index)
-_KINDS: dict[str, tuple[str, str | None]] = {
-    "resid_pre": ("RESID_PRE", None),
-    "resid_mid": ("RESID_MID", None),
-    "resid_post": ("RESID_POST", None),
-    "attn_out": ("ATTN", None),
-    "mlp_out": ("MLP", None),
-    "z": ("H", "n_heads"),
-    "q": ("Q", "n_heads"),
-    "k": ("K", "n_kv_heads"),
-    "v": ("V", "n_kv_heads"),
-    "pattern": ("A", "n_heads"),
-    "mlp_post": ("N", "d_mlp"),
-    "expert": ("E", "n_experts"),
-    "tc": ("TC", "dictionary"),
-    "sae": ("SAE", "dictionary"),
-    "tc_error": ("TC_ERR", None),
-    "sae_error": ("SAE_ERR", None),
+@dataclass(frozen=True)
+class Kind:
+    """One activation kind: everything the parser, the backends and the analyses need to know.
+
+    ``token``: its name in the Component syntax (``H`` in ``L5.H3``); ``bound``: the config field
+    that bounds its index (``"dictionary"``: the spliced dictionary's width; None: no index);
+    ``index_axis`` / ``position_axis``: the axes of the site tensor an index / a position select
+    (batch is axis 0); ``hook``: its TransformerLens hook name (None: not a bridge hook point);
+    ``port``: the nnsight trace port that serves it (None: handled outside the trace);
+    ``sublayer``: ``"attn"`` or ``"mlp"`` when it lives inside that sublayer."""
+
+    token: str
+    bound: str | None = None
+    index_axis: int | None = None
+    position_axis: int = 1
+    hook: str | None = None
+    port: str | None = None
+    sublayer: str | None = None
+
+
+ACTIVATION_KINDS: dict[str, Kind] = {
+    "resid_pre": Kind("RESID_PRE", hook="blocks.{layer}.hook_resid_pre", port="resid_pre"),
+    "resid_mid": Kind("RESID_MID", hook="blocks.{layer}.hook_resid_mid"),
+    "resid_post": Kind("RESID_POST", hook="blocks.{layer}.hook_resid_post", port="resid_post"),
+    "attn_out": Kind("ATTN", hook="blocks.{layer}.hook_attn_out", port="attn", sublayer="attn"),
+    "mlp_out": Kind("MLP", hook="blocks.{layer}.hook_mlp_out", port="mlp_out", sublayer="mlp"),
+    "z": Kind("H", "n_heads", 2, hook="blocks.{layer}.attn.hook_z", port="z", sublayer="attn"),
+    "q": Kind("Q", "n_heads", 2, hook="blocks.{layer}.attn.hook_q", port="qkv", sublayer="attn"),
+    "k": Kind("K", "n_kv_heads", 2, hook="blocks.{layer}.attn.hook_k", port="qkv", sublayer="attn"),
+    "v": Kind("V", "n_kv_heads", 2, hook="blocks.{layer}.attn.hook_v", port="qkv", sublayer="attn"),
+    "pattern": Kind("A", "n_heads", 1, position_axis=2, hook="blocks.{layer}.attn.hook_pattern", port="attn",
+                    sublayer="attn"),
+    "mlp_post": Kind("N", "d_mlp", 2, hook="blocks.{layer}.mlp.hook_post", port="mlp_post", sublayer="mlp"),
+    "expert": Kind("E", "n_experts", 2, sublayer="mlp"),  # interp.experts: torch hooks on the experts module
+    "tc": Kind("TC", "dictionary", 2),  # interp.splicing: edits of the spliced host site
+    "sae": Kind("SAE", "dictionary", 2),
+    "tc_error": Kind("TC_ERR"),
+    "sae_error": Kind("SAE_ERR"),
 }
+# The nnsight trace visits its ports in this order (the order the forward computes them).
+PORT_ORDER = ("resid_pre", "qkv", "z", "attn", "mlp_post", "mlp_out", "resid_post")
+
 FEATURE_KINDS = ("tc", "sae")
 SPLICE_KINDS = FEATURE_KINDS + tuple(f"{kind}_error" for kind in FEATURE_KINDS)
-_TOKEN_TO_KIND = {token: kind for kind, (token, _) in _KINDS.items()}
-KINDS = tuple(_KINDS)
-# The axis of the site tensor that a component's index selects (batch is axis 0).
-INDEX_AXIS = {"z": 2, "q": 2, "k": 2, "v": 2, "pattern": 1, "mlp_post": 2, "expert": 2, "tc": 2, "sae": 2}
-# The axis that a component's position selects.
-POSITION_AXIS = {kind: (2 if kind == "pattern" else 1) for kind in KINDS}
+KINDS = tuple(ACTIVATION_KINDS)
+_KINDS = {kind: (k.token, k.bound) for kind, k in ACTIVATION_KINDS.items()}
+_TOKEN_TO_KIND = {k.token: kind for kind, k in ACTIVATION_KINDS.items()}
+INDEX_AXIS = {kind: k.index_axis for kind, k in ACTIVATION_KINDS.items() if k.index_axis is not None}
+POSITION_AXIS = {kind: k.position_axis for kind, k in ACTIVATION_KINDS.items()}
 
+
+def _alternatives(tokens) -> str:
+    return "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+
+
+# Dictionary latents are written with a dot before the index (L3.TC.1234), other indices without.
 _PATTERN = re.compile(
-    r"^L(?P<layer>\d+)\.(?:(?P<named>RESID_PRE|RESID_MID|RESID_POST|ATTN|MLP|TC_ERR|SAE_ERR)"
-    r"|(?P<indexed>H|Q|K|V|A|N|E|TC\.|SAE\.)(?P<index>\d+))(?:@(?P<pos>-?\d+))?$"
+    r"^L(?P<layer>\d+)\.(?:(?P<named>" + _alternatives(k.token for k in ACTIVATION_KINDS.values() if k.bound is None) + ")"
+    r"|(?P<indexed>" + _alternatives(k.token + ("." if k.bound == "dictionary" else "")
+                                     for k in ACTIVATION_KINDS.values() if k.bound is not None) + r")(?P<index>\d+))"
+    r"(?:@(?P<pos>-?\d+))?$"
 )
 
 
@@ -160,100 +190,109 @@ class Component:
 
 
 # ----------------------------------------------------------------------------- granularities
-# One enumeration function per granularity; each yields components in a fixed order whose
-# array shape is given by ``granularity_shape``.
-
-GRANULARITIES = {
-    "resid": "residual stream entering each block, by layer x position",
-    "attn_out": "attention output, by layer",
-    "attn_out_pos": "attention output, by layer x position",
-    "mlp_out": "MLP output, by layer",
-    "mlp_out_pos": "MLP output, by layer x position",
-    "block": "resid_pre, attention and MLP output, by kind x layer x position",
-    "heads": "head output z over all positions, by layer x head",
-    "heads_pos": "head output z, by layer x head x position",
-    "q": "query of each head over all positions, by layer x head",
-    "k": "key of each KV group over all positions, by layer x KV group",
-    "v": "value of each KV group over all positions, by layer x KV group",
-    "q_pos": "query, by layer x head x position",
-    "k_pos": "key, by layer x KV group x position",
-    "v_pos": "value, by layer x KV group x position",
-    "pattern": "attention pattern of each head, by layer x head",
-    "neurons": "MLP neurons (post-activation) over all positions, by layer x neuron",
-    "experts": "routed experts' outputs of mixture-of-experts MLPs over all positions, by layer x expert",
-    "experts_pos": "routed experts' outputs, by layer x expert x position",
-    "features": "latents of the spliced dictionaries over all positions, by dictionary x latent",
-    "features_pos": "latents of the spliced dictionaries, by dictionary x latent x position",
-}
-SPLICE_GRANULARITIES = ("features", "features_pos")  # enumerated by the model, which knows its splices
+_AXIS_OF_BOUND = {"n_heads": "head", "n_kv_heads": "kv_group", "d_mlp": "neuron", "n_experts": "expert"}
 
 
-def _check_granularity(granularity: str, config: "ModelConfig | None" = None) -> None:
-    if granularity not in GRANULARITIES:
-        raise ComponentError(f"unknown granularity {granularity!r}; known: {', '.join(GRANULARITIES)}")
-    if config is not None and granularity in ("experts", "experts_pos") and not config.n_experts:
-        raise ComponentError(f"granularity {granularity!r} does not exist for {config.name}: it has dense MLPs, no experts")
-    if config is not None and granularity == "neurons" and config.n_experts:
-        raise ComponentError(f"granularity 'neurons' does not exist for {config.name}: its MLPs are mixtures of "
-                             f"{config.n_experts} experts (granularity 'experts' patches each expert's output)")
-    if granularity in SPLICE_GRANULARITIES:
-        raise ComponentError(f"granularity {granularity!r} is enumerated from the model's spliced dictionaries "
-                             "(interp.splicing.feature_components)")
+@dataclass(frozen=True)
+class Granularity:
+    """What one component of a sweep is, and how the sweep's scores fold into a grid.
+
+    A granularity enumerates ``Component(kind, layer, index, position)`` for every kind in
+    ``kinds``, layer, index (when the kind has one: ``range(config.<bound>)``) and position (when
+    ``per_position``), in that row-major order; the grid's axes are ``axes`` (a ``kind`` axis first
+    when there are several kinds). ``spliced`` granularities are enumerated from the model's
+    spliced dictionaries instead (``interp.splicing.feature_components``)."""
+
+    name: str
+    description: str
+    kinds: tuple[str, ...]
+    per_position: bool = False
+    spliced: bool = False
+
+    @property
+    def axes(self) -> list[str]:
+        if self.spliced:
+            return ["dictionary", "latent"] + (["position"] if self.per_position else [])
+        bound = ACTIVATION_KINDS[self.kinds[0]].bound
+        return ((["kind"] if len(self.kinds) > 1 else []) + ["layer"] + ([_AXIS_OF_BOUND[bound]] if bound else [])
+                + (["position"] if self.per_position else []))
+
+    def check(self, config: "ModelConfig | None" = None) -> None:
+        """One-line errors where the granularity does not exist on ``config``'s model."""
+        if config is not None and "expert" in self.kinds and not config.n_experts:
+            raise ComponentError(f"granularity {self.name!r} does not exist for {config.name}: it has dense MLPs, no experts")
+        if config is not None and "mlp_post" in self.kinds and config.n_experts:
+            raise ComponentError(f"granularity {self.name!r} does not exist for {config.name}: its MLPs are mixtures of "
+                                 f"{config.n_experts} experts (granularity 'experts' patches each expert's output)")
+        if self.spliced:
+            raise ComponentError(f"granularity {self.name!r} is enumerated from the model's spliced dictionaries "
+                                 "(interp.splicing.feature_components)")
+
+    def _count(self, config: "ModelConfig") -> int | None:
+        bound = ACTIVATION_KINDS[self.kinds[0]].bound
+        return getattr(config, bound) if bound else None
+
+    def shape(self, config: "ModelConfig", n_positions: int, layers: list[int] | None = None) -> tuple[int, ...]:
+        """The grid the scores fold into, matching :meth:`components`' order."""
+        self.check(config)
+        count = self._count(config)
+        return (((len(self.kinds),) if len(self.kinds) > 1 else ()) + (len(layers) if layers is not None else config.n_layers,)
+                + ((count,) if count is not None else ()) + ((n_positions,) if self.per_position else ()))
+
+    def components(self, config: "ModelConfig", n_positions: int, layers: list[int] | None = None) -> list[Component]:
+        """Every component, in row-major order of :meth:`shape`."""
+        self.check(config)
+        layer_list = list(range(config.n_layers)) if layers is None else list(layers)
+        for layer in layer_list:
+            if not 0 <= layer < config.n_layers:
+                raise ComponentError(f"layer {layer} is out of range: the model has {config.n_layers} layers")
+        count = self._count(config)
+        indices = [None] if count is None else range(count)
+        positions = range(n_positions) if self.per_position else [None]
+        return [Component(kind, layer, index, position) for kind in self.kinds for layer in layer_list
+                for index in indices for position in positions]
+
+
+GRANULARITIES: dict[str, Granularity] = {g.name: g for g in (
+    Granularity("resid", "residual stream entering each block, by layer x position", ("resid_pre",), True),
+    Granularity("attn_out", "attention output, by layer", ("attn_out",)),
+    Granularity("attn_out_pos", "attention output, by layer x position", ("attn_out",), True),
+    Granularity("mlp_out", "MLP output, by layer", ("mlp_out",)),
+    Granularity("mlp_out_pos", "MLP output, by layer x position", ("mlp_out",), True),
+    Granularity("block", "resid_pre, attention and MLP output, by kind x layer x position",
+                ("resid_pre", "attn_out", "mlp_out"), True),
+    Granularity("heads", "head output z over all positions, by layer x head", ("z",)),
+    Granularity("heads_pos", "head output z, by layer x head x position", ("z",), True),
+    Granularity("q", "query of each head over all positions, by layer x head", ("q",)),
+    Granularity("k", "key of each KV group over all positions, by layer x KV group", ("k",)),
+    Granularity("v", "value of each KV group over all positions, by layer x KV group", ("v",)),
+    Granularity("q_pos", "query, by layer x head x position", ("q",), True),
+    Granularity("k_pos", "key, by layer x KV group x position", ("k",), True),
+    Granularity("v_pos", "value, by layer x KV group x position", ("v",), True),
+    Granularity("pattern", "attention pattern of each head, by layer x head", ("pattern",)),
+    Granularity("neurons", "MLP neurons (post-activation) over all positions, by layer x neuron", ("mlp_post",)),
+    Granularity("experts", "routed experts' outputs of mixture-of-experts MLPs over all positions, by layer x expert",
+                ("expert",)),
+    Granularity("experts_pos", "routed experts' outputs, by layer x expert x position", ("expert",), True),
+    Granularity("features", "latents of the spliced dictionaries over all positions, by dictionary x latent",
+                FEATURE_KINDS, spliced=True),
+    Granularity("features_pos", "latents of the spliced dictionaries, by dictionary x latent x position",
+                FEATURE_KINDS, True, spliced=True),
+)}
+SPLICE_GRANULARITIES = tuple(name for name, g in GRANULARITIES.items() if g.spliced)
+
+
+def get_granularity(name: str) -> Granularity:
+    if name not in GRANULARITIES:
+        raise ComponentError(f"unknown granularity {name!r}; known: {', '.join(GRANULARITIES)}")
+    return GRANULARITIES[name]
 
 
 def granularity_shape(config: "ModelConfig", granularity: str, n_positions: int, layers: list[int] | None = None) -> tuple[int, ...]:
     """Shape of the score array for a granularity, matching ``enumerate_components`` order."""
-    _check_granularity(granularity, config)
-    n_layers = len(layers) if layers is not None else config.n_layers
-    per = {
-        "resid": (n_positions,), "attn_out": (), "attn_out_pos": (n_positions,), "mlp_out": (),
-        "mlp_out_pos": (n_positions,), "heads": (config.n_heads,),
-        "heads_pos": (config.n_heads, n_positions), "q": (config.n_heads,),
-        "k": (config.n_kv_heads,), "v": (config.n_kv_heads,),
-        "q_pos": (config.n_heads, n_positions), "k_pos": (config.n_kv_heads, n_positions),
-        "v_pos": (config.n_kv_heads, n_positions), "pattern": (config.n_heads,),
-        "neurons": (config.d_mlp,), "experts": (config.n_experts,),
-        "experts_pos": (config.n_experts, n_positions),
-    }
-    if granularity == "block":
-        return (3, n_layers, n_positions)
-    return (n_layers, *per[granularity])
+    return get_granularity(granularity).shape(config, n_positions, layers)
 
 
 def enumerate_components(config: "ModelConfig", granularity: str, n_positions: int, layers: list[int] | None = None) -> list[Component]:
     """Every component of one granularity, in row-major order of ``granularity_shape``."""
-    _check_granularity(granularity, config)
-    layer_list = list(range(config.n_layers)) if layers is None else layers
-    for layer in layer_list:
-        if not 0 <= layer < config.n_layers:
-            raise ComponentError(f"layer {layer} is out of range: the model has {config.n_layers} layers")
-    if granularity == "block":
-        return [
-            Component(kind, layer, None, pos)
-            for kind in ("resid_pre", "attn_out", "mlp_out")
-            for layer in layer_list
-            for pos in range(n_positions)
-        ]
-    return list(_per_layer(config, granularity, n_positions, layer_list))
-
-
-def _per_layer(config: "ModelConfig", granularity: str, n_positions: int, layers: list[int]) -> Iterator[Component]:
-    positions = range(n_positions)
-    indexed = {"heads": ("z", config.n_heads), "q": ("q", config.n_heads), "k": ("k", config.n_kv_heads),
-               "v": ("v", config.n_kv_heads), "pattern": ("pattern", config.n_heads),
-               "neurons": ("mlp_post", config.d_mlp), "experts": ("expert", config.n_experts)}
-    for layer in layers:
-        if granularity == "resid":
-            yield from (Component("resid_pre", layer, None, p) for p in positions)
-        elif granularity in ("attn_out", "mlp_out"):
-            yield Component(granularity, layer)
-        elif granularity in ("attn_out_pos", "mlp_out_pos"):
-            yield from (Component(granularity[:-4], layer, None, p) for p in positions)
-        elif granularity in indexed:
-            kind, count = indexed[granularity]
-            yield from (Component(kind, layer, i) for i in range(count))
-        else:  # heads_pos, q_pos, k_pos, v_pos, experts_pos
-            kind, count = {"heads_pos": ("z", config.n_heads), "q_pos": ("q", config.n_heads),
-                           "k_pos": ("k", config.n_kv_heads), "v_pos": ("v", config.n_kv_heads),
-                           "experts_pos": ("expert", config.n_experts)}[granularity]
-            yield from (Component(kind, layer, i, p) for i in range(count) for p in positions)
+    return get_granularity(granularity).components(config, n_positions, layers)

@@ -183,7 +183,7 @@ def _quiet_transformers():
         logger.setLevel(level)
 
 
-def load_model(spec: str = BUNDLED, backend: str = "transformer_lens", device: str = "cpu",
+def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu",
                dtype: torch.dtype = torch.float32, remote: bool = False) -> Model:
     """Load a causal LM and wrap it in a :class:`~interp.model.Model`.
 
@@ -191,7 +191,9 @@ def load_model(spec: str = BUNDLED, backend: str = "transformer_lens", device: s
         spec: ``"smollm2-135m"`` (bundled), ``"toy-induction"``, ``"toy-bigram"``, ``"tracr-reverse"``,
             ``"tracr-frac-prevs"`` (tracr-compiled, known circuits), ``"random-llama"`` (also gpt2, neox,
             gemma: random weights), a local Hugging Face folder, a ``.gguf`` file, or a hub name.
-        backend: ``"transformer_lens"`` (TransformerBridge hooks) or ``"nnsight"``.
+        backend: ``"nnsight"`` (the default: the plain Hugging Face modules, every family) or
+            ``"transformer_lens"`` (TransformerBridge hooks; needed for attention-pattern edits,
+            ``resid_mid`` and transcoder attribution graphs). Both give the same numbers.
         device: torch device string. dtype: weights' dtype.
         remote: nnsight only: run traces on NDIF (needs an API key; see the README).
     """

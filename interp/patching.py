@@ -22,15 +22,13 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp.analysis import Analysis, ConfigError, RunSettings, option, register
 from interp.backends.base import Edit, RunSpec
-from interp.components import GRANULARITIES, POSITION_AXIS, SPLICE_GRANULARITIES, Component, Site, enumerate_components, granularity_shape
+from interp.components import POSITION_AXIS, SPLICE_GRANULARITIES, Component, Site, get_granularity
 from interp.corruption import (RunInput, check_settings, clean_and_corrupt, first_difference, noise_edit,
                                target_and_source)
 from interp.metrics import normalized, task_metric
@@ -40,18 +38,6 @@ from interp.hf_compat import kv_prefix
 from interp.resume import Resume
 from interp.splicing import feature_components
 from interp.tasks import Task
-
-AXES = {
-    "resid": ["layer", "position"], "attn_out": ["layer"], "attn_out_pos": ["layer", "position"],
-    "mlp_out": ["layer"], "mlp_out_pos": ["layer", "position"], "block": ["kind", "layer", "position"],
-    "heads": ["layer", "head"], "heads_pos": ["layer", "head", "position"], "q": ["layer", "head"],
-    "k": ["layer", "kv_group"], "v": ["layer", "kv_group"], "q_pos": ["layer", "head", "position"],
-    "k_pos": ["layer", "kv_group", "position"], "v_pos": ["layer", "kv_group", "position"],
-    "pattern": ["layer", "head"], "neurons": ["layer", "neuron"], "experts": ["layer", "expert"],
-    "experts_pos": ["layer", "expert", "position"],
-    "features": ["dictionary", "latent"], "features_pos": ["dictionary", "latent", "position"],
-}
-
 
 @dataclass
 class _Runs:
@@ -122,8 +108,9 @@ def resolve_components(model: Model, granularity: str, n_positions: int, layers:
     if components is None and granularity in SPLICE_GRANULARITIES:
         return feature_components(model.splices, granularity, n_positions, layers)
     if components is None:
-        found = enumerate_components(model.config, granularity, n_positions, layers)
-        return found, list(granularity_shape(model.config, granularity, n_positions, layers)), AXES[granularity]
+        spec = get_granularity(granularity)
+        return (spec.components(model.config, n_positions, layers), list(spec.shape(model.config, n_positions, layers)),
+                spec.axes)
     parsed = [model.validate(c, n_positions) for c in components]
     parsed = [c if c.position is None else c.at(c.position % n_positions) for c in parsed]
     return parsed, [len(parsed)], ["component"]
@@ -281,59 +268,3 @@ def _patched_forward(model: Model, runs: _Runs, components: list[Component], lay
                                    f"{model.backend.name} backend); this is a bug in interp's resume shortcut")
         values = values[:-1]
     return values
-
-
-@dataclass(frozen=True)
-class PatchingConfig(RunSettings):
-    """``interp patch``: exact activation patching, or its attribution estimate (AtP / AtP*),
-    over one granularity or an explicit list of components."""
-
-    aliases = {"method": {"atp-star": "atp*"}}
-
-    granularity: Literal[tuple(GRANULARITIES)] = option("heads", "what one component is")  # type: ignore[valid-type]
-    method: Literal["exact", "atp", "atp*"] = option(
-        "exact", "exact patching, or attribution patching (AtP; AtP* = QK fix + GradDrop; atp-star is the same, "
-                 "and needs no quotes in a shell)")
-    components: tuple[str, ...] | None = option(
-        None, "patch these components instead of a granularity, e.g. L9.H6@13,L3.TC.1234@13")
-    noise_std: float = option(3.0, "gaussian corruption: noise in embedding standard deviations", minimum=0)
-    grad_drop: Literal["block", "sublayer"] = option("block", "AtP*: GradDrop unit")
-    verify_top: int = option(0, "AtP/AtP*: exactly patch the K top-ranked components", minimum=0)
-    diagnose: bool = option(False, "AtP/AtP*: bound the effect of unverified components")
-    diagnose_samples: int = option(256, "AtP/AtP* diagnostic: random subsets patched", minimum=1)
-    diagnose_p: float = option(0.1, "AtP/AtP* diagnostic: inclusion probability per component and sample",
-                               minimum=0, maximum=1)
-    confidence: float = option(0.95, "AtP/AtP* diagnostic: confidence of the bound", minimum=0, maximum=1)
-
-    def validate(self) -> None:
-        if self.method == "exact" and (self.verify_top or self.diagnose):
-            raise ConfigError("--verify-top and --diagnose check an AtP/AtP* ranking; use them with --method atp or atp*")
-
-
-def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConfig()) -> Result:
-    """The patching analysis: :func:`activation_patching` or ``attribution_patching`` (then
-    ``verify_top`` and ``diagnose`` as asked) with ``config``'s settings."""
-    shared = dict(direction=config.direction, metric=config.metric, corruption=config.corruption,
-                  noise_std=config.noise_std, seed=config.seed, layers=list(config.layers) if config.layers else None,
-                  batch_size=config.batch_size, progress=config.progress,
-                  components=list(config.components) if config.components else None)
-    if config.method == "exact":
-        result = activation_patching(model, task, config.granularity, memory_budget_mb=config.memory_mb, **shared)
-    else:
-        from interp.attribution import attribution_patching, diagnose, verify_top
-
-        result = attribution_patching(model, task, config.granularity, method=config.method,
-                                      grad_drop=config.grad_drop if config.method == "atp*" else False, **shared)
-        if config.verify_top:
-            verify_top(model, task, result, config.verify_top, progress=config.progress)
-        if config.diagnose:
-            diagnose(model, task, result, samples=config.diagnose_samples, p=config.diagnose_p,
-                     confidence=config.confidence, seed=config.seed)
-    result.analysis = "patching"
-    return result
-
-
-register(Analysis(
-    name="patching", config=PatchingConfig, run=run_patching, methods=("exact", "atp", "atp*"), page="Patching",
-    figures="interp.ui.figures:patching_figures", figure_file="heatmap.html",
-    summary="the effect of each component on the task's metric: exact activation patching, AtP or AtP*"))

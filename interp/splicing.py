@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from interp.backends.base import Edit, RunSpec, apply_edits
-from interp.components import FEATURE_KINDS, Component, ComponentError, Site
+from interp.components import FEATURE_KINDS, GRANULARITIES, Component, ComponentError, Site
 
 # finish(original activation, dictionary input) -> the host's new activation
 Finish = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -112,6 +112,6 @@ def feature_components(splices: list[Splice], granularity: str, n_positions: int
     width = widths.pop()
     if granularity == "features":
         found = [Component(s.site.kind, s.site.layer, i) for s in chosen for i in range(width)]
-        return found, [len(chosen), width], ["dictionary", "latent"]
+        return found, [len(chosen), width], GRANULARITIES[granularity].axes
     found = [Component(s.site.kind, s.site.layer, i, p) for s in chosen for i in range(width) for p in range(n_positions)]
-    return found, [len(chosen), width, n_positions], ["dictionary", "latent", "position"]
+    return found, [len(chosen), width, n_positions], GRANULARITIES[granularity].axes

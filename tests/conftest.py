@@ -14,17 +14,17 @@ from interp import tasks
 
 @pytest.fixture(scope="session")
 def smollm2():
-    return interp.load_model("smollm2-135m")
+    return interp.load_model("smollm2-135m", backend="transformer_lens")
 
 
 @pytest.fixture(scope="session")
 def random_llama():
-    return interp.load_model("random-llama")
+    return interp.load_model("random-llama", backend="transformer_lens")
 
 
 @pytest.fixture(scope="session")
 def toy_induction():
-    return interp.load_model("toy-induction")
+    return interp.load_model("toy-induction", backend="transformer_lens")
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ def _transcoders(skip_layer: int | None = 1) -> dict:
 def setting(request):
     """(model, transcoders, tokens): grouped-query RMSNorm llama, and GPT-2 (LayerNorm, fused
     q/k/v with biases)."""
-    model = interp.load_model(request.param)
+    model = interp.load_model(request.param, backend="transformer_lens")
     return model, _transcoders(), model.to_tokens(PROMPT)[:, :8]
 
 
@@ -119,7 +119,7 @@ def test_head_nodes_take_every_path_across_positions_and_rows_add_up():
     positions except through a head node, every
     feature -> head edge is the OV-circuit formula against the target's gradient, and (no biases
     anywhere, so the frozen replacement model is linear in its leaves) each row sums to the value."""
-    model = interp.load_model("random-llama")
+    model = interp.load_model("random-llama", backend="transformer_lens")
     transcoders, tokens = _transcoders(), model.to_tokens(PROMPT)[:, :8]
     target = Target(answer=100, wrong=200)
     all_heads = model.config.n_layers * model.config.n_heads * 8
@@ -153,7 +153,7 @@ def test_head_nodes_take_every_path_across_positions_and_rows_add_up():
 
 
 def test_attention_circuits_bad_input():
-    model = interp.load_model("random-llama")
+    model = interp.load_model("random-llama", backend="transformer_lens")
     transcoders = _transcoders(None)
     with pytest.raises(ComponentError, match="head 4 is out of range: .* 4 heads"):
         ov_connections(model, 1, 4, transcoders[0], transcoders[1], 1)

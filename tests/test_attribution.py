@@ -31,7 +31,7 @@ def _raw(result):
 def linear_readout_llama():
     """Random Llama where everything after the last layer's attention is linear (identity final
     norm, last MLP writes zero), with head 0 of the last layer saturated (its queries and keys x50)."""
-    model = interp.load_model("random-llama")
+    model = interp.load_model("random-llama", backend="transformer_lens")
     model.hf_model.model.norm = torch.nn.Identity()
     attention = model.hf_model.model.layers[-1].self_attn
     with torch.no_grad():
@@ -193,7 +193,7 @@ def test_graddrop_recovers_a_cancelled_node():
     """With a linear read-out, scale layer 2's MLP so that the direct and indirect linear effects of
     L1.MLP@-1 cancel: AtP sees nothing, GradDrop (block) still sees the direct effect, which
     dropping layer 2 isolates: importance = (|AtP| + 0 + |direct|) / 2."""
-    model = interp.load_model("random-llama")
+    model = interp.load_model("random-llama", backend="transformer_lens")
     model.hf_model.model.norm = torch.nn.Identity()
     task = tasks.ioi(model, n_prompts=1, seed=3)
     node = ["L1.MLP@-1"]

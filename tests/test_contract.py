@@ -13,7 +13,7 @@ import interp
 from interp.analysis import ANALYSES, ConfigError, ModelOptions, RunSettings, analysis_of, payload_of
 from interp.backends.base import RunSpec
 from interp.components import Site
-from interp.patching import PatchingConfig, run_patching
+from interp.patching_analysis import PatchingConfig, run_patching
 from interp.results import Result
 from interp.ui import cli
 from interp.ui.analyses import ANALYSES as REGISTERED
@@ -43,7 +43,7 @@ def test_the_core_imports_neither_the_interface_nor_the_analysis_packages():
     offenders = {str(p.relative_to(ROOT)): _upward(p) for p in core if _upward(p)}
     assert offenders == {}
     # the scan sees such imports where they are allowed (so it can fail)
-    assert "circuits.edge_circuits" in _upward(ROOT / "interp" / "ui" / "cli_edges.py")
+    assert "circuits.edges_analysis" in _upward(ROOT / "interp" / "ui" / "cli_edges.py")
 
 
 def test_configs_validate_on_construction_with_one_line_naming_the_flag():
@@ -129,7 +129,60 @@ def test_loading_restores_the_transformers_logger():
     before = logger.level
     logger.setLevel(logging.INFO)
     try:
-        interp.load_model("random-llama")
+        interp.load_model("random-llama", backend="transformer_lens")
         assert logger.level == logging.INFO
     finally:
         logger.setLevel(before)
+
+
+def _readme_analysis_code() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Adding an analysis"):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("```", start)]
+
+
+def test_the_readme_walkthrough_adds_an_analysis_with_one_module(random_llama, llama_ioi, tmp_path, capsys):
+    import importlib.util
+
+    from app.shared import PAGE_FILES
+
+    path = tmp_path / "ablation_analysis.py"
+    path.write_text(_readme_analysis_code())
+    spec = importlib.util.spec_from_file_location("ablation_analysis", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)  # registers it
+        out = tmp_path / "run"
+        assert cli.main(["ablation", "--model", "random-llama", "--backend", "transformer_lens", "--task", "ioi",
+                         "--n-prompts", "4", "--seed", "1", "--layers", "0,2", "--out", str(out)]) == 0
+        assert "top components" in capsys.readouterr().out and (out / "ablation.html").is_file()
+        result = Result.load(out)
+        assert result.analysis == "ablation" and analysis_of(result).page in PAGE_FILES
+        assert result.components[:2] == ["L0.H0", "L0.H1"] and result.shape == [2, random_llama.config.n_heads]
+    finally:
+        ANALYSES.pop("ablation", None)
+    # the oracle: plain PyTorch hooks zeroing one head's slice of the output projection's input
+    hf, d_head = random_llama.hf_model, random_llama.config.d_head
+    rows = torch.arange(len(llama_ioi.answers))
+
+    def logit_diff(hook=None, layer=None):
+        handle = hf.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(hook) if hook else None
+        try:
+            logits = hf(llama_ioi.clean_tokens).logits[:, -1]
+        finally:
+            if handle:
+                handle.remove()
+        return (logits[rows, llama_ioi.answers] - logits[rows, llama_ioi.wrong_answers]).mean().item()
+
+    clean = logit_diff()
+    expected = []
+    for layer in (0, 2):
+        for head in range(random_llama.config.n_heads):
+            def zero(module, args, head=head):
+                x = args[0].clone()
+                x[..., head * d_head:(head + 1) * d_head] = 0
+                return (x,)
+            expected.append(logit_diff(zero, layer) - clean)
+    np.testing.assert_allclose(result.scores, expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(expected).max() > 1e-3  # the ablations do move the metric

@@ -136,7 +136,7 @@ def chunks():
 def random_llama_module():
     import interp
 
-    return interp.load_model("random-llama")
+    return interp.load_model("random-llama", backend="transformer_lens")
 
 
 def _identity_sae(d: int, site: str) -> "SparseDictionary":

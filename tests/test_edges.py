@@ -48,7 +48,7 @@ def test_graph_shape_and_edges(random_llama):
         graph.edge_index("L1.H0->L1.Q0")
     with pytest.raises(EdgeError, match="'L9.H0->LOGITS' is not in the graph"):
         graph.edge_index("L9.H0->LOGITS")
-    neox = EdgeGraph(interp.load_model("random-neox").config)  # parallel attention and MLP
+    neox = EdgeGraph(interp.load_model("random-neox", backend="transformer_lens").config)  # parallel attention and MLP
     assert not neox.valid[neox.upstream_index["L1.H0"], neox.downstream_index["L1.MLP"]]
     assert graph.edge_names()[0] == "EMBED->L0.Q0" and len(graph.edge_names()) == graph.n_edges
 
@@ -79,7 +79,7 @@ def test_node_sums_of_eap_equal_atp(random_llama, llama_ioi):
 
 
 def test_eap_matches_finite_differences_of_edge_patching_exactly_on_gpt2():
-    model = interp.load_model("random-gpt2")
+    model = interp.load_model("random-gpt2", backend="transformer_lens")
     model.hf_model.double()  # LayerNorm models run fully in float64, so differences are clean
     task = tasks.ioi(model, n_prompts=3, seed=1)
     scores = edge_attribution(model, task, "eap", progress=False)

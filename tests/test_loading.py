@@ -68,19 +68,19 @@ def test_unembedding_reads_a_contiguous_slice(backend):
 ])
 def test_bad_model_specs(spec, message):
     with pytest.raises(ModelLoadError, match=message):
-        interp.load_model(spec)
+        interp.load_model(spec, backend="transformer_lens")
 
 
 def test_folder_without_config(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
-        interp.load_model(str(tmp_path))
+        interp.load_model(str(tmp_path), backend="transformer_lens")
 
 
 def test_corrupt_gguf(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf file")
     with pytest.raises(ModelLoadError, match="cannot read GGUF file"):
-        interp.load_model(str(bad))
+        interp.load_model(str(bad), backend="transformer_lens")
 
 
 def test_unknown_backend():

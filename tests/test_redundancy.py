@@ -65,7 +65,7 @@ def test_dropping_after_an_error_inside_the_block_still_restores(random_llama, c
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dropped_sublayer_equals_zeroing_its_output(family, chunks):
     """Skipping norm + module == the intact model with that sublayer's output patched to 0."""
-    model = interp.load_model(f"random-{family}")
+    model = interp.load_model(f"random-{family}", backend="transformer_lens")
     for unit, component in (("L1.ATTN", "L1.ATTN"), ("L0.MLP", "L0.MLP")):
         with dropped(model, [unit]):
             skipped = model.run(chunks)

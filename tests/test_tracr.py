@@ -22,7 +22,7 @@ TRACR = ["tracr-reverse", "tracr-frac-prevs"]
 
 @pytest.fixture(scope="module", params=TRACR)
 def tracr_model(request):
-    return interp.load_model(request.param)
+    return interp.load_model(request.param, backend="transformer_lens")
 
 
 @pytest.mark.parametrize("name", TRACR)
@@ -44,7 +44,7 @@ def test_port_reproduces_tracr_outputs(name, backend):
 
 def test_reverse_needs_the_bidirectional_mask():
     """The first output of reverse is the last token: a causal mask would hide it."""
-    model = interp.load_model("tracr-reverse")
+    model = interp.load_model("tracr-reverse", backend="transformer_lens")
     tokens = model.to_tokens(["a b c d a", "a b c d b"])
     first_output = model.run(tokens)[:, 1].argmax(-1)
     assert model.tokenizer.convert_ids_to_tokens(first_output.tolist()) == ["a", "b"]
@@ -53,7 +53,7 @@ def test_reverse_needs_the_bidirectional_mask():
 def test_known_circuit_of_frac_prevs_is_the_program():
     """frac_prevs(x): an MLP maps tokens to [token == x]; one head averages it over positions
     selected by index (query and key read positions); the unembedding reads the head."""
-    known = KnownCircuit.of(interp.load_model("tracr-frac-prevs"))
+    known = KnownCircuit.of(interp.load_model("tracr-frac-prevs", backend="transformer_lens"))
     assert sorted(known.edge_names()) == sorted(
         ["EMBED->L0.MLP", "EMBED->L1.Q0", "EMBED->L1.K0", "L0.MLP->L1.V0", "L1.H0->LOGITS"])
 
@@ -99,7 +99,7 @@ def bidirectional_gpt2(tmp_path_factory):
             block.attn.c_attn.weight.mul_(8)
     hf_model.config.is_causal = False
     hf_model.save_pretrained(folder)
-    return interp.load_model(str(folder))
+    return interp.load_model(str(folder), backend="transformer_lens")
 
 
 def test_backends_agree_without_causal_mask(bidirectional_gpt2):

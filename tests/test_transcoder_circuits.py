@@ -17,7 +17,7 @@ from interp.sublayers import Sublayers
 
 @pytest.fixture(scope="module")
 def model():
-    return interp.load_model("random-llama")
+    return interp.load_model("random-llama", backend="transformer_lens")
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,11 @@ from typing import Any, Iterator
 import torch
 
 from interp.backends.base import Edit, RunSpec
-from interp.components import Site
+from interp.components import ACTIVATION_KINDS, Site
 
 GRAD_DROP_UNITS = ("block", "sublayer")
-ATTENTION_KINDS = frozenset({"z", "q", "k", "v", "pattern", "attn_out"})
-MLP_KINDS = frozenset({"mlp_post", "mlp_out", "expert"})
+ATTENTION_KINDS = frozenset(kind for kind, k in ACTIVATION_KINDS.items() if k.sublayer == "attn")
+MLP_KINDS = frozenset(kind for kind, k in ACTIVATION_KINDS.items() if k.sublayer == "mlp")
 
 Unit = tuple[int, str]  # (layer, "block" | "attn" | "mlp"): a residual-stream write GradDrop can drop
 

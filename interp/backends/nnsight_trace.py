@@ -13,7 +13,7 @@ import torch
 from interp import hf_compat
 from interp.architectures import Layout, get_path, join_fused_qkv, split_fused_qkv
 from interp.backends.base import RunSpec, apply_edits
-from interp.components import Site
+from interp.components import ACTIVATION_KINDS, PORT_ORDER, Site
 
 
 # kind -> (module path inside the layer, "input" or "output") for the one-tensor ports
@@ -28,15 +28,8 @@ def _simple_ports(layout: Layout) -> dict[str, tuple[str, str]]:
 
 
 # (port, kinds served) in the order a decoder layer executes them.
-_PORTS = (
-    ("resid_pre", ("resid_pre",)),
-    ("qkv", ("q", "k", "v")),
-    ("z", ("z",)),
-    ("attn", ("attn_out", "pattern")),
-    ("mlp_post", ("mlp_post",)),
-    ("mlp_out", ("mlp_out",)),
-    ("resid_post", ("resid_post",)),
-)
+# (port, the kinds it serves), in execution order, from the one kinds table
+_PORTS = tuple((port, tuple(kind for kind, k in ACTIVATION_KINDS.items() if k.port == port)) for port in PORT_ORDER)
 
 
 def _visit(spec: RunSpec, site: Site, module, attribute: str, view: tuple[int, ...] | None) -> torch.Tensor:

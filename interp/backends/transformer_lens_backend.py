@@ -11,21 +11,9 @@ import torch
 
 from interp import hf_compat
 from interp.backends.base import Backend, RunOutput, RunSpec, apply_edits
-from interp.components import Site
+from interp.components import ACTIVATION_KINDS, Site
 
-HOOK_NAMES = {
-    "resid_pre": "blocks.{layer}.hook_resid_pre",
-    "resid_mid": "blocks.{layer}.hook_resid_mid",
-    "resid_post": "blocks.{layer}.hook_resid_post",
-    "attn_out": "blocks.{layer}.hook_attn_out",
-    "mlp_out": "blocks.{layer}.hook_mlp_out",
-    "z": "blocks.{layer}.attn.hook_z",
-    "q": "blocks.{layer}.attn.hook_q",
-    "k": "blocks.{layer}.attn.hook_k",
-    "v": "blocks.{layer}.attn.hook_v",
-    "pattern": "blocks.{layer}.attn.hook_pattern",
-    "mlp_post": "blocks.{layer}.mlp.hook_post",
-}
+HOOK_NAMES = {kind: k.hook for kind, k in ACTIVATION_KINDS.items() if k.hook is not None}  # from the one kinds table
 
 
 def hook_name(site: Site) -> str:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.analysis import TaskOptions
-from interp.patching import PatchingConfig
+from interp.analysis import ANALYSES, CorpusOptions, TaskOptions
+from interp.patching_analysis import PatchingConfig
+from interp.ui import analyses  # noqa: F401  (registers every analysis)
 from interp.ui.cli_bigram import add_command as add_bigram_command
 from interp.ui.cli_edges import add_command as add_edges_command
 from interp.ui.cli_probe import add_command as add_probe_command
@@ -45,7 +46,7 @@ def _add_patch(subparsers) -> None:
 
 
 def _run_patch(args: argparse.Namespace) -> int:
-    from interp.patching import run_patching
+    from interp.patching_analysis import run_patching
 
     config = config_from_args(PatchingConfig, args)
     inputs = config_from_args(TaskOptions, args)
@@ -121,7 +122,8 @@ def _run_app(args: argparse.Namespace) -> int:
         env["INTERP_APP_MODEL"] = args.model
     print(f"serving {home} on http://localhost:{args.port} (runs from {env['INTERP_RUNS_DIR']}); Ctrl-C stops it")
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(args.port),
-                            "--server.address", "localhost", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"], env=env)
+                            "--server.address", "localhost", "--browser.gatherUsageStats", "false",
+                            "--client.toolbarMode", "viewer"], env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +136,43 @@ def build_parser() -> argparse.ArgumentParser:
     add_dictionary_commands(subparsers)
     add_probe_command(subparsers)
     _add_app(subparsers)
+    for analysis in ANALYSES.values():  # any other registered analysis gets a generic command
+        if analysis.inputs and analysis.cli_command.split()[0] not in subparsers.choices:
+            add_generic_command(subparsers, analysis)
     return parser
+
+
+def add_generic_command(subparsers, analysis) -> None:
+    """``interp <name>``: model flags, the inputs' flags (a task or a corpus), the config's flags
+    and ``--out``; runs the analysis, saves its run folder and prints its top components."""
+    p = subcommand(subparsers, analysis.cli_command, analysis.summary, (analysis.config.__doc__ or analysis.summary).strip())
+    add_model_flags(p)
+    inputs = TaskOptions if analysis.inputs == "task" else CorpusOptions
+    add_config_flags(p, inputs, group="prompts" if analysis.inputs == "task" else "text")
+    add_config_flags(p, analysis.config, group="analysis")
+    if "seed" not in analysis.config.field_names():
+        p.add_argument("--seed", type=int, default=0, help="seed of the prompts or the corpus chunks")
+    p.add_argument("--out", default=None, help=f"run folder (default runs/<input>-{analysis.name})")
+    p.set_defaults(func=lambda args: _run_generic(analysis, args))
+
+
+def _run_generic(analysis, args: argparse.Namespace) -> int:
+    config = config_from_args(analysis.config, args)
+    model = load(args)
+    if analysis.inputs == "task":
+        options = config_from_args(TaskOptions, args)
+        data, label = options.build(model, seed=args.seed), Path(options.task).stem
+    else:
+        options = config_from_args(CorpusOptions, args)
+        data, label = options.load(), Path(options.corpus).stem
+    result = analysis.run(model, data, config)
+    result.analysis = analysis.name
+    written = save_run(result, Path(args.out or f"runs/{label}-{analysis.name}"))
+    print(f"{analysis.name} on {model.config.name}, {result.task}: {len(result.components)} components, "
+          f"{result.wall_seconds:.1f} s")
+    _print_top(result)
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from circuits.edge_circuits import EdgesConfig
+from circuits.edges_analysis import EdgesConfig
 from interp.analysis import TaskOptions
 from interp.ui.flags import add_config_flags, add_model_flags, config_from_args, load, save_run, subcommand
 
@@ -30,7 +30,7 @@ def add_command(subparsers) -> None:
 
 
 def _run_edges(args: argparse.Namespace) -> int:
-    from circuits.edge_circuits import run_edges
+    from circuits.edges_analysis import run_edges
 
     config = config_from_args(EdgesConfig, args)
     inputs = config_from_args(TaskOptions, args)

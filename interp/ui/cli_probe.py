@@ -32,7 +32,7 @@ def add_command(subparsers) -> None:
 
 def _run_probe(args: argparse.Namespace) -> int:
     from interp.tasks import GENERATORS
-    from probes.analysis import run_probes
+    from probes.probe_analysis import run_probes
     from probes.dataset import ProbeDataset
 
     config = config_from_args(ProbeConfig, args)

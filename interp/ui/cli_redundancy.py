@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from interp.analysis import CorpusOptions
-from interp.layer_redundancy import DropConfig, RedundancyConfig
+from interp.redundancy_analysis import DropConfig, RedundancyConfig
 from interp.ui.flags import add_config_flags, add_model_flags, config_from_args, load, save_run, subcommand
 
 
@@ -36,7 +36,7 @@ def add_commands(subparsers) -> None:
 
 
 def _run_redundancy(args: argparse.Namespace) -> int:
-    from interp.layer_redundancy import run_redundancy
+    from interp.redundancy_analysis import run_redundancy
 
     config = config_from_args(RedundancyConfig, args)
     corpus = config_from_args(CorpusOptions, args).load()
@@ -65,7 +65,7 @@ def _print_redundancy(result, found: dict) -> None:
 
 
 def _run_drop(args: argparse.Namespace) -> int:
-    from interp.layer_redundancy import run_drop
+    from interp.redundancy_analysis import run_drop
 
     config = config_from_args(DropConfig, args)
     corpus = config_from_args(CorpusOptions, args).load()

@@ -197,9 +197,9 @@ def run_drop(model, corpus: Corpus, config: DropConfig) -> Result:
 
 
 register(Analysis(
-    name="redundancy", config=RedundancyConfig, run=run_redundancy, methods=("redundancy",), page="Pruning",
+    name="redundancy", inputs="corpus", config=RedundancyConfig, run=run_redundancy, methods=("redundancy",), page="Pruning",
     payload=RedundancyPayload, figures="interp.ui.figures:redundancy_figures",
     summary="similarity and ablation importance of every attention sublayer, MLP sublayer and block; pruning curves"))
 register(Analysis(
-    name="drop", config=DropConfig, run=run_drop, methods=("drop",), page="Pruning", payload=DropPayload,
+    name="drop", inputs="corpus", config=DropConfig, run=run_drop, methods=("drop",), page="Pruning", payload=DropPayload,
     summary="the model with chosen layers dropped against the intact model: perplexity, tasks, generation speed"))
