@@ -22,6 +22,7 @@ from circuits.edge_patching import run_with_patched_edges
 from circuits.edge_runs import upstream_outputs, upstream_sites
 from interp.backends.base import RunSpec
 from interp.corruption import RunInput
+from interp.metrics import kl_divergence
 from interp.model import Model
 from interp.sublayers import Sublayers
 from interp.tasks import Task
@@ -64,7 +65,7 @@ def acdc(model: Model, task: Task, threshold: float, progress: bool = True) -> A
 
     def kl(keep: np.ndarray) -> float:
         logprobs = run_with_patched_edges(model, clean, graph.valid & ~keep, source, sublayers).float().log_softmax(-1)
-        return float((clean_logprobs.exp() * (clean_logprobs - logprobs)).sum(-1).mean())
+        return float(kl_divergence(clean_logprobs, logprobs).mean())
 
     keep = graph.valid.copy()
     current = kl(keep)

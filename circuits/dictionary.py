@@ -1,6 +1,6 @@
 """Sparse dictionaries: SAEs and transcoders with ReLU+L1, TopK, BatchTopK and JumpReLU encoders.
 
-Notation (ALGORITHMS.md section 4): x [..., d_in], latents f [..., d_sae], W_enc [d_in, d_sae],
+Notation (docs/methods.md, sparse autoencoders): x [..., d_in], latents f [..., d_sae], W_enc [d_in, d_sae],
 W_dec [d_sae, d_out]. An SAE reconstructs its input (d_out = d_in, b_dec subtracted from the input
 first); a transcoder maps an MLP's normalized input to the MLP's output; a skip transcoder adds
 x W_skip. Losses are per token, summed over output dimensions and averaged over tokens:

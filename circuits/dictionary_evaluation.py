@@ -25,7 +25,7 @@ import torch
 from circuits.activation_store import read_pairs
 from circuits.dictionary import DictionaryError, SparseDictionary
 from interp.components import Component, Site
-from interp.metrics import next_token_loss
+from interp.metrics import kl_divergence, next_token_loss
 from interp.model import Model
 from interp.splicing import Splice
 from interp.sublayers import Sublayers
@@ -108,7 +108,7 @@ def evaluate_dictionary(model: Model, dictionary: SparseDictionary, chunks: torc
             ce[name].append(next_token_loss(logits, tokens)[keep])
         clean_lp = clean_logits[:, :-1].float().log_softmax(-1)
         spliced_lp = spliced_logits[:, :-1].float().log_softmax(-1)
-        kl.append((clean_lp.exp() * (clean_lp - spliced_lp)).sum(-1)[keep])
+        kl.append(kl_divergence(clean_lp, spliced_lp)[keep])
     mean_y = mean_y / n_tokens
     variance = sums["energy"] / n_tokens - mean_y.pow(2).sum().item()
     ce_mean = {name: torch.cat(values).mean().item() for name, values in ce.items()}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from interp.components import Component
 from interp.config import ModelConfig
 
 EMBED = "EMBED"
@@ -34,6 +35,30 @@ class NodeRef:
     layer: int  # -1 for EMBED, n_layers for LOGITS
     index: int | None = None  # head (q) or KV group (k, v)
 
+    @property
+    def component(self) -> Component | None:
+        """The node as a Component (None for EMBED and LOGITS); its name is that component's."""
+        return None if self.name in (EMBED, LOGITS) else Component.parse(self.name)
+
+
+def parse_edge(name: str) -> tuple[str, str]:
+    """``"L2.H0->L3.Q1"`` -> its two node names, each ``EMBED``, ``LOGITS`` or a Component in
+    canonical spelling (read by the one Component parser, so ``l2.h0->l3.q1`` is the same edge)."""
+    upstream, arrow, downstream = str(name).partition("->")
+    if not arrow:
+        raise EdgeError(f"cannot parse edge {name!r}: expected e.g. L2.H0->L3.Q1")
+
+    def node(text: str) -> str:
+        text = text.strip().upper()
+        if text in (EMBED, LOGITS):
+            return text
+        try:
+            return str(Component.parse(text))
+        except ValueError:
+            raise EdgeError(f"cannot parse edge {name!r}: {text!r} is not a node (EMBED, LOGITS or a component)") from None
+
+    return node(upstream), node(downstream)
+
 
 class EdgeGraph:
     """Node lists and the [n_upstream, n_downstream] mask of edges that exist."""
@@ -44,12 +69,12 @@ class EdgeGraph:
         self.upstream: list[NodeRef] = [NodeRef(EMBED, "embed", -1)]
         self.downstream: list[NodeRef] = []
         for layer in range(n_layers):
-            self.upstream += [NodeRef(f"L{layer}.H{h}", "head", layer, h) for h in range(config.n_heads)]
-            self.upstream.append(NodeRef(f"L{layer}.MLP", "mlp", layer))
-            self.downstream += [NodeRef(f"L{layer}.Q{h}", "q", layer, h) for h in range(config.n_heads)]
+            self.upstream += [NodeRef(str(Component("z", layer, h)), "head", layer, h) for h in range(config.n_heads)]
+            self.upstream.append(NodeRef(str(Component("mlp_out", layer)), "mlp", layer))
+            self.downstream += [NodeRef(str(Component("q", layer, h)), "q", layer, h) for h in range(config.n_heads)]
             for kind in ("k", "v"):
-                self.downstream += [NodeRef(f"L{layer}.{kind.upper()}{g}", kind, layer, g) for g in range(config.n_kv_heads)]
-            self.downstream.append(NodeRef(f"L{layer}.MLP", "mlp", layer))
+                self.downstream += [NodeRef(str(Component(kind, layer, g)), kind, layer, g) for g in range(config.n_kv_heads)]
+            self.downstream.append(NodeRef(str(Component("mlp_out", layer)), "mlp", layer))
         self.downstream.append(NodeRef(LOGITS, "logits", n_layers))
         self.upstream_index = {node.name: i for i, node in enumerate(self.upstream)}
         self.downstream_index = {node.name: i for i, node in enumerate(self.downstream)}
@@ -87,7 +112,10 @@ class EdgeGraph:
 
     def edge_index(self, name: str) -> tuple[int, int]:
         """(upstream row, downstream column) of an edge name like ``"L0.H1->L1.K0"``."""
-        source, _, target = name.replace(" ", "").upper().partition("->")
+        try:
+            source, target = parse_edge(name.replace(" ", ""))
+        except EdgeError:
+            source = target = None
         if source not in self.upstream_index or target not in self.downstream_index:
             raise EdgeError(f"edge {name!r} is not in the graph: expected e.g. 'EMBED->L0.Q0', 'L0.H1->L1.K0', 'L1.MLP->LOGITS'")
         u, d = self.upstream_index[source], self.downstream_index[target]

@@ -28,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 from circuits.edge_attribution import EdgeScores
 from circuits.edge_graph import EdgeGraph
 from circuits.edge_patching import patched_metrics
+from interp.metrics import kl_divergence
 from interp.model import Model
 from interp.tasks import Task
 from interp.tracr_models import read_metadata
@@ -139,5 +140,5 @@ def relative_thresholds(model: Model, task: Task, n: int = 12) -> list[float]:
     (tracr's unscaled 0/1 logits make that KL small, so absolute thresholds do not transfer)."""
     clean = model.run(task.clean_tokens, logits_to_keep=1)[:, -1].float().log_softmax(-1)
     corrupt = model.run(task.corrupt_tokens, logits_to_keep=1)[:, -1].float().log_softmax(-1)
-    total = float((clean.exp() * (clean - corrupt)).sum(-1).mean())
+    total = float(kl_divergence(clean, corrupt).mean())
     return [total * s for s in np.logspace(-6, 0, n)]

@@ -21,19 +21,15 @@ import torch
 
 from circuits.bigram_table import BigramTable
 from circuits.weight_masks import MaskableMatrix, complement, masked, random_like
+from interp.corpus import row_batches
 from interp.model import Model
-
-
-def _batches(chunks: torch.Tensor, batch_size: int):
-    for start in range(0, len(chunks), batch_size):
-        yield chunks[start:start + batch_size]
 
 
 @torch.no_grad()
 def _statistics(model: Model, chunks: torch.Tensor, table: BigramTable, batch_size: int) -> dict[str, np.ndarray]:
     """Per-token model surprisal of the actual next token and cross-entropy to the bigram row."""
     surprisal, cross_entropy = [], []
-    for tokens in _batches(chunks, batch_size):
+    for tokens in row_batches(chunks, batch_size):
         log_probs = torch.log_softmax(model.run(tokens.to(model.device)).float(), dim=-1)
         nexts = tokens[:, 1:].to(log_probs.device)
         surprisal.append(-log_probs[:, :-1].gather(-1, nexts[..., None])[..., 0].cpu().double())
@@ -166,7 +162,7 @@ def residual_maps(model: Model, chunks: torch.Tensor, masks: Mapping[str, torch.
     streams: list[list[torch.Tensor]] = [[] for _ in sites]
     groups = []
     with masked(model, dict(masks or {})):
-        for index, tokens in enumerate(_batches(chunks, 8)):
+        for index, tokens in enumerate(row_batches(chunks, 8)):
             _, cache = model.run_with_cache(tokens.to(model.device), sites)
             for k, site in enumerate(sites):
                 streams[k].append(cache[site].reshape(-1, cache[site].shape[-1]).double().cpu())

@@ -340,7 +340,7 @@ def attribution_graph(model: Model, transcoders: dict[int, SparseDictionary], to
 
     def node_id(node: Node) -> str:
         kind, layer, position, index = node
-        return {"target": "TARGET", "embed": f"EMBED@{position}", "error": f"L{layer}.ERR@{position}",
+        return {"target": "TARGET", "embed": f"EMBED@{position}", "error": f"L{layer}.TC_ERR@{position}",
                 "head": f"L{layer}.H{index}@{position}"}.get(kind, f"L{layer}.TC.{index}@{position}")
 
     out_nodes = []

@@ -17,6 +17,13 @@ Syntax (case-insensitive on input, canonical upper case on output)::
     L3.SAE.1234    latent 1234 of the SAE spliced at layer 3 [batch, pos, d_sae]
     L3.TC_ERR      error term of that transcoder / SAE       [batch, pos, d_model]
     L3.SAE_ERR
+    L5.BLOCK       the whole decoder layer: a unit that layer dropping removes (not a tensor)
+
+The same names are used everywhere a place in the model is named: droppable units are
+``L5.ATTN`` / ``L5.MLP`` / ``L5.BLOCK``; the nodes of an edge graph are components (an edge into
+``L3.Q1`` enters head 1's query through its input) plus ``EMBED`` and ``LOGITS``, and an edge is
+``"L2.H0->L3.Q1"``; a transcoder attribution graph's nodes are ``L3.TC.12@5``, ``L3.H1@5``,
+``L3.TC_ERR@5`` (read from older graphs as ``L3.ERR@5``), ``EMBED@5`` and ``TARGET``.
 
 Latents and error terms exist only while a dictionary is spliced in (``interp.splicing``); the
 model, not the config, says how many latents there are.
@@ -73,7 +80,11 @@ ACTIVATION_KINDS: dict[str, Kind] = {
     "sae": Kind("SAE", "dictionary", 2),
     "tc_error": Kind("TC_ERR"),
     "sae_error": Kind("SAE_ERR"),
+    # a whole decoder layer: a unit layer dropping removes (L5.BLOCK), not a tensor one can read
+    "block": Kind("BLOCK"),
 }
+# Old spellings the parser still reads: transcoder graphs wrote their error nodes L3.ERR@5.
+_TOKEN_ALIASES = {"ERR": "TC_ERR"}
 # The nnsight trace visits its ports in this order (the order the forward computes them).
 PORT_ORDER = ("resid_pre", "qkv", "z", "attn", "mlp_post", "mlp_out", "resid_post")
 
@@ -92,7 +103,8 @@ def _alternatives(tokens) -> str:
 
 # Dictionary latents are written with a dot before the index (L3.TC.1234), other indices without.
 _PATTERN = re.compile(
-    r"^L(?P<layer>\d+)\.(?:(?P<named>" + _alternatives(k.token for k in ACTIVATION_KINDS.values() if k.bound is None) + ")"
+    r"^L(?P<layer>\d+)\.(?:(?P<named>"
+    + _alternatives([k.token for k in ACTIVATION_KINDS.values() if k.bound is None] + list(_TOKEN_ALIASES)) + ")"
     r"|(?P<indexed>" + _alternatives(k.token + ("." if k.bound == "dictionary" else "")
                                      for k in ACTIVATION_KINDS.values() if k.bound is not None) + r")(?P<index>\d+))"
     r"(?:@(?P<pos>-?\d+))?$"
@@ -147,9 +159,10 @@ class Component:
             raise ComponentError(
                 f"cannot parse component {text!r}: expected e.g. L5.H3, L5.MLP, L5.ATTN, "
                 "L5.RESID_PRE, L5.Q3, L5.K1, L5.A3, L2.N1043, L2.E5, L3.TC.1234, L3.SAE.1234, L3.TC_ERR, "
-                "optionally with @position"
+                "L5.BLOCK, optionally with @position"
             )
         token = match["named"] or match["indexed"].rstrip(".")
+        token = _TOKEN_ALIASES.get(token, token)
         index = int(match["index"]) if match["index"] is not None else None
         position = int(match["pos"]) if match["pos"] is not None else None
         return cls(_TOKEN_TO_KIND[token], int(match["layer"]), index, position)
@@ -172,6 +185,9 @@ class Component:
         latents of spliced dictionaries are checked by ``Model.validate``, which knows them)."""
         if not 0 <= self.layer < config.n_layers:
             raise ComponentError(f"component {self} is out of range: the model has {config.n_layers} layers")
+        if self.kind == "block":
+            raise ComponentError(f"{self} names a whole layer, a unit for layer dropping, not an activation; "
+                                 f"read L{self.layer}.RESID_POST instead")
         if self.kind == "expert" and not config.n_experts:
             raise ComponentError(f"component {self} does not exist: {config.name} has dense MLPs, no experts")
         if self.kind == "mlp_post" and config.n_experts:

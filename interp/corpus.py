@@ -172,3 +172,9 @@ def load_corpus(spec: str | Path | None = None) -> Corpus:
         dataset, _, split = text[3:].partition(":")
         return Corpus.from_hf(dataset, split=split or "train")
     return Corpus.from_path(text)
+
+
+def row_batches(rows: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """``rows`` [n, ...] (token chunks, prompts) cut into consecutive batches of at most
+    ``batch_size`` rows: the one batching helper of the corpus-based analyses."""
+    return [rows[i:i + batch_size] for i in range(0, rows.shape[0], batch_size)]

@@ -12,7 +12,7 @@ import torch
 
 from interp.components import Site
 from interp.model import Model
-from interp.toy_models import induction_scores, previous_token_scores
+from interp.toy_models import induction_scores, ordinary_token_range, previous_token_scores, repeated_random_tokens
 
 
 def duplicate_token_scores(pattern: torch.Tensor, half_length: int) -> torch.Tensor:
@@ -34,12 +34,9 @@ def attention_patterns(model: Model, tokens: torch.Tensor) -> torch.Tensor:
 
 def repeated_tokens(model: Model, n_sequences: int = 8, half_length: int = 20, seed: int = 0) -> torch.Tensor:
     """[n, 1 + 2 * half_length]: a start token, then a random half of ordinary tokens repeated once."""
-    generator = torch.Generator().manual_seed(seed)
-    vocab = model.config.d_vocab
-    low, high = (1, vocab) if vocab <= 1000 else (1000, min(vocab, 20000))
-    half = torch.randint(low, high, (n_sequences, half_length), generator=generator)
+    low, high = ordinary_token_range(model.config.d_vocab)
     start = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else 0
-    return torch.cat([torch.full((n_sequences, 1), start), half, half], dim=1).to(model.device)
+    return repeated_random_tokens(n_sequences, half_length, seed, low, high, start).to(model.device)
 
 
 def head_scores(model: Model, n_sequences: int = 8, half_length: int = 20, seed: int = 0) -> dict[str, np.ndarray]:

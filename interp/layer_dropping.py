@@ -12,7 +12,6 @@ Units are named like components: ``L5.ATTN``, ``L5.MLP``, and ``L5.BLOCK`` (both
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Union
@@ -21,10 +20,11 @@ import torch
 
 from interp import hf_compat
 from interp.architectures import get_path
+from interp.components import Component, ComponentError
 from interp.config import ModelConfig
 
 UNIT_KINDS = ("attn", "mlp", "block")
-_UNIT_PATTERN = re.compile(r"^L(?P<layer>\d+)\.(?P<kind>ATTN|MLP|BLOCK)$")
+_UNIT_OF_KIND = {"attn_out": "attn", "mlp_out": "mlp", "block": "block"}  # Component kind -> unit kind
 
 
 class DropError(ValueError):
@@ -43,16 +43,26 @@ class Unit:
             raise DropError(f"unknown unit kind {self.kind!r}; known: {', '.join(UNIT_KINDS)}")
 
     @classmethod
-    def parse(cls, text: Union[str, "Unit"]) -> "Unit":
+    def parse(cls, text: Union[str, "Unit", Component]) -> "Unit":
+        """``L5.ATTN``, ``L5.MLP`` or ``L5.BLOCK``, read by the one Component parser."""
         if isinstance(text, Unit):
             return text
-        match = _UNIT_PATTERN.match(str(text).strip().upper())
-        if match is None:
+        try:
+            component = Component.parse(text)
+        except ComponentError:
+            component = None
+        if component is None or component.kind not in _UNIT_OF_KIND or component.index is not None \
+                or component.position is not None:
             raise DropError(f"cannot parse unit {text!r}: expected e.g. L5.ATTN, L5.MLP or L5.BLOCK")
-        return cls(match["kind"].lower(), int(match["layer"]))
+        return cls(_UNIT_OF_KIND[component.kind], component.layer)
+
+    @property
+    def component(self) -> Component:
+        """The unit as a component (``L5.ATTN``, ``L5.MLP``, ``L5.BLOCK``)."""
+        return Component({v: k for k, v in _UNIT_OF_KIND.items()}[self.kind], self.layer)
 
     def __str__(self) -> str:
-        return f"L{self.layer}.{self.kind.upper()}"
+        return str(self.component)
 
     def validate(self, config: ModelConfig) -> "Unit":
         if not 0 <= self.layer < config.n_layers:

@@ -24,10 +24,14 @@ def prob(logits: torch.Tensor, answers: torch.Tensor, wrong_answers: torch.Tenso
     return logits.float().softmax(-1).gather(-1, answers[:, None])[:, 0]
 
 
+def kl_divergence(reference_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(reference || other) over the last axis, in nats, from two log-distributions [..., d]."""
+    return (reference_logprobs.exp() * (reference_logprobs - logprobs)).sum(-1)
+
+
 def kl(logits: torch.Tensor, answers: torch.Tensor, wrong_answers: torch.Tensor, clean_logprobs: torch.Tensor) -> torch.Tensor:
     """KL(clean || run) of the next-token distributions, in nats (0 on the clean run)."""
-    logprobs = logits.float().log_softmax(-1)
-    return (clean_logprobs.exp() * (clean_logprobs - logprobs)).sum(-1)
+    return kl_divergence(clean_logprobs, logits.float().log_softmax(-1))
 
 
 METRICS: dict[str, MetricFn] = {"logit_diff": logit_diff, "prob": prob, "kl": kl}

@@ -24,6 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.components import Site
+from interp.corpus import row_batches
+from interp.metrics import kl_divergence
 from interp.layer_dropping import DropError, Unit, dropped, sublayers_of
 from interp.metrics import next_token_loss
 
@@ -35,10 +37,6 @@ def check_tokens(tokens: torch.Tensor, what: str = "calibration") -> None:
     """One-line errors for token batches that cannot be scored."""
     if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
         raise DropError(f"{what} text must be token ids [n_chunks >= 1, length >= 2], got shape {tuple(tokens.shape)}")
-
-
-def _batches(tokens: torch.Tensor, batch_size: int):
-    return [tokens[i:i + batch_size] for i in range(0, tokens.shape[0], batch_size)]
 
 
 @dataclass
@@ -91,7 +89,7 @@ def similarity_scores(model, tokens: torch.Tensor, kinds: Sequence[str] = ("attn
     cos_sum = torch.zeros(len(units), dtype=torch.float64)
     angle_sum = torch.zeros(len(units), dtype=torch.float64)
     n_tokens = 0
-    batches = _batches(tokens, batch_size)
+    batches = row_batches(tokens, batch_size)
     with dropped(model, gone):
         for batch in tqdm(batches, desc="similarity", disable=not progress, leave=False):
             _, cache = model.run_with_cache(batch, sites)
@@ -123,7 +121,7 @@ def _unit_input_output(cache, unit: Unit, gone: set[Unit], parallel: bool) -> tu
 def divergence(reference_logprobs: torch.Tensor, logprobs: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-position divergence [...] of two log-distributions over the last axis (see module doc)."""
     if kind == "kl":
-        return (reference_logprobs.exp() * (reference_logprobs - logprobs)).sum(-1)
+        return kl_divergence(reference_logprobs, logprobs)
     if kind == "js":
         middle = torch.logaddexp(reference_logprobs, logprobs) - math.log(2.0)
         return 0.5 * (divergence(reference_logprobs, middle, "kl") + divergence(logprobs, middle, "kl"))
@@ -154,7 +152,7 @@ def output_change(model, tokens: torch.Tensor, drop_sets: Sequence[Sequence[Unit
     loss_sum = torch.zeros(len(sets), dtype=torch.float64)
     div_sum = torch.zeros(len(sets), dtype=torch.float64)
     full_sum, n_tokens, n_forward = 0.0, 0, 0
-    batches = _batches(tokens, batch_size)
+    batches = row_batches(tokens, batch_size)
     bar = tqdm(total=len(batches) * (len(sets) + 1), desc=desc, disable=not progress, leave=False)
     for batch in batches:
         reference = model.run(batch).float().log_softmax(-1)

@@ -170,12 +170,20 @@ def markov_corpus(n_documents: int = 400, length: int = 63, repeat_fraction: flo
     return Corpus(f"toy-markov[{n_documents}x{length},seed={seed}]", tuple(documents))
 
 
-def repeated_random_tokens(n_sequences: int, half_length: int, seed: int) -> torch.Tensor:
-    """[n, 1 + 2 * half_length]: BOS, then a random half repeated once (toy vocabulary ids)."""
+def ordinary_token_range(vocab: int) -> tuple[int, int]:
+    """[low, high) of token ids that random-token prompts draw from: the whole vocabulary of a toy
+    model (id 0 left for BOS), ids 1000..20000 of a real one (past the special and byte tokens)."""
+    return (1, vocab) if vocab < 1000 else (1000, min(vocab, 20000))
+
+
+def repeated_random_tokens(n_sequences: int, half_length: int, seed: int, low: int = 1, high: int = TOY_VOCAB,
+                           bos: int = 0) -> torch.Tensor:
+    """[n, 1 + 2 * half_length]: ``bos``, then a random half of ids in [low, high) repeated once
+    (the defaults: the toy vocabulary)."""
     generator = torch.Generator().manual_seed(seed)
-    half = torch.randint(1, TOY_VOCAB, (n_sequences, half_length), generator=generator)
-    bos = torch.zeros(n_sequences, 1, dtype=torch.long)
-    return torch.cat([bos, half, half], dim=1)
+    half = torch.randint(low, high, (n_sequences, half_length), generator=generator)
+    start = torch.full((n_sequences, 1), bos, dtype=torch.long)
+    return torch.cat([start, half, half], dim=1)
 
 
 def induction_scores(pattern: torch.Tensor, half_length: int) -> torch.Tensor:

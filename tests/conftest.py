@@ -12,6 +12,13 @@ import interp
 from interp import tasks
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that loads SmolLM2 (through the ``smollm2`` fixture) is ``slow``."""
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     return interp.load_model("smollm2-135m", backend="transformer_lens")

@@ -1,4 +1,4 @@
-"""AtP and AtP*: exact identities (ALGORITHMS.md section 2), brute-force oracles and
+"""AtP and AtP*: exact identities (docs/methods.md, attribution patching), brute-force oracles and
 TransformerLens' own attribution patching."""
 
 import dataclasses

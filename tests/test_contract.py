@@ -186,3 +186,39 @@ def test_the_readme_walkthrough_adds_an_analysis_with_one_module(random_llama, l
             expected.append(logit_diff(zero, layer) - clean)
     np.testing.assert_allclose(result.scores, expected, rtol=1e-4, atol=1e-5)
     assert np.abs(expected).max() > 1e-3  # the ablations do move the metric
+
+
+def test_units_edges_and_graph_nodes_are_components(random_llama):
+    from circuits.edge_graph import EMBED, LOGITS, EdgeGraph, parse_edge
+    from interp.components import Component, ComponentError
+    from interp.layer_dropping import DropError, Unit
+
+    assert [str(Unit.parse(t)) for t in ("l5.attn", "L5.MLP", "L5.BLOCK")] == ["L5.ATTN", "L5.MLP", "L5.BLOCK"]
+    assert Unit.parse("L5.ATTN").component == Component("attn_out", 5) and str(Component.parse("l5.block")) == "L5.BLOCK"
+    with pytest.raises(DropError, match="cannot parse unit 'L5.H3'"):
+        Unit.parse("L5.H3")
+    with pytest.raises(ComponentError, match="names a whole layer"):
+        random_llama.validate("L1.BLOCK")
+    graph = EdgeGraph(random_llama.config)
+    for node in graph.upstream + graph.downstream:
+        assert node.name in (EMBED, LOGITS) or str(node.component) == node.name
+    names = graph.edge_names()
+    assert all(parse_edge(n) == tuple(n.split("->")) for n in names)
+    assert graph.edge_index(names[5].lower()) == graph.edge_index(names[5])
+    assert str(Component.parse("L3.ERR@5")) == "L3.TC_ERR@5"  # transcoder graphs' old error-node spelling
+
+
+def test_no_file_cites_a_document_the_repository_lacks():
+    import re
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    cited = {}
+    for name in tracked:
+        if name.endswith((".py", ".md", ".ipynb", ".toml")):
+            for doc in re.findall(r"[\w./-]*[A-Za-z_]\.md\b", (ROOT / name).read_text(errors="ignore")):
+                here = (ROOT / name).parent / doc
+                if not any(p.is_file() for p in (here, ROOT / doc, ROOT / "docs" / doc)):
+                    cited.setdefault(doc, []).append(name)
+    assert cited == {}
+    assert (ROOT / "docs" / "methods.md").is_file() and "docs/methods.md" in (ROOT / "tests" / "test_attribution.py").read_text()

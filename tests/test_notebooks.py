@@ -13,6 +13,7 @@ def test_there_are_notebooks():
     assert len(NOTEBOOKS) >= 4
 
 
+@pytest.mark.slow  # every notebook loads SmolLM2
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_stripped_and_runs(path, tmp_path):
     book = nbformat.read(path, as_version=4)

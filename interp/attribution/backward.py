@@ -26,7 +26,7 @@ GRAD_DROP_UNITS = ("block", "sublayer")
 ATTENTION_KINDS = frozenset(kind for kind, k in ACTIVATION_KINDS.items() if k.sublayer == "attn")
 MLP_KINDS = frozenset(kind for kind, k in ACTIVATION_KINDS.items() if k.sublayer == "mlp")
 
-Unit = tuple[int, str]  # (layer, "block" | "attn" | "mlp"): a residual-stream write GradDrop can drop
+Write = tuple[int, str]  # (layer, "block" | "attn" | "mlp"): a residual-stream write GradDrop can drop
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _block_backward(run: TracedRun, layer: int, node_sites: list[Site], cotangen
 
 
 def layer_gradients(run: TracedRun, node_sites: set[Site], grad_drop: str | None,
-                    lowest_layer: int = 0) -> Iterator[tuple[int, Unit | None, dict[Site, torch.Tensor]]]:
+                    lowest_layer: int = 0) -> Iterator[tuple[int, Write | None, dict[Site, torch.Tensor]]]:
     """Yield ``(layer, dropped unit or None, gradients at the node sites of that layer)``.
 
     Layers run from the top down to ``lowest_layer``. At each layer the plain gradient comes
@@ -127,7 +127,7 @@ def layer_gradients(run: TracedRun, node_sites: set[Site], grad_drop: str | None
         raise ValueError(f"unknown GradDrop unit {grad_drop!r}; known: {', '.join(GRAD_DROP_UNITS)}")
     parts = {None: (), "block": ("block",), "sublayer": ("mlp", "attn")}[grad_drop]
     top = run.activations[Site("resid_post", run.n_layers - 1)]
-    live: dict[Unit | None, torch.Tensor] = {None: torch.autograd.grad(run.total, top, retain_graph=True)[0]}
+    live: dict[Write | None, torch.Tensor] = {None: torch.autograd.grad(run.total, top, retain_graph=True)[0]}
     by_layer: dict[int, list[Site]] = {}
     for site in node_sites:
         by_layer.setdefault(site.layer, []).append(site)
@@ -135,7 +135,7 @@ def layer_gradients(run: TracedRun, node_sites: set[Site], grad_drop: str | None
         sites = sorted(by_layer.get(layer, []))
         units = list(live)
         upstream, grads = _block_backward(run, layer, sites, torch.stack([live[unit] for unit in units]), None)
-        below: dict[Unit | None, torch.Tensor] = {}
+        below: dict[Write | None, torch.Tensor] = {}
         for n, unit in enumerate(units):
             below[unit] = upstream[n]
             yield layer, unit, {site: grad[n] for site, grad in grads.items()}
@@ -153,5 +153,5 @@ def n_units(n_layers: int, grad_drop: str | None) -> int:
 
 
 def units_below(layer: int, grad_drop: str | None) -> int:
-    """Units strictly below ``layer``: dropping them leaves a node of ``layer`` with its plain gradient."""
+    """Writes strictly below ``layer``: dropping them leaves a node of ``layer`` with its plain gradient."""
     return {None: 0, "block": layer, "sublayer": 2 * layer}[grad_drop]

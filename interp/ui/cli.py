@@ -24,25 +24,21 @@ from interp.ui.cli_edges import add_command as add_edges_command
 from interp.ui.cli_probe import add_command as add_probe_command
 from interp.ui.cli_dictionaries import add_commands as add_dictionary_commands
 from interp.ui.cli_redundancy import add_commands as add_redundancy_commands
-from interp.ui.flags import add_config_flags, add_model_flags, config_from_args, load, save_run, subcommand
+from interp.ui.flags import analysis_command, config_from_args, load, save_run
 
 # Errors that are the user's input, reported as one line (never a traceback).
 _USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError, KeyError)  # DictionaryError, EdgeError, ... are ValueErrors
 
 
 def _add_patch(subparsers) -> None:
-    p = subcommand(subparsers, "patch", "activation patching sweep over one granularity",
-                   "Activation patching: the effect of each component on the task's metric.")
-    add_model_flags(p)
-    add_config_flags(p, TaskOptions, group="prompts")
-    add_config_flags(p, PatchingConfig, group="analysis")
+    p = analysis_command(subparsers, "patch", "activation patching sweep over one granularity",
+                         "Activation patching: the effect of each component on the task's metric.", PatchingConfig,
+                         TaskOptions, _run_patch, out_help="run folder (default runs/<task>-<granularity>[-<method>])")
     p.add_argument("--dictionary", action="append", default=[], metavar="FOLDER",
                    help="splice this SAE/transcoder folder in (repeatable); its latents become components L<layer>.SAE.<i> / "
                         "L<layer>.TC.<i> (granularities features, features_pos) and its error term L<layer>.SAE_ERR / TC_ERR")
     p.add_argument("--no-error-term", action="store_true",
                    help="splice dictionaries without their error term (the model then runs on reconstructions)")
-    p.add_argument("--out", default=None, help="run folder (default runs/<task>-<granularity>[-<method>])")
-    p.set_defaults(func=_run_patch)
 
 
 def _run_patch(args: argparse.Namespace) -> int:
@@ -145,15 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
 def add_generic_command(subparsers, analysis) -> None:
     """``interp <name>``: model flags, the inputs' flags (a task or a corpus), the config's flags
     and ``--out``; runs the analysis, saves its run folder and prints its top components."""
-    p = subcommand(subparsers, analysis.cli_command, analysis.summary, (analysis.config.__doc__ or analysis.summary).strip())
-    add_model_flags(p)
-    inputs = TaskOptions if analysis.inputs == "task" else CorpusOptions
-    add_config_flags(p, inputs, group="prompts" if analysis.inputs == "task" else "text")
-    add_config_flags(p, analysis.config, group="analysis")
+    p = analysis_command(subparsers, analysis.cli_command, analysis.summary,
+                         (analysis.config.__doc__ or analysis.summary).strip(), analysis.config,
+                         TaskOptions if analysis.inputs == "task" else CorpusOptions, lambda args: _run_generic(analysis, args),
+                         out_help=f"run folder (default runs/<input>-{analysis.name})")
     if "seed" not in analysis.config.field_names():
         p.add_argument("--seed", type=int, default=0, help="seed of the prompts or the corpus chunks")
-    p.add_argument("--out", default=None, help=f"run folder (default runs/<input>-{analysis.name})")
-    p.set_defaults(func=lambda args: _run_generic(analysis, args))
 
 
 def _run_generic(analysis, args: argparse.Namespace) -> int:

@@ -17,19 +17,15 @@ import numpy as np
 
 from circuits.bigram_analysis import BigramConfig
 from interp.analysis import CorpusOptions
-from interp.ui.flags import add_config_flags, add_model_flags, config_from_args, load, save_run, subcommand
+from interp.ui.flags import analysis_command, config_from_args, load, save_run
 
 
 def add_command(subparsers) -> None:
-    p = subcommand(subparsers, "bigram", "bigram subnetwork: the minimal weights that make next-token-from-current-token "
-                   "predictions", "Continuous sparsification of every attention and MLP weight matrix towards the "
-                   "corpus bigram distribution (Chang & Bergen 2025). Defaults are the paper's (15k steps of 32 x 128 "
-                   "tokens): on a CPU use e.g. --steps 600 --batch-size 4 --seq-len 64 --lr 1e-3 --temperature-growth 1.01.")
-    add_model_flags(p)
-    add_config_flags(p, CorpusOptions, group="text")
-    add_config_flags(p, BigramConfig, group="analysis")
-    p.add_argument("--out", default="runs/bigram", help="run folder")
-    p.set_defaults(func=_run_bigram)
+    analysis_command(subparsers, "bigram", "bigram subnetwork: the minimal weights that make next-token-from-current-token "
+                     "predictions", "Continuous sparsification of every attention and MLP weight matrix towards the "
+                     "corpus bigram distribution (Chang & Bergen 2025). Defaults are the paper's (15k steps of 32 x 128 "
+                     "tokens): on a CPU use e.g. --steps 600 --batch-size 4 --seq-len 64 --lr 1e-3 --temperature-growth 1.01.",
+                     BigramConfig, CorpusOptions, _run_bigram, out="runs/bigram")
 
 
 def _run_bigram(args: argparse.Namespace) -> int:

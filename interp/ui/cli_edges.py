@@ -15,18 +15,15 @@ from pathlib import Path
 
 from circuits.edges_analysis import EdgesConfig
 from interp.analysis import TaskOptions
-from interp.ui.flags import add_config_flags, add_model_flags, config_from_args, load, save_run, subcommand
+from interp.ui.flags import analysis_command, config_from_args, load, save_run
 
 
 def add_command(subparsers) -> None:
-    p = subcommand(subparsers, "edges", "edge-level circuits: EAP / EAP-IG scores, faithfulness curves, circuit graph",
+    analysis_command(subparsers, "edges", "edge-level circuits: EAP / EAP-IG scores, faithfulness curves, circuit graph",
                    "Score every edge (embeddings, heads' q/k/v inputs, MLPs, logits) with edge attribution patching, "
-                   "measure the faithfulness of top-n circuits, and save the top-n circuit as a graph.")
-    add_model_flags(p)
-    add_config_flags(p, TaskOptions, group="prompts")
-    add_config_flags(p, EdgesConfig, group="analysis", skip=("layers", "memory_mb"))
-    p.add_argument("--out", default=None, help="run folder (default runs/<task>-edges)")
-    p.set_defaults(func=_run_edges)
+                   "measure the faithfulness of top-n circuits, and save the top-n circuit as a graph.",
+                     EdgesConfig, TaskOptions, _run_edges, out_help="run folder (default runs/<task>-edges)",
+                     skip=("layers", "memory_mb"))
 
 
 def _run_edges(args: argparse.Namespace) -> int:

@@ -16,18 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from interp.analysis import TaskOptions
-from interp.ui.flags import add_config_flags, add_model_flags, config_from_args, load, save_run, subcommand
+from interp.ui.flags import analysis_command, config_from_args, load, save_run
 from probes.linear_probe import ProbeConfig
 
 
 def add_command(subparsers) -> None:
-    p = subcommand(subparsers, "probe", "linear probes per layer with grouped folds, control task and selectivity",
-                   "Fit a logistic probe on the residual stream leaving each layer.")
-    add_model_flags(p)
-    add_config_flags(p, TaskOptions, group="prompts", defaults={"task": "greater_than", "n_prompts": 64})
-    add_config_flags(p, ProbeConfig, group="analysis")
-    p.add_argument("--out", default=None, help="run folder (default runs/probe-<task>)")
-    p.set_defaults(func=_run_probe)
+    analysis_command(subparsers, "probe", "linear probes per layer with grouped folds, control task and selectivity",
+                     "Fit a logistic probe on the residual stream leaving each layer.", ProbeConfig, TaskOptions, _run_probe,
+                     out_help="run folder (default runs/probe-<task>)", inputs_defaults={"task": "greater_than", "n_prompts": 64})
 
 
 def _run_probe(args: argparse.Namespace) -> int:

@@ -12,27 +12,18 @@ from pathlib import Path
 
 from interp.analysis import CorpusOptions
 from interp.redundancy_analysis import DropConfig, RedundancyConfig
-from interp.ui.flags import add_config_flags, add_model_flags, config_from_args, load, save_run, subcommand
+from interp.ui.flags import analysis_command, config_from_args, load, save_run
 
 
 def add_commands(subparsers) -> None:
-    p = subcommand(subparsers, "redundancy", "layer importance scores and pruning curves",
-                   "Similarity and ablation importance of every attention sublayer, MLP sublayer and block, and "
-                   "pruning curves per drop method.")
-    add_model_flags(p)
-    add_config_flags(p, CorpusOptions, group="text")
-    add_config_flags(p, RedundancyConfig, group="analysis")
-    p.add_argument("--out", default="runs/redundancy", help="run folder")
-    p.set_defaults(func=_run_redundancy)
-
-    d = subcommand(subparsers, "drop", "evaluate the model with chosen layers dropped",
-                   "Drop the k most redundant attention/MLP sublayers or blocks (or named units) and compare "
-                   "perplexity, task accuracy and generation speed with the intact model.")
-    add_model_flags(d)
-    add_config_flags(d, CorpusOptions, group="text")
-    add_config_flags(d, DropConfig, group="analysis")
-    d.add_argument("--out", default=None, help="run folder (default runs/drop-<selection>)")
-    d.set_defaults(func=_run_drop)
+    analysis_command(subparsers, "redundancy", "layer importance scores and pruning curves",
+                     "Similarity and ablation importance of every attention sublayer, MLP sublayer and block, and "
+                     "pruning curves per drop method.", RedundancyConfig, CorpusOptions, _run_redundancy,
+                     out="runs/redundancy")
+    analysis_command(subparsers, "drop", "evaluate the model with chosen layers dropped",
+                     "Drop the k most redundant attention/MLP sublayers or blocks (or named units) and compare "
+                     "perplexity, task accuracy and generation speed with the intact model.", DropConfig, CorpusOptions,
+                     _run_drop, out_help="run folder (default runs/drop-<selection>)")
 
 
 def _run_redundancy(args: argparse.Namespace) -> int:

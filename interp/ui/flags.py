@@ -26,7 +26,7 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text or action.default is None or action.default is False or action.default == []
+        if ("default" in text or action.default is None or action.default is False or action.default in ([], ())
                 or action.default is argparse.SUPPRESS or not action.option_strings):
             return text
         return text + " (default: %(default)s)"
@@ -129,6 +129,22 @@ def load(args: argparse.Namespace):
 def subcommand(subparsers, name: str, help: str, description: str) -> argparse.ArgumentParser:
     """A subcommand whose ``--help`` shows every default."""
     return subparsers.add_parser(name, help=help, description=description, formatter_class=Formatter)
+
+
+def analysis_command(subparsers, name: str, help: str, description: str, config: type[Config],
+                     inputs: type[Config] | None, func, *, out: str | None = None, out_help: str = "run folder",
+                     skip: tuple[str, ...] = (), inputs_defaults: dict | None = None,
+                     model_defaults: dict | None = None) -> argparse.ArgumentParser:
+    """The subcommand of one analysis: the model flags, its inputs' flags (a task's prompts or a
+    corpus), its config's flags (except ``skip``) and ``--out``; ``func(args)`` runs it."""
+    p = subcommand(subparsers, name, help, description)
+    add_model_flags(p, defaults=model_defaults)
+    if inputs is not None:
+        add_config_flags(p, inputs, group="prompts" if "task" in inputs.field_names() else "text", defaults=inputs_defaults)
+    add_config_flags(p, config, group="analysis", skip=skip)
+    p.add_argument("--out", default=out, help=out_help)
+    p.set_defaults(func=func)
+    return p
 
 
 def save_run(result, out: Path) -> list[Path]:
