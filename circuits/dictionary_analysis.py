@@ -204,6 +204,14 @@ class FeatureGraphConfig(Config):
         return Target(answer=model.to_single_token(answer), wrong=model.to_single_token(wrong))
 
 
+@dataclass
+class FeatureGraphPayload:
+    """The graph's file in the run folder and the target's value on the prompt."""
+
+    graph_file: str
+    target_value: float
+
+
 def run_feature_graph(model: Model, transcoders: dict[int, SparseDictionary], prompt: str,
                       config: FeatureGraphConfig, sources: list[str] | None = None) -> Result:
     """The attribution graph (see module doc); ``sources`` names the transcoder folders for the
@@ -225,7 +233,7 @@ def run_feature_graph(model: Model, transcoders: dict[int, SparseDictionary], pr
         settings={"transcoders": list(sources or []), "max_features": config.max_features, "max_heads": config.max_heads,
                   "node_threshold": config.node_threshold, "edge_threshold": config.edge_threshold,
                   "freeze_norms": graph["freeze_norms"]},
-        extra={"graph_file": "graph.json", "target_value": graph["target_value"]}, documents={"graph.json": graph},
+        extra=vars(FeatureGraphPayload("graph.json", graph["target_value"])), documents={"graph.json": graph},
     )
 
 
@@ -240,6 +248,6 @@ register(Analysis(
     summary="held-out metrics of a saved dictionary (interp or SAELens format)"))
 register(Analysis(
     name="feature-graph", command="transcoder circuit",
-    config=FeatureGraphConfig, run=run_feature_graph, methods=("feature-graph",), page="Features",
+    config=FeatureGraphConfig, run=run_feature_graph, methods=("feature-graph",), page="Features", payload=FeatureGraphPayload,
     figures="interp.ui.circuit_figures:feature_graph_figures", figure_file="graph.html",
     summary="attribution graph of a logit difference or a feature through transcoders on one prompt"))

@@ -41,6 +41,28 @@ class EdgesConfig(RunSettings):
             raise ConfigError("edge circuits score every layer; --layers does not apply to them")
 
 
+@dataclass
+class EdgesPayload:
+    """What an edges result holds besides its arrays: the ``methods`` run, the graph's
+    ``upstream`` / ``downstream`` node names and ``model_config`` (to rebuild it), each method's
+    faithfulness ``curves``, the saved ``circuit`` (top_n, edges after pruning, faithfulness), the
+    prompts; optionally ``node_comparison`` (against exact head patching), ``acdc``,
+    ``ground_truth`` (tracr ports) and ``total_wall_seconds``."""
+
+    methods: list
+    model_config: dict
+    upstream: list
+    downstream: list
+    curves: list
+    circuit: dict
+    clean_prompts: list
+    corrupt_prompts: list
+    node_comparison: list | None = None
+    acdc: dict | None = None
+    ground_truth: dict | None = None
+    total_wall_seconds: float | None = None
+
+
 def run_edges(model: Model, task: Task, config: EdgesConfig = EdgesConfig()) -> Result:
     """:func:`discover_edges` with ``config``'s settings; the circuit graph is the result's
     ``graph.json`` document, and ``total_wall_seconds`` includes the exact comparison."""
@@ -62,6 +84,6 @@ def run_edges(model: Model, task: Task, config: EdgesConfig = EdgesConfig()) -> 
 
 
 register(Analysis(
-    name="edges", inputs="task", config=EdgesConfig, run=run_edges, methods=METHODS, page="Circuit",
+    name="edges", inputs="task", payload=EdgesPayload, config=EdgesConfig, run=run_edges, methods=METHODS, page="Circuit",
     figures="interp.ui.circuit_figures:edges_figures",
     summary="edge-level circuits: EAP / EAP-IG scores, faithfulness curves, the top-n circuit graph"))

@@ -46,6 +46,25 @@ class PatchingConfig(RunSettings):
             raise ConfigError("--verify-top and --diagnose check an AtP/AtP* ranking; use them with --method atp or atp*")
 
 
+@dataclass
+class PatchingPayload:
+    """What a patching result holds besides its arrays. ``forward_equivalents``: the sweep's cost
+    in full forwards; ``unchanged_components``: components that needed no forward (before the
+    first differing position, or identical in both runs; ``identical_components`` of them the
+    latter, exact patching only); ``first_differing_position``; the prompts; with ``verify_top``,
+    ``verification`` (components, estimates, exact effects, cost); with ``diagnose``, ``diagnostic``
+    (the false-negative bound)."""
+
+    forward_equivalents: float
+    unchanged_components: int
+    first_differing_position: int
+    clean_prompts: list
+    corrupt_prompts: list
+    identical_components: int | None = None
+    verification: dict | None = None
+    diagnostic: dict | None = None
+
+
 def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConfig()) -> Result:
     """The patching analysis: :func:`activation_patching` or ``attribution_patching`` (then
     ``verify_top`` and ``diagnose`` as asked) with ``config``'s settings."""
@@ -70,7 +89,7 @@ def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConf
 
 
 register(Analysis(
-    name="patching", command="patch", inputs="task",
+    name="patching", command="patch", inputs="task", payload=PatchingPayload,
     config=PatchingConfig, run=run_patching, methods=("exact", "atp", "atp*"), page="Patching",
     figures="interp.ui.figures:patching_figures", figure_file="heatmap.html",
     summary="the effect of each component on the task's metric: exact activation patching, AtP or AtP*"))

@@ -222,3 +222,16 @@ def test_no_file_cites_a_document_the_repository_lacks():
                     cited.setdefault(doc, []).append(name)
     assert cited == {}
     assert (ROOT / "docs" / "methods.md").is_file() and "docs/methods.md" in (ROOT / "tests" / "test_attribution.py").read_text()
+
+
+def test_every_payload_reads_its_analysis_results(random_llama, llama_ioi):
+    from circuits.edges_analysis import EdgesConfig, run_edges
+
+    exact = run_patching(random_llama, llama_ioi, PatchingConfig(progress=False))
+    atp = run_patching(random_llama, llama_ioi, PatchingConfig(method="atp*", verify_top=2, progress=False))
+    edges = run_edges(random_llama, llama_ioi, EdgesConfig(ig_steps=2, top_n=5, sizes=(1, 5), progress=False))
+    for result in (exact, atp, edges):
+        payload = payload_of(result)
+        fields = set(vars(payload))
+        assert set(result.extra) <= fields, (result.analysis, set(result.extra) - fields)  # nothing left untyped
+    assert payload_of(atp).verification["k"] == 2 and payload_of(exact).identical_components is not None
