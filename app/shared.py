@@ -20,7 +20,10 @@ from interp.ui.analyses import analysis_of
 # opens a run is the registered analysis' choice (``interp.analysis.Analysis.page``)
 PAGE_FILES = {path.stem.split("_", 1)[1]: f"pages/{path.name}"
               for path in sorted((Path(__file__).resolve().parent / "pages").glob("[0-9]*_*.py"))}
-DEFAULT_MODEL = os.environ.get("INTERP_APP_MODEL", "smollm2-135m")
+def default_model() -> str:
+    """The live pages' model: ``$INTERP_APP_MODEL`` (set by ``interp app --model``) as it is when
+    the page runs, else smollm2-135m."""
+    return os.environ.get("INTERP_APP_MODEL", "smollm2-135m")
 
 
 @dataclass

@@ -7,12 +7,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import streamlit as st  # noqa: E402
 
-from app.shared import DEFAULT_MODEL, header, load_model, model_lock  # noqa: E402
+from app.shared import default_model, header, load_model, model_lock  # noqa: E402
 from interp.head_scores import attention_patterns, head_scores  # noqa: E402
 from interp.ui.figures import heatmap  # noqa: E402
 
 header("Attention", "Live on a loaded model: patterns per head and the standard head scores.")
-spec = st.sidebar.text_input("model", value=DEFAULT_MODEL)
+spec = st.sidebar.text_input("model", value=default_model())
 model = load_model(spec)
 default = "t5 t9 t3 t7 t5 t9 t3 t7" if model.config.d_vocab <= 1000 else \
     "When Mary and John went to the store, John gave a drink to"

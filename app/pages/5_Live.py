@@ -8,13 +8,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import DEFAULT_MODEL, header, load_model, model_lock  # noqa: E402
+from app.shared import default_model, header, load_model, model_lock  # noqa: E402
 from interp.attribution import attribution_patching, verify_top  # noqa: E402
 from interp.ui.figures import result_heatmap  # noqa: E402
 from interp.tasks import Task  # noqa: E402
 
 header("Live patching", "AtP* ranks every head from a few forward and backward passes; the top k are then patched exactly.")
-spec = st.sidebar.text_input("model", value=DEFAULT_MODEL)
+spec = st.sidebar.text_input("model", value=default_model())
 model = load_model(spec)
 toy = model.config.d_vocab <= 1000
 defaults = (("t5 t9 t3 t7 t5 t9 t3", "t5 t9 t3 t7 t8 t2 t6", "t7", "t8") if toy else
