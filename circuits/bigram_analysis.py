@@ -11,9 +11,9 @@ the result's ``masks-lambda<value>.npz`` documents.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -23,7 +23,7 @@ from circuits.bigram_table import BigramTable
 from circuits.subnetwork_evaluation import (ablation_table, kept_by_layer, kept_by_matrix, mask_overlap, residual_maps,
                                             surprisal_pairs)
 from circuits.weight_masks import maskable_matrices, save_masks
-from interp.analysis import Analysis, Config, ConfigError, option, register
+from interp.analysis import Analysis, Config, ConfigError, note, option, register
 from interp.corpus import Corpus
 from interp.model import Model
 from interp.results import Result
@@ -83,21 +83,6 @@ class BigramPayload:
     optimal_pruning: dict | None = None
 
 
-class _Masks:
-    """A boolean mask set saved as a run-folder document (``circuits.weight_masks.save_masks``)."""
-
-    def __init__(self, masks):
-        self.masks = masks
-
-    def write_document(self, path) -> None:
-        save_masks(self.masks, path)
-
-
-def _log(config: BigramConfig, line: str) -> None:
-    if config.progress:
-        print(line, file=sys.stderr)
-
-
 def run_bigram(model: Model, corpus: Corpus, config: BigramConfig = BigramConfig()) -> Result:
     """Bigram subnetworks over the lambda sweep (see module doc)."""
     start = time.perf_counter()
@@ -107,18 +92,18 @@ def run_bigram(model: Model, corpus: Corpus, config: BigramConfig = BigramConfig
     chunks = train.token_chunks(model.tokenizer, config.seq_len, seed=config.seed)
     held = held_out.token_chunks(model.tokenizer, config.seq_len, seed=config.seed)[:config.held_out_chunks]
     n_maskable = sum(m.numel for m in matrices)
-    _log(config, f"{table}; {len(chunks)} training chunks, {len(held)} held-out chunks; {len(matrices)} matrices, "
+    note(config.progress, f"{table}; {len(chunks)} training chunks, {len(held)} held-out chunks; {len(matrices)} matrices, "
                  f"{n_maskable:,} maskable weights")
     target = BigramTarget(table) if config.target == "bigram" else FullModelTarget()
     sweep, trained_runs, documents = [], [], {}
     for lam in config.lambdas:
         trained = train_subnetwork(model, chunks, target, config.subnetwork(lam, config.target),
-                                   log=lambda line: _log(config, line))
+                                   log=lambda line: note(config.progress, line))
         ablations = ablation_table(model, held, table, trained.masks, seed=config.seed)
-        documents[f"masks-lambda{lam:g}.npz"] = _Masks(trained.masks)
+        documents[f"masks-lambda{lam:g}.npz"] = partial(save_masks, trained.masks)
         sweep.append({"lambda": lam, **trained.summary(), "ablations": ablations})
         trained_runs.append(trained)
-        _log(config, sweep_line(sweep[-1]))
+        note(config.progress, sweep_line(sweep[-1]))
     first = trained_runs[0]
     matrix_types = list(dict.fromkeys(m.matrix for m in matrices))
     n_layers = model.config.n_layers
@@ -144,8 +129,8 @@ def run_bigram(model: Model, corpus: Corpus, config: BigramConfig = BigramConfig
     if config.compare_optimal:
         lam = config.lambdas[0]
         optimal = train_subnetwork(model, chunks, FullModelTarget(), config.subnetwork(lam, "model"),
-                                   log=lambda line: _log(config, line))
-        documents[f"masks-optimal-lambda{lam:g}.npz"] = _Masks(optimal.masks)
+                                   log=lambda line: note(config.progress, line))
+        documents[f"masks-optimal-lambda{lam:g}.npz"] = partial(save_masks, optimal.masks)
         payload.optimal_pruning = {**optimal.summary(),
                                    "overlap": mask_overlap(first.masks, optimal.masks, config.permutations, config.seed)}
     extra = vars(payload)

@@ -101,12 +101,6 @@ def circuit_graph(graph: EdgeGraph, normalized: np.ndarray, keep: np.ndarray, in
             "n_edges": len(edges), "nodes": nodes, "edges": edges}
 
 
-def save_graph(data: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(data, indent=1))
-    return path
-
-
 def load_graph(path: str | Path) -> dict:
     """Read a circuit graph JSON; a missing, corrupt or foreign file raises :class:`CircuitError`."""
     path = Path(path)

@@ -15,16 +15,16 @@ graph of a target through transcoders on one prompt (``feature-graph``).
 from __future__ import annotations
 
 import re
-import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import numpy as np
 
 from circuits.dictionary import ARCHITECTURES, DictionaryConfig, SparseDictionary
 from circuits.dictionary_io import save_dictionary
-from interp.analysis import Analysis, Config, ConfigError, option, register
+from interp.analysis import Analysis, Config, ConfigError, note, option, register
 from interp.corpus import Corpus
 from interp.model import Model
 from interp.results import Result
@@ -68,8 +68,13 @@ class DictionaryTrainingConfig(HeldOutText):
     def validate(self) -> None:
         if not self.site:
             raise ConfigError("give the site the dictionary reads (--site, or --layer for a transcoder)")
-        if self.tokens < self.batch_tokens:
-            raise ConfigError(f"need --tokens >= --batch-tokens, got {self.tokens} and {self.batch_tokens}")
+        self.training()
+
+    def training(self):
+        """The optimizer's settings (``circuits.dictionary_training.TrainingConfig``), validated."""
+        from circuits.dictionary_training import TrainingConfig
+
+        return TrainingConfig(total_tokens=self.tokens, batch_tokens=self.batch_tokens, lr=self.lr, seed=self.seed).validate()
 
 
 @dataclass(frozen=True)
@@ -91,34 +96,21 @@ class DictionaryPayload:
     dictionary: str | None = None
 
 
-class _SavedDictionary:
-    """A dictionary saved as a run-folder document (a folder in SAELens format)."""
-
-    def __init__(self, dictionary: SparseDictionary, extra: dict):
-        self.dictionary, self.extra = dictionary, extra
-
-    def write_document(self, path) -> None:
-        save_dictionary(self.dictionary, path, extra=self.extra)
-
-
-def _log(enabled: bool, line: str) -> None:
-    if enabled:
-        print(line, file=sys.stderr)
-
-
-def _result(model: Model, dictionary: SparseDictionary, metrics: dict, seconds: float, payload: DictionaryPayload,
-            arrays: dict, analysis: str) -> Result:
-    c = dictionary.config
+def _result(model: Model, trained: SparseDictionary, site: str, metrics: dict, seconds: float, analysis: str,
+            arrays: dict | None = None, **payload) -> Result:
+    """The Result of the dictionary ``trained`` at ``site``: per-latent log10 firing frequency as
+    ``scores``, the other metrics and ``payload``'s fields (of :class:`DictionaryPayload`) in ``extra``."""
+    c = trained.config
     tag = "SAE" if c.kind == "sae" else "TC"
-    layer = c.site.split(".")[0]
     frequency = metrics["log10_frequency"]
-    payload.metrics = {k: v for k, v in metrics.items() if k != "log10_frequency"}
-    extra = {k: v for k, v in vars(payload).items() if v is not None}
+    payload_fields = DictionaryPayload(metrics={k: v for k, v in metrics.items() if k != "log10_frequency"}, **payload)
     return Result(
-        method=c.kind if c.kind == "sae" else "transcoder", analysis=analysis, model=model.config.name, task=c.site,
-        metric="log10 firing frequency", granularity="latents", components=[f"{layer}.{tag}.{i}" for i in range(c.d_sae)],
-        scores=frequency.astype(np.float64), shape=[c.d_sae], axes=["latent"], wall_seconds=seconds,
-        settings={"config": c.to_dict()}, arrays={"log10_frequency": frequency, **arrays}, extra=extra,
+        method=c.kind if c.kind == "sae" else "transcoder", analysis=analysis, model=model.config.name, task=site,
+        metric="log10 firing frequency", granularity="latents",
+        components=[f"{site.split('.')[0]}.{tag}.{i}" for i in range(c.d_sae)], scores=frequency.astype(np.float64),
+        shape=[c.d_sae], axes=["latent"], wall_seconds=seconds, settings={"config": {**c.to_dict(), "site": site}},
+        arrays={"log10_frequency": frequency, **(arrays or {})},
+        extra={k: v for k, v in vars(payload_fields).items() if v is not None},
     )
 
 
@@ -126,11 +118,10 @@ def run_training(model: Model, corpus: Corpus, config: DictionaryTrainingConfig)
     """Train a dictionary on ``corpus`` and evaluate it on held-out text (see module doc)."""
     from circuits.activation_store import ActivationStore
     from circuits.dictionary_evaluation import evaluate_dictionary
-    from circuits.dictionary_training import TrainingConfig, train_dictionary
+    from circuits.dictionary_training import train_dictionary
 
     start = time.perf_counter()
-    training = TrainingConfig(total_tokens=config.tokens, batch_tokens=config.batch_tokens, lr=config.lr,
-                              seed=config.seed).validate()
+    training = config.training()
     d_model = model.config.d_model
     site = config.site.upper()
     dictionary_config = DictionaryConfig(
@@ -143,34 +134,35 @@ def run_training(model: Model, corpus: Corpus, config: DictionaryTrainingConfig)
     chunks = train.token_chunks(model.tokenizer, config.chunk_length, seed=config.seed)
     store = ActivationStore(model, site, "sae" if config.kind == "sae" else "transcoder", chunks,
                             batch_tokens=config.batch_tokens, buffer_tokens=config.buffer_tokens, seed=config.seed)
-    _log(config.progress, f"{config.kind} {config.architecture} at {site}: d_in {dictionary_config.d_in} -> d_sae "
+    note(config.progress, f"{config.kind} {config.architecture} at {site}: d_in {dictionary_config.d_in} -> d_sae "
                           f"{dictionary_config.d_sae}; {training.steps} steps of {config.batch_tokens} tokens; buffer "
                           f"{store.memory_bytes / 2**20:.0f} MiB")
-    trained = train_dictionary(iter(store), dictionary_config, training, log=lambda line: _log(config.progress, line))
+    trained = train_dictionary(iter(store), dictionary_config, training, log=lambda line: note(config.progress, line))
     metrics = evaluate_dictionary(model, trained.dictionary, held)
-    result = _result(model, trained.dictionary, metrics, time.perf_counter() - start,
-                     DictionaryPayload(metrics={}, training=trained.summary(), buffer_bytes=store.memory_bytes),
-                     {f"history_{k}": np.asarray(v) for k, v in trained.history.items()}, "dictionary")
+    result = _result(model, trained.dictionary, site, metrics, time.perf_counter() - start, "dictionary",
+                     {f"history_{k}": np.asarray(v) for k, v in trained.history.items()},
+                     training=trained.summary(), buffer_bytes=store.memory_bytes)
     result.settings["tokens_per_second"] = trained.tokens_per_second
-    result.documents["dictionary"] = _SavedDictionary(trained.dictionary, {"training": trained.summary()})
+    result.documents["dictionary"] = partial(save_dictionary, trained.dictionary, extra={"training": trained.summary()})
     return result
 
 
 def run_evaluation(model: Model, dictionary: SparseDictionary, corpus: Corpus,
                    config: DictionaryEvalConfig = DictionaryEvalConfig(), source: str | None = None) -> Result:
     """Held-out metrics of a saved ``dictionary`` (read from ``source``) at its own site or
-    ``config.site``."""
+    ``config.site`` (the dictionary itself is left as it is)."""
     from circuits.dictionary_evaluation import evaluate_dictionary
 
     start = time.perf_counter()
     site = config.site or dictionary.config.site
     if not site:
         raise ConfigError(f"{source or 'the dictionary'} names no site: give --site")
-    dictionary.config.site = site
     _, held = config.split(model, corpus)
     metrics = evaluate_dictionary(model, dictionary, held, site)
-    return _result(model, dictionary, metrics, time.perf_counter() - start, DictionaryPayload(metrics={}, dictionary=source),
-                   {}, "dictionary-eval")
+    return _result(model, dictionary, site, metrics, time.perf_counter() - start, "dictionary-eval", dictionary=source)
+
+
+_FEATURE_TARGET = re.compile(r"L(\d+)\.TC\.(\d+)@(\d+)")  # a feature target: L6.TC.123@5
 
 
 @dataclass(frozen=True)
@@ -190,14 +182,14 @@ class FeatureGraphConfig(Config):
     def validate(self) -> None:
         if not self.target:
             raise ConfigError("give --target")
-        if not re.fullmatch(r"L(\d+)\.TC\.(\d+)@(\d+)", self.target.strip().upper()) and "|" not in self.target:
+        if not _FEATURE_TARGET.fullmatch(self.target.strip().upper()) and "|" not in self.target:
             raise ConfigError(f"--target {self.target!r}: give 'ANSWER|WRONG' (two single tokens) or a feature like L6.TC.123@5")
 
     def resolved_target(self, model: Model):
         """The :class:`circuits.transcoder_circuits.Target` on ``model``'s vocabulary."""
         from circuits.transcoder_circuits import Target
 
-        match = re.fullmatch(r"L(\d+)\.TC\.(\d+)@(\d+)", self.target.strip().upper())
+        match = _FEATURE_TARGET.fullmatch(self.target.strip().upper())
         if match:
             return Target(feature=tuple(int(g) for g in match.groups()))
         answer, wrong = self.target.split("|", 1)

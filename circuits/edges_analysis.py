@@ -69,7 +69,7 @@ def run_edges(model: Model, task: Task, config: EdgesConfig = EdgesConfig()) -> 
     from interp.patching import activation_patching
 
     start = time.perf_counter()
-    shared = dict(direction=config.direction, metric=config.metric, corruption=config.corruption, seed=config.seed)
+    shared = config.contrast()
     exact = None
     if config.compare_exact:
         exact = activation_patching(model, task, "heads", progress=config.progress, **shared)

@@ -20,8 +20,8 @@ The command line (``interp.ui.cli``) generates its flags from these dataclasses.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
+import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -49,10 +49,6 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _describe(name: str) -> str:
-    return flag_name(name)
-
-
 def _check(name: str, hint: Any, value: Any) -> Any:
     """``value`` converted to ``hint`` where that is lossless (list -> tuple, int -> float), else
     :class:`ConfigError`."""
@@ -71,28 +67,28 @@ def _check(name: str, hint: Any, value: Any) -> Any:
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{_describe(name)} must be one of {', '.join(map(str, choices))}; got {value!r}")
+            raise ConfigError(f"{flag_name(name)} must be one of {', '.join(map(str, choices))}; got {value!r}")
         return value
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{_describe(name)} must be a list, got {value!r}")
+            raise ConfigError(f"{flag_name(name)} must be a list, got {value!r}")
         item = typing.get_args(hint)[0]
         return tuple(_check(name, item, v) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{_describe(name)} must be true or false, got {value!r}")
+            raise ConfigError(f"{flag_name(name)} must be true or false, got {value!r}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{_describe(name)} must be an integer, got {value!r}")
+            raise ConfigError(f"{flag_name(name)} must be an integer, got {value!r}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{_describe(name)} must be a number, got {value!r}")
+            raise ConfigError(f"{flag_name(name)} must be a number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{_describe(name)} must be a string, got {value!r}")
+            raise ConfigError(f"{flag_name(name)} must be a string, got {value!r}")
         return value
     return value
 
@@ -116,22 +112,14 @@ class Config:
             low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if low is not None and value < low:
-                    raise ConfigError(f"{_describe(f.name)} must be at least {low:g}, got {value:g}")
+                    raise ConfigError(f"{flag_name(f.name)} must be at least {low:g}, got {value:g}")
                 if high is not None and value > high:
-                    raise ConfigError(f"{_describe(f.name)} must be at most {high:g}, got {value:g}")
+                    raise ConfigError(f"{flag_name(f.name)} must be at most {high:g}, got {value:g}")
             object.__setattr__(self, f.name, value)
         self.validate()
 
     def validate(self) -> None:
         """Checks that involve several fields (override; raise :class:`ConfigError`)."""
-
-    def replace(self, **changes: Any):
-        """A copy with ``changes`` applied (and validated)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """Field values as plain JSON types (tuples become lists)."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -211,6 +199,11 @@ class RunSettings(Config):
     memory_mb: float = option(2048.0, "memory budget of one batched forward pass, MiB", minimum=1)
     progress: bool = option(True, "show progress bars")
 
+    def contrast(self) -> dict:
+        """direction, metric, corruption and seed: the keyword arguments every clean-vs-corrupt
+        function of the library takes under these names."""
+        return {"direction": self.direction, "metric": self.metric, "corruption": self.corruption, "seed": self.seed}
+
 
 @dataclass(frozen=True)
 class Analysis:
@@ -250,6 +243,12 @@ class Analysis:
             return []
         module, _, function = self.figures.partition(":")
         return list(getattr(importlib.import_module(module), function)(result))
+
+
+def note(enabled: bool, line: str) -> None:
+    """An analysis' progress line on stderr (its ``progress`` setting switches it off)."""
+    if enabled:
+        print(line, file=sys.stderr)
 
 
 ANALYSES: dict[str, Analysis] = {}

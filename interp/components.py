@@ -91,7 +91,6 @@ PORT_ORDER = ("resid_pre", "qkv", "z", "attn", "mlp_post", "mlp_out", "resid_pos
 FEATURE_KINDS = ("tc", "sae")
 SPLICE_KINDS = FEATURE_KINDS + tuple(f"{kind}_error" for kind in FEATURE_KINDS)
 KINDS = tuple(ACTIVATION_KINDS)
-_KINDS = {kind: (k.token, k.bound) for kind, k in ACTIVATION_KINDS.items()}
 _TOKEN_TO_KIND = {k.token: kind for kind, k in ACTIVATION_KINDS.items()}
 INDEX_AXIS = {kind: k.index_axis for kind, k in ACTIVATION_KINDS.items() if k.index_axis is not None}
 POSITION_AXIS = {kind: k.position_axis for kind, k in ACTIVATION_KINDS.items()}
@@ -123,7 +122,7 @@ class Site:
     layer: int
 
     def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
+        if self.kind not in ACTIVATION_KINDS:
             raise ComponentError(f"unknown activation kind {self.kind!r}; known: {', '.join(KINDS)}")
 
 
@@ -141,9 +140,9 @@ class Component:
     position: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
+        if self.kind not in ACTIVATION_KINDS:
             raise ComponentError(f"unknown component kind {self.kind!r}; known: {', '.join(KINDS)}")
-        needs_index = _KINDS[self.kind][1] is not None
+        needs_index = ACTIVATION_KINDS[self.kind].bound is not None
         if needs_index and self.index is None:
             raise ComponentError(f"component kind {self.kind!r} needs an index (head/group/neuron/latent)")
         if not needs_index and self.index is not None:
@@ -168,7 +167,7 @@ class Component:
         return cls(_TOKEN_TO_KIND[token], int(match["layer"]), index, position)
 
     def __str__(self) -> str:
-        token = _KINDS[self.kind][0] + ("." if self.kind in FEATURE_KINDS else "")
+        token = ACTIVATION_KINDS[self.kind].token + ("." if self.kind in FEATURE_KINDS else "")
         text = f"L{self.layer}.{token}{'' if self.index is None else self.index}"
         return text if self.position is None else f"{text}@{self.position}"
 
@@ -193,7 +192,7 @@ class Component:
         if self.kind == "mlp_post" and config.n_experts:
             raise ComponentError(f"component {self} does not exist: {config.name}'s MLPs are mixtures of "
                                  f"{config.n_experts} experts (name an expert's output instead, e.g. L{self.layer}.E0)")
-        bound_field = _KINDS[self.kind][1]
+        bound_field = ACTIVATION_KINDS[self.kind].bound
         if bound_field is not None and bound_field != "dictionary":
             bound = getattr(config, bound_field)
             if not 0 <= self.index < bound:

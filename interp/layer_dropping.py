@@ -25,6 +25,7 @@ from interp.config import ModelConfig
 
 UNIT_KINDS = ("attn", "mlp", "block")
 _UNIT_OF_KIND = {"attn_out": "attn", "mlp_out": "mlp", "block": "block"}  # Component kind -> unit kind
+_KIND_OF_UNIT = {unit: kind for kind, unit in _UNIT_OF_KIND.items()}
 
 
 class DropError(ValueError):
@@ -59,7 +60,7 @@ class Unit:
     @property
     def component(self) -> Component:
         """The unit as a component (``L5.ATTN``, ``L5.MLP``, ``L5.BLOCK``)."""
-        return Component({v: k for k, v in _UNIT_OF_KIND.items()}[self.kind], self.layer)
+        return Component(_KIND_OF_UNIT[self.kind], self.layer)
 
     def __str__(self) -> str:
         return str(self.component)

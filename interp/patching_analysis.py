@@ -68,8 +68,7 @@ class PatchingPayload:
 def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConfig()) -> Result:
     """The patching analysis: :func:`activation_patching` or ``attribution_patching`` (then
     ``verify_top`` and ``diagnose`` as asked) with ``config``'s settings."""
-    shared = dict(direction=config.direction, metric=config.metric, corruption=config.corruption,
-                  noise_std=config.noise_std, seed=config.seed, layers=list(config.layers) if config.layers else None,
+    shared = dict(config.contrast(), noise_std=config.noise_std, layers=list(config.layers) if config.layers else None,
                   batch_size=config.batch_size, progress=config.progress,
                   components=list(config.components) if config.components else None)
     if config.method == "exact":

@@ -22,7 +22,7 @@ import numpy as np
 from interp.analysis import Analysis, Config, ConfigError, option, register
 from interp.corpus import Corpus
 from interp.layer_dropping import DropError, Unit
-from interp.pruning import (DROP_METHODS, EvaluationSet, ScoringOptions, candidate_units, drop_order, evaluate,
+from interp.pruning import (DROP_METHODS, EvaluationSet, ScoringOptions, drop_order, evaluate,
                             findings, pruning_curves, speed_comparison)
 from interp.redundancy import DIVERGENCES, ablation_scores
 from interp.results import Result
@@ -99,8 +99,6 @@ def run_redundancy(model, corpus: Corpus, config: RedundancyConfig = RedundancyC
     max_k = n_layers // 3 if config.max_drop is None else config.max_drop
     if not 0 <= max_k <= n_layers:
         raise DropError(f"--max-drop {max_k} is out of range: {model.config.name} has {n_layers} layers")
-    for method in config.methods:
-        candidate_units(model.config, method)
     tokens, evaluation = config.prepare(model, corpus)
     options = config.scoring()
     scores = options.similarity(model, tokens, progress=config.progress)

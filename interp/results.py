@@ -72,7 +72,7 @@ class Result:
     versions: dict = field(default_factory=versions)
     analysis: str = ""  # the registered analysis that wrote it (``interp.analysis``); "" in older run folders
     # documents saved beside result.json under their file names (an edge run's graph.json, a
-    # bigram run's masks): JSON-able values or objects with ``write_document(path)``;
+    # bigram run's masks): JSON-able values, or writers ``write(path)`` for files of other kinds;
     # not read back by :meth:`load`, whose readers open them by name
     documents: dict[str, object] = field(default_factory=dict, repr=False)
 
@@ -110,10 +110,10 @@ class Result:
             np.savez_compressed(handle, scores=self.scores, **self.arrays)
         json_tmp = folder / ".result.json.tmp"
         json_tmp.write_text(json.dumps(self.to_json_dict(), indent=2))
-        for name, document in self.documents.items():  # a JSON-able value, or an object with write_document(path)
+        for name, document in self.documents.items():  # a JSON-able value, or a writer of the file
             tmp = folder / f".{name}.tmp{Path(name).suffix}"
-            if hasattr(type(document), "write_document"):  # (nnsight gives every object a .save)
-                document.write_document(tmp)
+            if callable(document):
+                document(tmp)
             else:
                 tmp.write_text(json.dumps(document, indent=1))
             if tmp.is_dir() and (folder / name).is_dir():  # a folder document replaces the older folder

@@ -15,6 +15,7 @@ import torch
 
 from interp.jsonl import read_jsonl
 from interp.model import TokenizationError
+from interp.toy_models import ordinary_token_range
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -189,8 +190,6 @@ def induction(model: "Model", n_prompts: int = 16, seed: int = 0, half_length: i
     in the first half is replaced by w instead, so the induction head finds no earlier match for
     the last token (the previous-token -> induction-head K-composition carries the difference)."""
     generator = torch.Generator().manual_seed(seed)
-    from interp.toy_models import ordinary_token_range
-
     low, high = ordinary_token_range(model.config.d_vocab)
     special = set(model.tokenizer.all_special_ids)
     bos = model.to_tokens("")[0].tolist() if model.tokenizer.bos_token is not None else []

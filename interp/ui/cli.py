@@ -108,7 +108,6 @@ def _add_app(subparsers) -> None:
 def _run_app(args: argparse.Namespace) -> int:
     import os
     import subprocess
-    from pathlib import Path
 
     import app
 

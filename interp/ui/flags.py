@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
 import typing
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any, Literal
 
-from pathlib import Path
-
-from interp.analysis import Config, ConfigError, ModelOptions, flag_name
+from interp.analysis import Config, ConfigError, ModelOptions, analysis_of, flag_name
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
@@ -33,7 +33,7 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _strip_optional(hint: Any) -> Any:
-    if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         options = [h for h in typing.get_args(hint) if h is not type(None)]
         if len(options) == 1:
             return options[0]
@@ -150,7 +150,6 @@ def analysis_command(subparsers, name: str, help: str, description: str, config:
 def save_run(result, out: Path) -> list[Path]:
     """Save ``result`` into the run folder ``out`` with its analysis' figures (``Analysis.html_name``);
     returns what was written."""
-    from interp.analysis import analysis_of
     from interp.ui.figures import write_figures
 
     result.save(out)
