@@ -235,3 +235,20 @@ def test_every_payload_reads_its_analysis_results(random_llama, llama_ioi):
         fields = set(vars(payload))
         assert set(result.extra) <= fields, (result.analysis, set(result.extra) - fields)  # nothing left untyped
     assert payload_of(atp).verification["k"] == 2 and payload_of(exact).identical_components is not None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["probe", "--folds", "1"], "interp: error: --n-splits must be at least 2, got 1"),
+    (["edges", "--method", "eap", "acdc"], "interp: error: unknown edge attribution method 'acdc'; known: eap, eap-ig"),
+    (["sae", "train", "--site", "L0.MLP", "--tokens", "64", "--batch-tokens", "128"],
+     "interp: error: need total_tokens >= batch_tokens >= 1, got 64 and 128"),
+    (["transcoder", "circuit", "--transcoders", "x", "--prompt", "p", "--target", "Mary"],
+     "interp: error: --target 'Mary': give 'ANSWER|WRONG' (two single tokens) or a feature like L6.TC.123@5"),
+    (["transcoder", "circuit", "--transcoders", "x", "--prompt", "p"], "interp: error: give --target"),
+    (["bigram", "--lambda", "-1"], "interp: error: lambda must be a finite number >= 0, got -1.0"),
+    (["patch", "--layers", "0", "--diagnose-p", "1.5", "--method", "atp"], "interp: error: --diagnose-p must be at most 1, got 1.5"),
+])
+def test_config_errors_are_one_line_before_any_model_loads(tmp_path, capsys, argv, message):
+    assert cli.main(argv + ["--model", "no-such-model", "--out", str(tmp_path / "r")]) == 2  # the model is never loaded
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+    assert not (tmp_path / "r").exists()
