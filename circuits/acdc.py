@@ -4,7 +4,8 @@ Start from the full graph. Visit readers in reverse topological order (the logit
 layer's MLP, values, keys and queries from the last layer down), skipping readers whose node no
 longer feeds anything; for each edge into the reader still in the circuit, patch it from the
 corrupt run and keep it patched (remove it) when the metric, KL(clean || circuit) at the answer
-position averaged over prompts, grows by less than ``threshold``. One forward per tested edge.
+positions averaged over prompts (each answer token's position, for longer answers), grows by
+less than ``threshold``. One forward per tested edge.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from circuits.circuit_selection import input_owners
 from circuits.edge_graph import EdgeGraph
 from circuits.edge_patching import run_with_patched_edges
 from circuits.edge_runs import upstream_outputs, upstream_sites
-from interp.backends.base import RunSpec
-from interp.corruption import RunInput
+from interp.corruption import task_run
 from interp.metrics import kl_divergence
 from interp.model import Model
 from interp.sublayers import Sublayers
@@ -57,15 +57,16 @@ def acdc(model: Model, task: Task, threshold: float, progress: bool = True) -> A
     start = time.perf_counter()
     graph = EdgeGraph(model.config)
     sublayers = Sublayers(model).for_edges("ACDC")
+    clean = task_run(task, "clean")
     with torch.no_grad():
-        corrupt = model.forward(RunSpec(task.corrupt_tokens, reads=upstream_sites(graph), logits_to_keep=1))
-        clean_logprobs = model.run(task.clean_tokens, logits_to_keep=1)[:, -1].float().log_softmax(-1)
+        corrupt = model.forward(task_run(task, "corrupt").spec(reads=upstream_sites(graph)))
+        clean_logprobs = model.forward(clean.spec()).logits.float().log_softmax(-1)
     source = upstream_outputs(sublayers, graph, corrupt.activations)
-    clean = RunInput(task.clean_tokens)
+    scored = task.read_mask.to(clean_logprobs.device)
 
     def kl(keep: np.ndarray) -> float:
         logprobs = run_with_patched_edges(model, clean, graph.valid & ~keep, source, sublayers).float().log_softmax(-1)
-        return float(kl_divergence(clean_logprobs, logprobs).mean())
+        return float(kl_divergence(clean_logprobs, logprobs)[scored].mean())
 
     keep = graph.valid.copy()
     current = kl(keep)

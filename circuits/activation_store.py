@@ -28,31 +28,33 @@ from interp.sublayers import Sublayers
 SAE_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
 
-def _read(model: Model, tokens: torch.Tensor, sites: list[Site]) -> dict[Site, torch.Tensor]:
+def _read(model: Model, tokens: torch.Tensor, sites: list[Site], mask: torch.Tensor | None = None) -> dict[Site, torch.Tensor]:
     """Activations at ``sites``; the layers after the last site are skipped and only one position
     is unembedded (the logits are not needed)."""
     layers = model.decoder_layers()
     with torch.no_grad(), layers_after_skipped(layers, max(site.layer for site in sites), model.layout.layer_returns_tuple):
-        out = model.forward(RunSpec(tokens, reads=set(sites), logits_to_keep=1))
+        out = model.forward(RunSpec(tokens, reads=set(sites), logits_to_keep=1, attention_mask=mask))
     return {site: value.detach() for site, value in out.activations.items()}
 
 
-def read_pairs(model: Model, site: str, kind: str, tokens: torch.Tensor, exclude_special: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def read_pairs(model: Model, site: str, kind: str, tokens: torch.Tensor, exclude_special: bool = True,
+               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs [n_tokens, d_in], targets [n_tokens, d_out]) of ``tokens`` [batch, pos] at ``site``:
-    the site's activation twice for an SAE; (normalized MLP input, MLP output) for a transcoder."""
+    the site's activation twice for an SAE; (normalized MLP input, MLP output) for a transcoder.
+    Under ``mask`` [batch, pos] (a padded batch: True = real token) padding is left out."""
     component = Component.parse(site).validate(model.config)
     if component.position is not None or component.index is not None:
         raise ComponentError(f"a dictionary reads a whole [batch, pos, d_model] site, not {site}")
     if kind == "sae":
         if component.kind not in SAE_KINDS:
             raise ComponentError(f"an SAE reads one of {', '.join(SAE_KINDS)}; {site} is {component.kind}")
-        x = y = _read(model, tokens, [component.site])[component.site]
+        x = y = _read(model, tokens, [component.site], mask)[component.site]
     else:
         if component.kind != "mlp_out":
             raise ComponentError(f"a transcoder replaces an MLP: give its site as L<layer>.MLP, not {site}")
         layer = component.layer
         sites = [Site("resid_pre", layer), Site("attn_out", layer), Site("mlp_out", layer)]
-        cache = _read(model, tokens, sites)
+        cache = _read(model, tokens, sites, mask)
         sublayers = Sublayers(model)
         resid = sublayers.mlp_input(layer, cache[sites[0]], cache[sites[1]])
         x, y = sublayers.mlp_normalized_input(layer, resid), cache[sites[2]]
@@ -60,6 +62,8 @@ def read_pairs(model: Model, site: str, kind: str, tokens: torch.Tensor, exclude
     if exclude_special:
         special = torch.tensor(sorted(set(model.tokenizer.all_special_ids)), device=tokens.device)
         keep = ~torch.isin(tokens, special)
+    if mask is not None:
+        keep = keep & mask.bool().to(keep.device)
     return x[keep].float().cpu(), y[keep].float().cpu()
 
 

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from circuits.edge_graph import EdgeGraph
 from circuits.edge_runs import downstream_gradients, gradient_sites, upstream_outputs, upstream_sites
-from interp.backends.base import RunSpec
 from interp.components import Site
 from interp.corruption import RunInput, check_settings, clean_and_corrupt, prompt_chunks, target_and_source
 from interp.metrics import task_metric
@@ -47,6 +46,7 @@ class EdgeScores:
     n_backward_passes: int
     wall_seconds: float
     settings: dict = field(default_factory=dict)
+    reference: object = None  # a mean ablation's reference set (``interp.ablation.MeanReference``)
 
     @property
     def clean_metric(self) -> float:
@@ -82,19 +82,17 @@ def _check(method: str, steps: int) -> None:
 
 def _read(model: Model, run: RunInput, sites: set[Site]) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
     with torch.no_grad():
-        out = model.forward(RunSpec(run.tokens, edits=run.edits(), reads=sites, logits_to_keep=1))
-    return out.logits[:, -1], out.activations
+        out = model.forward(run.spec(reads=sites))
+    return out.logits, out.activations
 
 
 def _gradient_run(model: Model, run: RunInput, embedding: torch.Tensor | None, sites: set[Site], metric) -> tuple:
     """One forward + backward on ``run`` (its input embedding replaced by ``embedding`` if given);
     returns (activations, gradients) at ``sites`` and the metric [batch]."""
-    edits = run.edits()
-    if embedding is not None:
-        edits.setdefault(Site("resid_pre", 0), []).append(lambda _: embedding)
+    edits = {} if embedding is None else {Site("resid_pre", 0): [lambda _: embedding]}
     with torch.enable_grad():
-        out = model.forward(RunSpec(run.tokens, edits=edits, reads=sites | {Site("resid_pre", 0)}, keep_grad=True, logits_to_keep=1))
-        values = metric(out.logits[:, -1])
+        out = model.forward(run.spec(edits=edits, reads=sites | {Site("resid_pre", 0)}, keep_grad=True))
+        values = metric(out.logits)
         values.sum().backward()
     grads = {site: (a.grad if a.grad is not None else torch.zeros_like(a)) for site, a in out.activations.items()}
     model.hf_model.zero_grad(set_to_none=True)
@@ -113,34 +111,40 @@ def edge_attribution(
     noise_std: float = 3.0,
     seed: int = 0,
     batch_size: int | None = None,
+    reference=None,
     progress: bool = True,
 ) -> EdgeScores:
     """Score every edge of the model's graph with EAP or EAP-IG (``steps`` interpolation points).
+
+    With an ablation (``corruption`` zero, mean over ``reference``, or resample) the source run
+    has every upstream node (embeddings, head outputs, MLP outputs) ablated at once, and EAP-IG
+    integrates from the ablated embedding.
 
     Costs, per batch of prompts: EAP one source forward and one target forward + backward;
     EAP-IG one source forward, one target forward and ``steps`` forward + backward passes.
     """
     _check(method, steps)
-    check_settings(model, task, direction, corruption)
+    check_settings(model, task, direction, corruption, reference)
     start = time.perf_counter()
     graph = EdgeGraph(model.config)
     sublayers = Sublayers(model).for_edges(method.upper())
     metric_of, n_forward = task_metric(metric, model, task)
-    target, source = target_and_source(model, task, direction, corruption, noise_std, seed)
-    n_prompts = task.clean_tokens.shape[0]
+    target, source = target_and_source(model, task, direction, corruption, noise_std, seed, sites=upstream_sites(graph),
+                                       reference=reference)
+    n_prompts = len(task)
     n_steps = 1 if method == "eap" else steps
     scores = torch.zeros(len(graph.upstream), len(graph.downstream), dtype=torch.float64)
     target_metric, source_metric = torch.zeros(n_prompts), torch.zeros(n_prompts)
     n_backward = 0
     bar = tqdm(total=n_prompts * n_steps, desc=method, disable=not progress, unit="pass")
-    for chunk in prompt_chunks(target, source, batch_size):
-        rows, row_ids, chunk_target, chunk_source = chunk.rows, chunk.row_ids, chunk.target, chunk.source
+    for chunk in prompt_chunks(target, source, batch_size, task):
+        prompts, row_ids, chunk_target, chunk_source = chunk.prompts.cpu(), chunk.row_ids, chunk.target, chunk.source
 
         def chunk_metric(logits: torch.Tensor) -> torch.Tensor:
             return metric_of(logits, row_ids)
 
         source_logits, source_acts = _read(model, chunk_source, upstream_sites(graph))
-        source_metric[rows] = chunk_metric(source_logits).cpu()
+        source_metric[prompts] = chunk.fold(chunk_metric(source_logits)).cpu()
         gradient = None
         if method == "eap":
             sites = upstream_sites(graph) | gradient_sites(graph)
@@ -148,7 +152,7 @@ def edge_attribution(
             target_acts = activations
             gradient = downstream_gradients(sublayers, graph, activations, grads)
             n_forward += 2
-            bar.update(len(row_ids))
+            bar.update(len(prompts))
         else:
             target_logits, target_acts = _read(model, chunk_target, upstream_sites(graph))
             values = chunk_metric(target_logits)
@@ -159,12 +163,15 @@ def edge_attribution(
                 activations, grads, _ = _gradient_run(model, chunk_target, point, gradient_sites(graph), chunk_metric)
                 step_gradient = downstream_gradients(sublayers, graph, activations, grads)
                 gradient = step_gradient if gradient is None else gradient + step_gradient
-                bar.update(len(row_ids))
+                bar.update(len(prompts))
             gradient /= n_steps
             n_forward += 2 + n_steps
         n_backward += n_steps
-        target_metric[rows] = values.cpu()
+        target_metric[prompts] = chunk.fold(values).cpu()
         difference = upstream_outputs(sublayers, graph, source_acts) - upstream_outputs(sublayers, graph, target_acts)
+        if chunk_target.mask is not None:  # padding carries no edge (its gradient is 0 anyway)
+            difference = difference * chunk_target.mask[None, :, :, None].to(difference.dtype)
+        # rows of one prompt add up (an answer row's log-probability minus a wrong-answer row's)
         scores += torch.einsum("ubpd,vbpd->uv", difference, gradient).double().cpu()
     bar.close()
     scores = (scores / n_prompts).numpy() * graph.valid
@@ -173,5 +180,7 @@ def edge_attribution(
         source_metric=source_metric.mean().item(), direction=direction, steps=n_steps,
         n_forward_passes=n_forward, n_backward_passes=n_backward, wall_seconds=time.perf_counter() - start,
         settings={"direction": direction, "corruption": corruption, "noise_std": noise_std, "seed": seed,
-                  "metric": metric, "n_prompts": n_prompts, "backend": model.backend.name, **task.settings},
+                  "metric": metric, "n_prompts": n_prompts, "backend": model.backend.name,
+                  **({"reference": reference.label} if reference is not None else {}), **task.settings},
+        reference=reference,
     )

@@ -50,6 +50,9 @@ def compare_with_acdc(model: Model, task: Task, scored: list[EdgeScores], thresh
     """ACDC's circuit at ``threshold`` and, at its size, the faithfulness of each method's top-n circuit."""
     from circuits.acdc import acdc
 
+    if scored[0].settings["corruption"] != "tokens":
+        raise ValueError(f"ACDC patches edges from the task's corrupt prompts; it does not run with --corruption "
+                         f"{scored[0].settings['corruption']}")
     found = acdc(model, task, threshold, progress=progress)
     graph, size = found.graph, int(found.keep.sum())
     circuits = [found.keep] + [prune_dangling(graph, top_edges(graph, s.scores, size)) for s in scored]
@@ -76,6 +79,7 @@ def discover_edges(
     batch_size: int | None = None,
     exact: Result | None = None,
     acdc_threshold: float | None = None,
+    reference=None,
     progress: bool = True,
 ) -> tuple[Result, dict]:
     """Score edges with each of ``methods``, measure their faithfulness curves over ``sizes``
@@ -92,7 +96,8 @@ def discover_edges(
     if top_n < 1 or top_n > n_edges:
         raise ValueError(f"--top-n {top_n} is out of range: the graph has {n_edges} edges")
     scored = [edge_attribution(model, task, method, steps=steps, direction=direction, metric=metric,
-                               corruption=corruption, seed=seed, batch_size=batch_size, progress=progress)
+                               corruption=corruption, seed=seed, batch_size=batch_size, reference=reference,
+                               progress=progress)
               for method in methods]
     graph = scored[0].graph
     sizes = sorted(set(sizes or default_sizes(graph.n_edges)))
@@ -129,7 +134,7 @@ def discover_edges(
         wall_seconds=sum(s.wall_seconds for s in scored),
         n_forward_passes=sum(s.n_forward_passes for s in scored), n_backward_passes=sum(s.n_backward_passes for s in scored),
         settings={**first.settings, "steps": steps, "methods": list(methods), "top_n": top_n},
-        tokens=model.to_str_tokens(task.clean_tokens[0]), arrays=arrays, extra=extra,
+        tokens=list(task.first_tokens), arrays=arrays, extra=extra,
     )
     return result, graph_json
 

@@ -22,7 +22,7 @@ from circuits.edge_attribution import EdgeScores
 from circuits.edge_graph import EdgeGraph
 from circuits.edge_runs import upstream_outputs, upstream_sites
 from circuits.circuit_selection import prune_dangling, top_edges
-from interp.backends.base import Edit, RunSpec
+from interp.backends.base import Edit
 from interp.components import Site
 from interp.corruption import RunInput, prompt_chunks, target_and_source
 from interp.metrics import task_metric
@@ -126,18 +126,17 @@ class _EdgePatcher:
 
 def run_with_patched_edges(model: Model, run: RunInput, patched: np.ndarray, source_upstream: torch.Tensor,
                            sublayers: Sublayers | None = None) -> torch.Tensor:
-    """Logits at the last position [batch, d_vocab] of ``run`` with the ``patched`` edges
+    """Logits at the last position [batch, d_vocab] of ``run`` (or, when the run names the positions
+    its metric reads, ``run.reads``, at those: [batch, k, d_vocab]) with the ``patched`` edges
     ([n_up, n_down] bool) carrying ``source_upstream`` ([n_up, batch, pos, d_model], from
     ``upstream_outputs`` on the source run)."""
     graph = EdgeGraph(model.config)
     if patched.shape != graph.valid.shape:
         raise ValueError(f"edge mask has shape {patched.shape}; this model's graph needs {graph.valid.shape}")
     patcher = _EdgePatcher(sublayers or Sublayers(model).for_edges("edge patching"), graph, patched, source_upstream)
-    edits = patcher.edits()
-    for site, extra in run.edits().items():
-        edits[site] = list(extra) + edits[site]
     with torch.no_grad():
-        return model.forward(RunSpec(run.tokens, edits=edits, logits_to_keep=1)).logits[:, -1]
+        logits = model.forward(run.spec(edits=patcher.edits())).logits
+    return logits[:, -1] if run.reads is None else logits
 
 
 @dataclass
@@ -158,7 +157,8 @@ class FaithfulnessCurve:
 
 
 def patched_metrics(model: Model, task: Task, settings: dict, masks: list[np.ndarray], *, batch_size: int | None = None,
-                    progress: bool = True, label: str = "circuits", per_prompt: bool = False) -> np.ndarray:
+                    progress: bool = True, label: str = "circuits", per_prompt: bool = False,
+                    reference=None) -> np.ndarray:
     """The task metric of the target run with every edge outside each circuit in ``masks``
     ([n_up, n_down] bool, True = kept) patched from the source run: [n_masks] means over prompts,
     or [n_masks, n_prompts] with ``per_prompt``. ``settings`` are an :class:`EdgeScores`' (metric,
@@ -166,31 +166,34 @@ def patched_metrics(model: Model, task: Task, settings: dict, masks: list[np.nda
     graph = EdgeGraph(model.config)
     metric_of, _ = task_metric(settings["metric"], model, task)
     target, source = target_and_source(model, task, settings["direction"], settings["corruption"],
-                                       settings["noise_std"], settings["seed"])
+                                       settings["noise_std"], settings["seed"], sites=upstream_sites(graph),
+                                       reference=reference)
     sublayers = Sublayers(model).for_edges("edge patching")
-    n_prompts = task.clean_tokens.shape[0]
+    n_prompts = len(task)
     values = np.zeros((len(masks), n_prompts))
     bar = tqdm(total=len(masks) * n_prompts, desc=label, disable=not progress, unit="run")
-    for chunk in prompt_chunks(target, source, batch_size):
+    for chunk in prompt_chunks(target, source, batch_size, task):
         with torch.no_grad():
-            out = model.forward(RunSpec(chunk.source.tokens, edits=chunk.source.edits(), reads=upstream_sites(graph), logits_to_keep=1))
+            out = model.forward(chunk.source.spec(reads=upstream_sites(graph)))
         source_upstream = upstream_outputs(sublayers, graph, out.activations)
+        prompts = chunk.prompts.cpu().numpy()
         for i, keep in enumerate(masks):
             logits = run_with_patched_edges(model, chunk.target, graph.valid & ~keep, source_upstream, sublayers)
-            values[i, chunk.rows] = metric_of(logits, chunk.row_ids).cpu().numpy()
-            bar.update(len(chunk.row_ids))
+            values[i, prompts] = chunk.fold(metric_of(logits, chunk.row_ids)).cpu().numpy()
+            bar.update(len(prompts))
     bar.close()
     return values if per_prompt else values.mean(axis=1)
 
 
 def circuit_faithfulness(model: Model, task: Task, settings: dict, circuits: list[np.ndarray], *,
                          batch_size: int | None = None, progress: bool = True,
-                         label: str = "faithfulness") -> tuple[list[float], list[float], float, float]:
+                         label: str = "faithfulness", reference=None) -> tuple[list[float], list[float], float, float]:
     """(faithfulness, metric) of each circuit, and the full and empty circuits' metrics:
     faithfulness = (L(C) - L(empty)) / (L(full) - L(empty)), all means over prompts."""
     graph = EdgeGraph(model.config)
     masks = [graph.valid.copy(), *circuits, np.zeros_like(graph.valid)]
-    means = patched_metrics(model, task, settings, masks, batch_size=batch_size, progress=progress, label=label)
+    means = patched_metrics(model, task, settings, masks, batch_size=batch_size, progress=progress, label=label,
+                            reference=reference)
     full, empty = float(means[0]), float(means[-1])
     metrics = [float(x) for x in means[1:-1]]
     return [(x - empty) / (full - empty) for x in metrics], metrics, full, empty
@@ -206,6 +209,7 @@ def faithfulness_curve(model: Model, task: Task, scores: EdgeScores, sizes: list
         raise ValueError(f"circuit sizes must be >= 0, got {bad[0]}")
     circuits = [prune_dangling(graph, top_edges(graph, scores.scores, n)) for n in sizes]
     faithfulness, metrics, full, empty = circuit_faithfulness(model, task, scores.settings, circuits, batch_size=batch_size,
-                                                              progress=progress, label=f"faithfulness {scores.method}")
+                                                              progress=progress, label=f"faithfulness {scores.method}",
+                                                              reference=scores.reference)
     return FaithfulnessCurve(method=scores.method, sizes=[int(n) for n in sizes], kept=[int(c.sum()) for c in circuits],
                              metric=metrics, faithfulness=faithfulness, full_metric=full, empty_metric=empty)

@@ -32,6 +32,7 @@ class EdgesConfig(RunSettings):
                                       "and compare at its size", minimum=0)
 
     def validate(self) -> None:
+        super().validate()
         if not self.methods:
             raise ConfigError("give at least one edge attribution method")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -70,13 +71,14 @@ def run_edges(model: Model, task: Task, config: EdgesConfig = EdgesConfig()) -> 
 
     start = time.perf_counter()
     shared = config.contrast()
+    reference = config.mean_reference(model, task)
     exact = None
     if config.compare_exact:
-        exact = activation_patching(model, task, "heads", progress=config.progress, **shared)
+        exact = activation_patching(model, task, "heads", progress=config.progress, reference=reference, **shared)
     result, graph = discover_edges(
         model, task, config.methods, steps=config.ig_steps, top_n=config.top_n,
         sizes=list(config.sizes) if config.sizes else None, batch_size=config.batch_size, exact=exact,
-        acdc_threshold=config.acdc, progress=config.progress, **shared)
+        acdc_threshold=config.acdc, reference=reference, progress=config.progress, **shared)
     result.analysis = "edges"
     result.extra["total_wall_seconds"] = time.perf_counter() - start
     result.documents["graph.json"] = graph

@@ -23,11 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
 
 from circuits.edge_attribution import EdgeScores
 from circuits.edge_graph import EdgeGraph
 from circuits.edge_patching import patched_metrics
+from interp.corruption import task_run
 from interp.metrics import kl_divergence
 from interp.model import Model
 from interp.tasks import Task
@@ -138,7 +140,8 @@ def acdc_sweep(model: Model, task: Task, thresholds: list[float], progress: bool
 def relative_thresholds(model: Model, task: Task, n: int = 12) -> list[float]:
     """``n`` ACDC thresholds log-spaced from 1e-6 to 1 times the KL of the fully corrupted run
     (tracr's unscaled 0/1 logits make that KL small, so absolute thresholds do not transfer)."""
-    clean = model.run(task.clean_tokens, logits_to_keep=1)[:, -1].float().log_softmax(-1)
-    corrupt = model.run(task.corrupt_tokens, logits_to_keep=1)[:, -1].float().log_softmax(-1)
-    total = float(kl_divergence(clean, corrupt).mean())
+    with torch.no_grad():
+        clean, corrupt = (model.forward(task_run(task, which).spec()).logits.float().log_softmax(-1)
+                          for which in ("clean", "corrupt"))
+    total = float(kl_divergence(clean, corrupt)[task.read_mask.to(clean.device)].mean())
     return [total * s for s in np.logspace(-6, 0, n)]

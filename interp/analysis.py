@@ -157,16 +157,39 @@ class ModelOptions(Config):
 
 @dataclass(frozen=True)
 class TaskOptions(Config):
-    """The prompts of a clean-vs-corrupt analysis: a built-in task or a JSONL file."""
+    """The prompts of a clean-vs-corrupt analysis: a built-in task, a file or folder of prompts, a
+    template, or a Hugging Face dataset."""
 
-    task: str = option("ioi", "ioi | capitals | greater_than | induction | path.jsonl")
-    n_prompts: int = option(16, "prompt pairs (built-in tasks; a file's prompts are all used)", minimum=1)
+    task: str = option("ioi", "ioi | capitals | greater_than | induction | pairs.jsonl | pairs.csv | a folder of them | "
+                              "template.json | hf:<dataset>[:<split>]")
+    n_prompts: int = option(16, "prompts (built-in tasks and templates draw this many; files and datasets give their "
+                                "first this many)", minimum=1)
+    padding: Literal["left", "right"] = option("left", "side prompts of different lengths are padded on (both give the "
+                                                       "same numbers; left is faster when the metric reads the last token)")
+    chat_template: bool = option(False, "wrap each prompt in the model's chat template (a user turn, then the "
+                                        "assistant's start), for instruction-tuned models")
+    fields: tuple[str, ...] | None = option(None, "rename a file's or dataset's columns: clean=prompt,answer=target "
+                                                  "(fields: clean, corrupt, answer, wrong_answer, positions)")
+
+    def validate(self) -> None:
+        self.field_map()
+
+    def field_map(self) -> dict:
+        """``fields`` as {our field: the source's column}."""
+        out = {}
+        for item in self.fields or ():
+            ours, equals, theirs = item.partition("=")
+            if not equals or not ours.strip() or not theirs.strip():
+                raise ConfigError(f"--fields takes name=column pairs, e.g. clean=prompt,answer=target; got {item!r}")
+            out[ours.strip()] = theirs.strip()
+        return out
 
     def build(self, model, seed: int = 0):
         """The :class:`interp.tasks.Task` on ``model``."""
         from interp.tasks import get_task
 
-        return get_task(model, self.task, n_prompts=self.n_prompts, seed=seed)
+        return get_task(model, self.task, n_prompts=self.n_prompts, seed=seed, padding_side=self.padding,
+                        chat_template=self.chat_template, fields=self.field_map())
 
 
 @dataclass(frozen=True)
@@ -189,7 +212,8 @@ class RunSettings(Config):
     direction: Direction = option("noising", "noising: patch corrupt activations into the clean run; "
                                              "denoising: clean activations into the corrupt run")
     corruption: Corruption = option("tokens", "tokens: the task's corrupt prompts; gaussian: noise on the "
-                                              "subject tokens' embeddings (causal tracing)")
+                                              "subject tokens' embeddings (causal tracing); zero, mean, resample: "
+                                              "ablate the swept components instead (no corrupt prompt needed)")
     metric: Metric = option("logit_diff", "logit_diff: answer minus wrong-answer logit; prob: answer "
                                           "probability; kl: KL(clean || run) in nats")
     seed: int = option(0, "seed of the prompts, the noise and any sampling")
@@ -198,6 +222,23 @@ class RunSettings(Config):
                                     minimum=1)
     memory_mb: float = option(2048.0, "memory budget of one batched forward pass, MiB", minimum=1)
     progress: bool = option(True, "show progress bars")
+    reference: str | None = option(None, "--corruption mean: what the mean is over: task (this task's own prompts), "
+                                         "a task name or file, or corpus[:<name>]")
+
+    def validate(self) -> None:
+        if self.corruption == "mean" and self.reference is None:
+            raise ConfigError("--corruption mean needs --reference: the prompts whose mean replaces each component "
+                              "(task, a task name or file, or corpus[:<name>])")
+        if self.reference is not None and self.corruption != "mean":
+            raise ConfigError(f"--reference sets the mean of --corruption mean; the corruption is {self.corruption!r}")
+
+    def mean_reference(self, model, task):
+        """The reference set of a mean ablation (None for any other corruption)."""
+        if self.corruption != "mean":
+            return None
+        from interp.ablation import mean_reference
+
+        return mean_reference(model, task, self.reference, self.seed)
 
     def contrast(self) -> dict:
         """direction, metric, corruption and seed: the keyword arguments every clean-vs-corrupt

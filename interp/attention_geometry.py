@@ -41,11 +41,12 @@ class LayerGeometry:
     n_heads: int
     n_kv_heads: int
     softcap: float | None
-    visible: torch.Tensor  # [1, 1, query_pos, key_pos] bool
-    cos: torch.Tensor | None  # [1, pos, rotary_dim]
+    visible: torch.Tensor  # [1 or batch, 1, query_pos, key_pos] bool (a padded batch: per row)
+    cos: torch.Tensor | None  # [1 or batch, pos, rotary_dim]
     sin: torch.Tensor | None
     q_norm: torch.nn.Module | None
     k_norm: torch.nn.Module | None
+    real: torch.Tensor | None = None  # [batch, pos] bool: real tokens of a padded batch (None: all)
 
     def _normed(self, x: torch.Tensor, norm: torch.nn.Module | None) -> torch.Tensor:
         if norm is None:
@@ -78,14 +79,22 @@ class LayerGeometry:
         return scores if self.softcap is None else torch.tanh(scores / self.softcap) * self.softcap
 
     def scores(self, q_rot: torch.Tensor, k_rot: torch.Tensor) -> torch.Tensor:
-        """Masked scores (masked = -inf), float64."""
+        """Masked scores (masked = -inf), float64. A padding query, which the model lets see no key,
+        sees only itself here (its gradient is 0, so its effects are 0, and finite)."""
         scores = self.logits(q_rot, k_rot)
         positions = scores.shape[-1]
-        return scores.masked_fill(~self.visible[..., :positions, :positions], float("-inf"))
+        visible = self.visible[..., :positions, :positions]
+        alone = ~visible.any(-1, keepdim=True) & torch.eye(positions, dtype=torch.bool, device=visible.device)
+        return scores.masked_fill(~(visible | alone), float("-inf"))
 
     def check(self, q_rot: torch.Tensor, k_rot: torch.Tensor, pattern: torch.Tensor, atol: float = 1e-4) -> None:
-        """Raise if the recomputed softmax differs from the model's own ``pattern`` by more than ``atol``."""
-        difference = (self.scores(q_rot, k_rot).softmax(-1) - pattern.double()).abs().max().item()
+        """Raise if the recomputed softmax differs from the model's own ``pattern`` by more than
+        ``atol`` at any real query (padding queries hold whatever the model made of a row it masked
+        entirely)."""
+        gap = (self.scores(q_rot, k_rot).softmax(-1) - pattern.double()).abs()
+        if self.real is not None:
+            gap = gap * self.real[:, None, :gap.shape[2], None].to(gap.device)
+        difference = gap.max().item()
         if not difference <= atol:
             raise AttentionGeometryError(
                 f"{self.label}: recomputed attention differs from the model's by {difference:.2e} (> {atol:g}); "
@@ -94,24 +103,29 @@ class LayerGeometry:
 
 
 class AttentionGeometry:
-    """The :class:`LayerGeometry` of every layer of an ``interp.Model``, per prompt length."""
+    """The :class:`LayerGeometry` of every layer of an ``interp.Model``, per prompt length (and, for
+    a padded batch, per attention mask: each row's own mask and rotary positions)."""
 
     def __init__(self, model) -> None:
         self.model = model
-        self._cache: dict[int, list[LayerGeometry]] = {}
+        self._cache: dict[object, list[LayerGeometry]] = {}
 
     @classmethod
     def of(cls, model) -> "AttentionGeometry":
         return cls(model)
 
-    def at(self, layer: int, n_positions: int) -> LayerGeometry:
-        if n_positions not in self._cache:
-            self._cache[n_positions] = self._capture(n_positions)
-        return self._cache[n_positions][layer]
+    def at(self, layer: int, n_positions: int, mask: torch.Tensor | None = None) -> LayerGeometry:
+        """Layer ``layer``'s geometry for ``n_positions`` tokens; ``mask`` [batch, n_positions] (True
+        = real token) for a padded batch."""
+        key = n_positions if mask is None else (n_positions, tuple(map(tuple, mask.bool().tolist())))
+        if key not in self._cache:
+            self._cache[key] = self._capture(n_positions, mask)
+        return self._cache[key][layer]
 
     @torch.no_grad()
-    def _capture(self, n_positions: int) -> list[LayerGeometry]:
-        """One forward of ``n_positions`` tokens, reading what each attention module is handed."""
+    def _capture(self, n_positions: int, mask: torch.Tensor | None = None) -> list[LayerGeometry]:
+        """One forward of ``n_positions`` tokens (under ``mask``, with its position ids), reading
+        what each attention module is handed."""
         model, config, layout = self.model, self.model.config, self.model.layout
         layers = model.decoder_layers()
         seen: dict[int, dict] = {}
@@ -121,8 +135,15 @@ class AttentionGeometry:
                 seen[index] = {"mask": kwargs.get("attention_mask"), "rotary": kwargs.get("position_embeddings")}
             handles.append(get_path(layer, layout.attn).register_forward_pre_hook(hook, with_kwargs=True))
         try:
-            tokens = torch.ones(1, n_positions, dtype=torch.long, device=model.device)
-            model.hf_model(input_ids=tokens, use_cache=False)
+            if mask is None:
+                tokens = torch.ones(1, n_positions, dtype=torch.long, device=model.device)
+                model.hf_model(input_ids=tokens, use_cache=False)
+            else:
+                from interp.backends.base import position_ids
+
+                mask = mask.to(model.device)
+                tokens = torch.ones(mask.shape, dtype=torch.long, device=model.device)
+                model.hf_model(input_ids=tokens, attention_mask=mask.long(), position_ids=position_ids(mask), use_cache=False)
         finally:
             for handle in handles:
                 handle.remove()
@@ -136,30 +157,38 @@ class AttentionGeometry:
             softcap = getattr(attention, "attn_logit_softcapping", None) or getattr(
                 getattr(attention, "config", None), "attn_logit_softcapping", None)
             captured = seen.get(index, {})
+            rows = 1 if mask is None else mask.shape[0]
             geometries.append(LayerGeometry(
                 label, float(scale), config.n_heads, config.n_kv_heads, softcap,
-                self._visible(captured.get("mask"), n_positions, config.causal, tokens_device=model.device),
-                *self._cos_sin(captured.get("rotary"), label),
+                self._visible(captured.get("mask"), n_positions, config.causal, model.device, mask),
+                *self._cos_sin(captured.get("rotary"), label, rows),
                 unwrapped(get_path(layer, layout.q_norm)) if layout.q_norm else None,
                 unwrapped(get_path(layer, layout.k_norm)) if layout.k_norm else None,
+                None if mask is None else mask.bool(),
             ))
         return geometries
 
     @staticmethod
-    def _visible(mask, n_positions: int, causal: bool, tokens_device) -> torch.Tensor:
-        if isinstance(mask, dict):  # some releases hand a mask per attention type
+    def _visible(handed, n_positions: int, causal: bool, device, mask: torch.Tensor | None) -> torch.Tensor:
+        """[1 or batch, 1, query, key] bool: what each query may see (the model's own 4-D mask where
+        it hands one; else causal, and the batch's padding)."""
+        if isinstance(handed, dict):  # some releases hand a mask per attention type
             raise AttentionGeometryError("the model handed its attention a mask per attention type; cannot read it")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
-            visible = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-            return visible[:1, :1].to(tokens_device)
-        full = torch.ones(n_positions, n_positions, dtype=torch.bool, device=tokens_device)
-        return (full.tril() if causal else full)[None, None]
+        rows = 1 if mask is None else mask.shape[0]
+        if isinstance(handed, torch.Tensor) and handed.dim() == 4:
+            visible = handed if handed.dtype == torch.bool else handed > torch.finfo(handed.dtype).min / 2
+            return visible[:rows, :1].to(device).expand(rows, 1, n_positions, n_positions)
+        full = torch.ones(n_positions, n_positions, dtype=torch.bool, device=device)
+        visible = (full.tril() if causal else full)[None, None]
+        if mask is not None:
+            visible = visible & mask.bool().to(device)[:, None, None, :]
+        return visible
 
     @staticmethod
-    def _cos_sin(rotary, label: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _cos_sin(rotary, label: str, rows: int = 1) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if rotary is None:
             return None, None
         if not (isinstance(rotary, (tuple, list)) and len(rotary) == 2):
             raise AttentionGeometryError(f"{label}: its rotary embedding is not a (cos, sin) pair; cannot recompute attention scores")
         cos, sin = rotary
-        return cos.detach()[:1], sin.detach()[:1]
+        return cos.detach()[:rows], sin.detach()[:rows]

@@ -29,15 +29,17 @@ Latents and error terms exist only while a dictionary is spliced in (``interp.sp
 model, not the config, says how many latents there are.
 
 Any of them may end in ``@12`` to restrict it to one token position (the query position for
-``A``). A :class:`Site` is the whole tensor a component lives in (kind + layer); the component
-picks a slice of it.
+``A``): ``@12`` counts from each prompt's first token, ``@-1`` from its end (every prompt's last
+token, whatever its length), and ``@IO`` is a position a task names in each prompt (IOI: ``S1``,
+``IO``, ``S2``, ``END``; see ``interp.positions``). A :class:`Site` is the whole tensor a
+component lives in (kind + layer); the component picks a slice of it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from interp.config import ModelConfig
@@ -106,7 +108,7 @@ _PATTERN = re.compile(
     + _alternatives([k.token for k in ACTIVATION_KINDS.values() if k.bound is None] + list(_TOKEN_ALIASES)) + ")"
     r"|(?P<indexed>" + _alternatives(k.token + ("." if k.bound == "dictionary" else "")
                                      for k in ACTIVATION_KINDS.values() if k.bound is not None) + r")(?P<index>\d+))"
-    r"(?:@(?P<pos>-?\d+))?$"
+    r"(?:@(?P<pos>-?\d+|[A-Z][A-Z0-9_]*))?$"
 )
 
 
@@ -131,13 +133,15 @@ class Component:
     """A named place in the model, optionally at one token position.
 
     ``index`` is the head (z, q, pattern), the KV group (k, v) or the neuron (mlp_post);
-    ``position`` is a token position (``None`` = every position).
+    ``position`` is a token position (``None`` = every position): an int counted from the first
+    token (>= 0) or from the end (< 0, -1 = the last token), or a name a task supplies per prompt
+    (upper case, e.g. ``"IO"``).
     """
 
     kind: str
     layer: int
     index: int | None = None
-    position: int | None = None
+    position: int | str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ACTIVATION_KINDS:
@@ -158,12 +162,14 @@ class Component:
             raise ComponentError(
                 f"cannot parse component {text!r}: expected e.g. L5.H3, L5.MLP, L5.ATTN, "
                 "L5.RESID_PRE, L5.Q3, L5.K1, L5.A3, L2.N1043, L2.E5, L3.TC.1234, L3.SAE.1234, L3.TC_ERR, "
-                "L5.BLOCK, optionally with @position"
+                "L5.BLOCK, optionally with @position (@12, @-1 or a named position such as @IO)"
             )
         token = match["named"] or match["indexed"].rstrip(".")
         token = _TOKEN_ALIASES.get(token, token)
         index = int(match["index"]) if match["index"] is not None else None
-        position = int(match["pos"]) if match["pos"] is not None else None
+        position = match["pos"]
+        if position is not None and position.lstrip("-").isdigit():
+            position = int(position)
         return cls(_TOKEN_TO_KIND[token], int(match["layer"]), index, position)
 
     def __str__(self) -> str:
@@ -175,7 +181,7 @@ class Component:
     def site(self) -> Site:
         return Site(self.kind, self.layer)
 
-    def at(self, position: int | None) -> "Component":
+    def at(self, position: int | str | None) -> "Component":
         """The same component restricted to one position (or to all, with ``None``)."""
         return Component(self.kind, self.layer, self.index, position)
 
@@ -199,7 +205,8 @@ class Component:
                 raise ComponentError(f"component {self} is out of range: the model has {bound_field}={bound}")
         if self.kind == "resid_mid" and config.parallel_attn_mlp:
             raise ComponentError(f"component {self} does not exist: this model runs attention and MLP in parallel")
-        if self.position is not None and n_positions is not None and not -n_positions <= self.position < n_positions:
+        if (isinstance(self.position, int) and n_positions is not None
+                and not -n_positions <= self.position < n_positions):
             raise ComponentError(f"component {self} is out of range: the prompts have {n_positions} tokens")
         return self
 
@@ -247,15 +254,19 @@ class Granularity:
         bound = ACTIVATION_KINDS[self.kinds[0]].bound
         return getattr(config, bound) if bound else None
 
-    def shape(self, config: "ModelConfig", n_positions: int, layers: list[int] | None = None) -> tuple[int, ...]:
+    def shape(self, config: "ModelConfig", n_positions: "int | Sequence[int | str]",
+              layers: list[int] | None = None) -> tuple[int, ...]:
         """The grid the scores fold into, matching :meth:`components`' order."""
         self.check(config)
         count = self._count(config)
+        n_positions = n_positions if isinstance(n_positions, int) else len(n_positions)
         return (((len(self.kinds),) if len(self.kinds) > 1 else ()) + (len(layers) if layers is not None else config.n_layers,)
                 + ((count,) if count is not None else ()) + ((n_positions,) if self.per_position else ()))
 
-    def components(self, config: "ModelConfig", n_positions: int, layers: list[int] | None = None) -> list[Component]:
-        """Every component, in row-major order of :meth:`shape`."""
+    def components(self, config: "ModelConfig", n_positions: "int | Sequence[int | str]",
+                   layers: list[int] | None = None) -> list[Component]:
+        """Every component, in row-major order of :meth:`shape`. ``n_positions``: a count (positions
+        0 .. n-1) or the positions themselves (``interp.positions.PositionFrame.slots``)."""
         self.check(config)
         layer_list = list(range(config.n_layers)) if layers is None else list(layers)
         for layer in layer_list:
@@ -263,9 +274,9 @@ class Granularity:
                 raise ComponentError(f"layer {layer} is out of range: the model has {config.n_layers} layers")
         count = self._count(config)
         indices = [None] if count is None else range(count)
-        positions = range(n_positions) if self.per_position else [None]
+        slots = (range(n_positions) if isinstance(n_positions, int) else list(n_positions)) if self.per_position else [None]
         return [Component(kind, layer, index, position) for kind in self.kinds for layer in layer_list
-                for index in indices for position in positions]
+                for index in indices for position in slots]
 
 
 GRANULARITIES: dict[str, Granularity] = {g.name: g for g in (
@@ -303,11 +314,14 @@ def get_granularity(name: str) -> Granularity:
     return GRANULARITIES[name]
 
 
-def granularity_shape(config: "ModelConfig", granularity: str, n_positions: int, layers: list[int] | None = None) -> tuple[int, ...]:
+def granularity_shape(config: "ModelConfig", granularity: str, n_positions: "int | Sequence[int | str]",
+                      layers: list[int] | None = None) -> tuple[int, ...]:
     """Shape of the score array for a granularity, matching ``enumerate_components`` order."""
     return get_granularity(granularity).shape(config, n_positions, layers)
 
 
-def enumerate_components(config: "ModelConfig", granularity: str, n_positions: int, layers: list[int] | None = None) -> list[Component]:
-    """Every component of one granularity, in row-major order of ``granularity_shape``."""
+def enumerate_components(config: "ModelConfig", granularity: str, n_positions: "int | Sequence[int | str]",
+                         layers: list[int] | None = None) -> list[Component]:
+    """Every component of one granularity, in row-major order of ``granularity_shape``
+    (``n_positions``: a count, or the positions of a :class:`~interp.positions.PositionFrame`)."""
     return get_granularity(granularity).components(config, n_positions, layers)

@@ -25,11 +25,18 @@ def duplicate_token_scores(pattern: torch.Tensor, half_length: int) -> torch.Ten
     return pattern[:, :, queries, queries - half_length].mean(dim=(0, 2))
 
 
-def attention_patterns(model: Model, tokens: torch.Tensor) -> torch.Tensor:
-    """Attention patterns [layers, batch, heads, query_pos, key_pos] of ``tokens`` [batch, pos]."""
+def attention_patterns(model: Model, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention patterns [layers, batch, heads, query_pos, key_pos] of ``tokens`` [batch, pos]
+    (or :class:`~interp.batch.Tokens`); under ``attention_mask`` the rows and columns of padding
+    are zero, so no padded token enters a score."""
     sites = [Site("pattern", layer) for layer in range(model.config.n_layers)]
-    _, cache = model.run_with_cache(tokens, sites)
-    return torch.stack([cache[site] for site in sites])
+    _, cache = model.run_with_cache(tokens, sites, attention_mask=attention_mask)
+    patterns = torch.stack([cache[site] for site in sites])
+    mask = attention_mask if attention_mask is not None else getattr(tokens, "mask", None)
+    if mask is not None:
+        real = mask.bool().to(patterns.device)
+        patterns = patterns * (real[:, None, :, None] & real[:, None, None, :]).to(patterns.dtype)
+    return patterns
 
 
 def repeated_tokens(model: Model, n_sequences: int = 8, half_length: int = 20, seed: int = 0) -> torch.Tensor:

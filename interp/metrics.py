@@ -2,7 +2,8 @@
 
 Each metric maps ``logits`` [batch, d_vocab] (at the answer position), ``answers`` and
 ``wrong_answers`` [batch] token ids, and ``clean_logprobs`` [batch, d_vocab] (log-softmax of the
-clean run, used by ``kl``) to [batch] values.
+clean run, used by ``kl``) to [batch] values. :func:`task_metric` binds one to a task, including
+tasks whose answers are several tokens (scored by their teacher-forced log-probability).
 """
 
 from __future__ import annotations
@@ -59,23 +60,58 @@ def normalized(patched: torch.Tensor, target: float, source: float) -> torch.Ten
 
 
 def task_metric(name: str, model, task) -> tuple[Callable[..., torch.Tensor], int]:
-    """The metric ``name`` bound to a task: ``metric_of(logits [batch, d_vocab], rows=None) -> [batch]``.
+    """The metric ``name`` bound to a task: ``metric_of(logits [batch, k, d_vocab], rows=None) -> [batch]``.
 
-    ``rows`` maps each batch row to its prompt (default: row i is prompt i), so batches that
-    stack several variants of the prompts share the task's answers. Also returns the number of
-    forward passes spent (1 for ``kl``, which needs the clean run's distribution; else 0).
+    ``logits`` are those at the task's read positions (``task.reads``: the last prompt token, and
+    for longer answers each continuation token's predecessor; a run's ``RunSpec`` asks for exactly
+    those, see ``interp.batch.logit_reads``); [batch, d_vocab] is read as k = 1. ``rows`` maps each
+    batch row to its row of the task (default: row i is row i), so batches that stack several
+    variants share the task's answers. One value per row, which :meth:`Task.fold` sums into one per
+    prompt:
+
+    * single-token answers: the metric of the logits (``logit_diff``: logit(answer) -
+      logit(wrong answer));
+    * longer answers, teacher-forced: an answer row gives +log P(answer | prompt) (summed over its
+      tokens), a wrong-answer row -log P(wrong | prompt), so their sum is the difference of the two
+      continuations' log-probabilities; ``prob`` gives P(answer | prompt) on answer rows and ``kl``
+      KL(clean || run) summed over the answer's positions (wrong-answer rows: 0).
+
+    Also returns the number of forward passes spent (1 for ``kl``, which needs the clean run's
+    distributions; else 0).
     """
+    from interp.backends.base import RunSpec
+    from interp.batch import logit_reads
+
     fn = get_metric(name)
-    n_prompts = task.clean_tokens.shape[0]
+    if name == "logit_diff" and task.wrong_answers is None:
+        raise ValueError(f"metric logit_diff needs wrong answers, and task {task.name!r} gives none; "
+                         "use --metric prob or kl, or add a wrong_answer field")
     clean_logprobs = None
     if name == "kl":
         with torch.no_grad():
-            clean_logprobs = model.run(task.clean_tokens, logits_to_keep=1)[:, -1].float().log_softmax(-1)
+            spec = RunSpec(task.clean_tokens, attention_mask=task.attention_mask,
+                           **logit_reads(task.reads, task.n_positions))
+            clean_logprobs = model.forward(spec).logits.float().log_softmax(-1)
 
     def metric_of(logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        rows = torch.arange(n_prompts, device=logits.device) if rows is None else rows
+        logits = logits[:, None] if logits.dim() == 2 else logits
+        rows = torch.arange(task.n_rows, device=logits.device) if rows is None else rows.to(task.reads.device)
         reference = None if clean_logprobs is None else clean_logprobs[rows]
-        return fn(logits, task.answers[rows], task.wrong_answers[rows], reference).float()
+        if not task.multi_token:
+            prompts = task.row_prompt.to(rows.device)[rows]
+            wrong = None if task.wrong_answers is None else task.wrong_answers[prompts]
+            return fn(logits[:, 0], task.answers[prompts], wrong, None if reference is None else reference[:, 0]).float()
+        logprobs = logits.float().log_softmax(-1)
+        mask = task.read_mask[rows].to(logits.device)
+        sign = task.row_sign.to(logits.device)[rows]
+        if name == "kl":
+            per_position = kl_divergence(reference.to(logits.device), logprobs)
+            return torch.where(sign > 0, (per_position * mask).sum(-1), torch.zeros_like(sign))
+        targets = task.read_targets[rows].to(logits.device)
+        total = (logprobs.gather(-1, targets[..., None])[..., 0] * mask).sum(-1)
+        if name == "prob":
+            return torch.where(sign > 0, total.exp(), torch.zeros_like(total))
+        return sign * total
 
     return metric_of, int(clean_logprobs is not None)
 

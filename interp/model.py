@@ -11,6 +11,7 @@ import torch
 
 from interp.architectures import Layout, decoder_layers
 from interp.backends.base import Backend, Edit, RunOutput, RunSpec
+from interp.batch import PADDING_SIDES, PaddingError, Tokens, pad_id
 from interp.components import INDEX_AXIS, POSITION_AXIS, SPLICE_KINDS, Component, ComponentError, Site
 from interp.config import ModelConfig
 from interp.experts import expert_sites
@@ -19,6 +20,7 @@ from interp.splicing import Splice, with_splices
 
 PatchValue = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 ComponentLike = Union[Component, str]
+TokensLike = Union[torch.Tensor, Tokens]
 
 
 class TokenizationError(ValueError):
@@ -100,7 +102,8 @@ class Model:
 
     # ------------------------------------------------------------------ tokens
     def to_tokens(self, text: Union[str, Sequence[str]]) -> torch.Tensor:
-        """Token ids [batch, pos] with the tokenizer's own special tokens; all texts must have equal length."""
+        """Token ids [batch, pos] with the tokenizer's own special tokens; all texts must have equal
+        length (:meth:`tokenize` pads texts of different lengths and returns the mask too)."""
         texts = [text] if isinstance(text, str) else list(text)
         ids = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
         lengths = {len(i) for i in ids}
@@ -108,14 +111,31 @@ class Model:
             first = len(ids[0])
             bad = next(k for k, i in enumerate(ids) if len(i) != first)
             raise TokenizationError(
-                f"texts tokenize to different lengths: {texts[0]!r} has {first} tokens but {texts[bad]!r} has {len(ids[bad])}"
+                f"texts tokenize to different lengths: {texts[0]!r} has {first} tokens but {texts[bad]!r} has "
+                f"{len(ids[bad])}; model.tokenize(texts) pads them and returns the attention mask"
             )
         return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def tokenize(self, text: Union[str, Sequence[str]], padding_side: str = "left") -> Tokens:
+        """Token ids of one or more texts (with the tokenizer's own special tokens), padded on
+        ``padding_side`` to the longest: a :class:`~interp.batch.Tokens` (ids [batch, pos] and the
+        mask of real tokens, None when nothing is padded) that ``run``, ``run_with_cache`` and
+        ``gradients`` take directly."""
+        texts = [text] if isinstance(text, str) else list(text)
+        if padding_side not in PADDING_SIDES:
+            raise PaddingError(f"unknown padding side {padding_side!r}; known: {', '.join(PADDING_SIDES)}")
+        rows = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+        empty = next((k for k, row in enumerate(rows) if not row), None)
+        if empty is not None:
+            raise TokenizationError(f"text {empty} ({texts[empty]!r}) has no tokens")
+        return Tokens.pad(rows, pad_id(self.tokenizer), padding_side, self.device)
 
     def to_str_tokens(self, tokens: Union[str, torch.Tensor, Sequence[int]]) -> list[str]:
         """The tokens of one text (or one row of ids) as strings."""
         if isinstance(tokens, str):
             tokens = self.to_tokens(tokens)[0]
+        if isinstance(tokens, Tokens):
+            tokens = tokens.ids
         if isinstance(tokens, torch.Tensor):
             tokens = tokens.reshape(-1).tolist()
         return [self.tokenizer.decode([t]) for t in tokens]
@@ -173,7 +193,7 @@ class Model:
         virtual_reads: dict[Site, torch.Tensor] = {}
         if self._splices:
             spec = with_splices(spec, self.splices, virtual_reads)
-        with expert_sites(self, spec, virtual_reads) as spec:
+        with expert_sites(self, spec, virtual_reads) as spec, self._unembedding_at(spec.logit_positions):
             if resume is None:
                 out = self.backend.forward(spec)
             else:
@@ -183,6 +203,28 @@ class Model:
                     out = self.backend.forward(spec)
         out.activations.update(virtual_reads)
         return out
+
+    @contextmanager
+    def _unembedding_at(self, positions: torch.Tensor | None) -> Iterator[None]:
+        """Within the block, the unembedding reads only ``positions`` [batch, k] of each row (None:
+        every position it is handed): a forward pre-hook gathers its input, so the logits are
+        [batch, k, d_vocab] whatever the padding."""
+        if positions is None:
+            yield
+            return
+        if positions.dim() != 2:
+            raise ValueError(f"logit_positions must be [batch, k], got shape {tuple(positions.shape)}")
+
+        def gather(module, args):
+            hidden = args[0]
+            index = positions.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1])
+            return (hidden.gather(1, index), *args[1:])
+
+        handle = self.hf_model.get_output_embeddings().register_forward_pre_hook(gather)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def splice_hosts(self) -> dict[Site, Site]:
         """Each spliced dictionary's latents and error-term sites -> the activation it replaces."""
@@ -215,16 +257,31 @@ class Model:
                 sites.add(self.validate(item).site)
         return sites
 
-    @torch.no_grad()
-    def run(self, tokens: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
-        """Logits [batch, pos, d_vocab] (only the last ``logits_to_keep`` positions if > 0)."""
-        return self.forward(RunSpec(tokens, logits_to_keep=logits_to_keep)).logits
+    @staticmethod
+    def _ids_and_mask(tokens: TokensLike, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ids, mask) of a tensor of ids (with an optional mask) or a :class:`Tokens`."""
+        if isinstance(tokens, Tokens):
+            if attention_mask is not None:
+                raise ValueError("give the attention mask once: Tokens already carry theirs")
+            return tokens.ids, tokens.mask
+        if attention_mask is not None and attention_mask.shape != tokens.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; the tokens have {tuple(tokens.shape)}")
+        return tokens, attention_mask
 
     @torch.no_grad()
-    def run_with_cache(self, tokens: torch.Tensor,
-                       components: Sequence[Union[ComponentLike, Site]]) -> tuple[torch.Tensor, ActivationCache]:
-        """Logits and the activations of the sites holding ``components``."""
-        out = self.forward(RunSpec(tokens, reads=self._sites(components)))
+    def run(self, tokens: TokensLike, logits_to_keep: int = 0, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [batch, pos, d_vocab] (only the last ``logits_to_keep`` positions if > 0) of ids
+        [batch, pos] (``attention_mask`` [batch, pos]: True for real tokens) or of :class:`Tokens`."""
+        ids, mask = self._ids_and_mask(tokens, attention_mask)
+        return self.forward(RunSpec(ids, logits_to_keep=logits_to_keep, attention_mask=mask)).logits
+
+    @torch.no_grad()
+    def run_with_cache(self, tokens: TokensLike, components: Sequence[Union[ComponentLike, Site]],
+                       attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ActivationCache]:
+        """Logits and the activations of the sites holding ``components`` (padding positions of
+        padded tokens hold values no real token reads)."""
+        ids, mask = self._ids_and_mask(tokens, attention_mask)
+        out = self.forward(RunSpec(ids, reads=self._sites(components), attention_mask=mask))
         return out.logits, ActivationCache({s: a.detach() for s, a in out.activations.items()})
 
     @contextmanager
@@ -248,15 +305,17 @@ class Model:
                 if not self._active_edits[site]:
                     del self._active_edits[site]
 
-    def gradients(self, tokens: torch.Tensor, metric: Callable[[torch.Tensor], torch.Tensor],
-                  components: Sequence[Union[ComponentLike, Site]]) -> tuple[torch.Tensor, ActivationCache, ActivationCache]:
+    def gradients(self, tokens: TokensLike, metric: Callable[[torch.Tensor], torch.Tensor],
+                  components: Sequence[Union[ComponentLike, Site]],
+                  attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ActivationCache, ActivationCache]:
         """Metric value, activations and d(metric)/d(activation) at the sites of ``components``.
 
         ``metric`` maps logits [batch, pos, d_vocab] to a scalar; the gradient is of that scalar.
         """
         sites = self._sites(components)
+        ids, mask = self._ids_and_mask(tokens, attention_mask)
         with torch.enable_grad():
-            out = self.forward(RunSpec(tokens, reads=sites, keep_grad=True))
+            out = self.forward(RunSpec(ids, reads=sites, keep_grad=True, attention_mask=mask))
             value = metric(out.logits)
             if value.dim() != 0:
                 raise ValueError(f"metric must return a scalar to differentiate, got shape {tuple(value.shape)}")

@@ -27,67 +27,103 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp.backends.base import Edit, RunSpec
-from interp.components import POSITION_AXIS, SPLICE_GRANULARITIES, Component, Site, get_granularity
-from interp.corruption import (RunInput, check_settings, clean_and_corrupt, first_difference, noise_edit,
-                               target_and_source)
+from interp.backends.base import Edit
+from interp.components import INDEX_AXIS, POSITION_AXIS, SPLICE_GRANULARITIES, Component, Site, get_granularity
+from interp.corruption import RunInput, check_settings, clean_and_corrupt, first_differences, target_and_source
+from interp.hf_compat import kv_prefix
 from interp.metrics import normalized, task_metric
 from interp.model import Model, component_index
+from interp.positions import PositionFrame
 from interp.results import Result
-from interp.hf_compat import kv_prefix
 from interp.resume import Resume
 from interp.splicing import feature_components
 from interp.tasks import Task
 
 @dataclass
 class _Runs:
-    """The two runs of a sweep and what the patched forwards resume from."""
+    """The two runs of a sweep and what the patched forwards resume from (per row of the task)."""
 
     target: RunInput
     target_resid: dict[int, torch.Tensor]
     target_cache: object
     target_acts: dict[Site, torch.Tensor]
     source_acts: dict[Site, torch.Tensor]
-    unchanged_before: int  # positions before this one have the same activations in both runs
-    target_metric: torch.Tensor  # [n]
-    source_metric: torch.Tensor  # [n]
-    clean_metric: torch.Tensor
-    corrupt_metric: torch.Tensor
+    first_diff: torch.Tensor  # [rows]: positions before it have the same activations in both runs
+    read_floor: int  # the earliest position whose logits the metric reads: a patched run starts at or before it
+    target_metric: torch.Tensor  # [rows]
+    source_metric: torch.Tensor  # [rows]
+
+    @property
+    def unchanged_before(self) -> int:
+        return int(self.first_diff.min())
 
 
 def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, corruption: str,
-                    noise_std: float, seed: int, metric_of) -> tuple[_Runs, int]:
-    target, source = target_and_source(model, task, direction, corruption, noise_std, seed)
+                    noise_std: float, seed: int, metric_of, ablated: set[Site], reference) -> tuple[_Runs, int]:
+    target, source = target_and_source(model, task, direction, corruption, noise_std, seed, sites=ablated,
+                                       reference=reference)
     resid_sites = {Site("resid_pre", layer) for layer in range(model.config.n_layers)}
-    target_out = model.forward(RunSpec(target.tokens, edits=target.edits(), reads=resid_sites | sites, logits_to_keep=1,
-                                       return_cache=True))
-    source_out = model.forward(RunSpec(source.tokens, edits=source.edits(), reads=sites, logits_to_keep=1))
-    target_metric, source_metric = metric_of(target_out.logits[:, -1]), metric_of(source_out.logits[:, -1])
-    clean_metric, corrupt_metric = clean_and_corrupt(direction, target_metric, source_metric)
+    target_out = model.forward(target.spec(reads=resid_sites | sites, return_cache=True))
+    source_out = model.forward(source.spec(reads=sites))
+    rows, width = task.clean_tokens.shape
+    first = first_differences(target, source) if model.config.causal else torch.zeros(rows, dtype=torch.long)
     runs = _Runs(
         target=target, target_resid={site.layer: target_out.activations[site] for site in resid_sites},
         target_cache=target_out.past_key_values, target_acts={site: target_out.activations[site] for site in sites},
-        source_acts=source_out.activations,
-        unchanged_before=first_difference(target, source) if model.config.causal else 0,
-        target_metric=target_metric, source_metric=source_metric,
-        clean_metric=clean_metric, corrupt_metric=corrupt_metric,
+        source_acts=source_out.activations, first_diff=first.cpu(),
+        read_floor=int(task.reads.min()) if target.reads is not None else width - 1,
+        target_metric=metric_of(target_out.logits), source_metric=metric_of(source_out.logits),
     )
     return runs, 2
 
 
-def _patch_edit(assignments: list[tuple[int, Component]], source: torch.Tensor, n_prompts: int, start: int) -> Edit:
+@dataclass(frozen=True)
+class _Placement:
+    """Where one component is patched: ``rows`` [m] of the task (None: every row) at ``positions``
+    [m] (padded coordinates; None: every position), in a run that starts at ``start``."""
+
+    rows: torch.Tensor | None
+    positions: torch.Tensor | None
+    start: int
+
+
+def _placement(component: Component, slot_rows: dict, runs: _Runs, width: int, causal: bool) -> _Placement | None:
+    """Where ``component`` changes anything; None where it has the same value in both runs in every
+    row (before a row's first differing position, or absent from the row's prompt)."""
+    floor = runs.read_floor
+    if component.position is None:
+        start = min(runs.unchanged_before, width - 1, floor) if causal else 0
+        return _Placement(None, None, start)
+    index = slot_rows[component.position]
+    live = (index >= runs.first_diff) & (index >= 0)
+    if not bool(live.any()):
+        return None
+    rows = live.nonzero()[:, 0]
+    positions = index[rows]
+    return _Placement(rows, positions, min(int(positions.min()), floor) if causal else 0)
+
+
+def _patch_edit(assignments: list[tuple[int, Component, _Placement]], source: torch.Tensor, n_rows: int, start: int) -> Edit:
     """One edit writing each variant's component from the source run into its batch rows; the
     patched run holds positions >= ``start`` only (all of one site, so one position axis)."""
-    axis = POSITION_AXIS[assignments[0][1].kind]
+    kind = assignments[0][1].kind
+    axis = POSITION_AXIS[kind]
     suffix = source.narrow(axis, start, source.shape[axis] - start)
 
     def edit(activation: torch.Tensor) -> torch.Tensor:
         patched = activation.clone()
-        for variant, component in assignments:
-            shifted = component if component.position is None else component.at(component.position - start)
-            index = component_index(shifted, activation.dim())
-            rows = patched[variant * n_prompts:(variant + 1) * n_prompts]
-            rows[index] = suffix[index]
+        for variant, component, place in assignments:
+            block = patched[variant * n_rows:(variant + 1) * n_rows]
+            if place.rows is None:
+                index = component_index(component, activation.dim())
+            else:
+                index = [slice(None)] * activation.dim()
+                index[0] = place.rows.to(activation.device)
+                index[axis] = (place.positions - start).to(activation.device)
+                if component.index is not None:
+                    index[INDEX_AXIS[kind]] = component.index
+                index = tuple(index)
+            block[index] = suffix[index].to(activation.dtype)
         return patched
 
     return edit
@@ -102,18 +138,54 @@ def _variant_bytes(model: Model, n_prompts: int, n_positions: int, layer: int, s
     return 4 * n_prompts * (length * per_token + kv + c.d_vocab)
 
 
-def resolve_components(model: Model, granularity: str, n_positions: int, layers: list[int] | None,
+def resolve_components(model: Model, granularity: str, frame: PositionFrame, layers: list[int] | None,
                        components: list | None) -> tuple[list[Component], list[int], list[str]]:
-    """(components, shape, axes): every component of a granularity, or an explicit list (shape [n])."""
+    """(components, shape, axes): every component of a granularity at the frame's positions, or an
+    explicit list (shape [n]) whose positions the frame resolves (one-line errors for positions no
+    prompt has)."""
     if components is None and granularity in SPLICE_GRANULARITIES:
-        return feature_components(model.splices, granularity, n_positions, layers)
+        return feature_components(model.splices, granularity, list(frame.slots), layers)
     if components is None:
         spec = get_granularity(granularity)
-        return (spec.components(model.config, n_positions, layers), list(spec.shape(model.config, n_positions, layers)),
-                spec.axes)
-    parsed = [model.validate(c, n_positions) for c in components]
-    parsed = [c if c.position is None else c.at(c.position % n_positions) for c in parsed]
+        slots = list(frame.slots)
+        return spec.components(model.config, slots, layers), list(spec.shape(model.config, slots, layers)), spec.axes
+    parsed = [model.validate(c) for c in components]
+    for component in parsed:
+        if component.position is not None:
+            frame.check(component.position, str(component))
     return parsed, [len(parsed)], ["component"]
+
+
+def slot_rows(frame: PositionFrame, components: list[Component]) -> dict:
+    """Each position the components use -> its token [rows] in each row (-1: absent)."""
+    return {position: frame.rows(position).cpu() for position in {c.position for c in components} if position is not None}
+
+
+def present_in_prompts(task: Task, components: list[Component], rows_of: dict) -> torch.Tensor:
+    """[prompts, components] bool: whether each component exists in each prompt (a position past a
+    shorter prompt's end does not)."""
+    present = torch.ones(len(task), len(components), dtype=torch.bool)
+    prompt_rows = slice(0, len(task))  # a prompt's first row (its answer row) has its prompt's positions
+    for i, component in enumerate(components):
+        if component.position is not None:
+            present[:, i] = rows_of[component.position][prompt_rows] >= 0
+    return present
+
+
+def effects(task: Task, patched_rows: torch.Tensor, target_rows: torch.Tensor, source_rows: torch.Tensor,
+            present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+    """(scores [components], per_prompt [prompts, components], patched [prompts, components],
+    target mean, source mean) from per-row metrics. A score is the normalized mean effect over the
+    prompts in which the component exists (0 = no effect, 1 = the whole clean-vs-corrupt
+    difference); per-prompt effects are NaN where it does not."""
+    patched = task.fold(patched_rows)
+    target, source = task.fold(target_rows), task.fold(source_rows)
+    target_mean, source_mean = target.mean().item(), source.mean().item()
+    everywhere = normalized(patched.mean(0), target_mean, source_mean)
+    per_prompt = (patched - target[:, None]) / (source_mean - target_mean)
+    per_prompt = torch.where(present, per_prompt, torch.full_like(per_prompt, float("nan")))
+    scores = torch.where(present.all(0), everywhere, per_prompt.nanmean(0))
+    return scores, per_prompt, patched, target_mean, source_mean
 
 
 def activation_patching(
@@ -130,6 +202,9 @@ def activation_patching(
     batch_size: int | None = None,
     memory_budget_mb: float = 2048,
     components: list[Component] | None = None,
+    positions: str = "auto",
+    reference=None,
+    ablated_sites: list | None = None,
     progress: bool = True,
 ) -> Result:
     """Exact activation patching of every component of ``granularity``.
@@ -137,58 +212,69 @@ def activation_patching(
     Args:
         direction: "noising" (corrupt activation into the clean run) or "denoising" (clean into corrupt).
         metric: "logit_diff", "prob" or "kl" (see ``interp.metrics``).
-        corruption: "tokens" (the task's corrupt prompts) or "gaussian" (noise of ``noise_std``
-            embedding standard deviations on the subject tokens, seeded).
+        corruption: "tokens" (the task's corrupt prompts), "gaussian" (noise of ``noise_std``
+            embedding standard deviations on the subject tokens, seeded), or an ablation: "zero",
+            "mean" (over ``reference``, an ``interp.ablation.MeanReference``) or "resample"
+            (seeded); the corrupt run then has every site of the sweep ablated at once
+            (``ablated_sites`` overrides which: a verification of a larger sweep passes that
+            sweep's).
         layers: restrict the sweep to these layers (default all).
-        batch_size: sequences per forward pass (each patched variant holds all ``n_prompts``
-            prompts, so ``batch_size // n_prompts`` variants, at least one); default from
-            ``memory_budget_mb``.
+        batch_size: sequences per forward pass (each patched variant holds all the task's rows,
+            so ``batch_size // rows`` variants, at least one); default from ``memory_budget_mb``.
         components: patch exactly these components instead of every one of ``granularity``
             (the result then has shape [len(components)]).
+        positions: the position frame of a position-resolved granularity (``interp.positions``):
+            "auto" (from the start when every prompt has the same length, else from the end),
+            "start", "end" or "named".
 
     Returns a :class:`Result` whose ``scores`` are normalized mean effects (0 = no effect,
     1 = the whole clean-vs-corrupt difference) and whose arrays hold ``per_prompt`` normalized
-    effects and ``patched_metric`` raw metric values, both [n_prompts, n_components].
+    effects (NaN where a component does not exist in a prompt) and ``patched_metric`` raw metric
+    values, both [n_prompts, n_components].
     """
-    check_settings(model, task, direction, corruption)
+    check_settings(model, task, direction, corruption, reference)
     start_time = time.perf_counter()
-    n_prompts, n_positions = task.clean_tokens.shape
+    n_rows, n_positions = task.clean_tokens.shape
     label = granularity if components is None else "components"
-    components, shape, axes = resolve_components(model, granularity, n_positions, layers, components)
+    frame = task.frame(positions)
+    components, shape, axes = resolve_components(model, granularity, frame, layers, components)
     sites = {component.site for component in components}
+    rows_of = slot_rows(frame, components)
+    ablated = sites if ablated_sites is None else {Site(*site) for site in ablated_sites}
 
     with torch.no_grad():
         metric_of, metric_forwards = task_metric(metric, model, task)
-        runs, n_forward = _reference_runs(model, task, sites, direction, corruption, noise_std, seed, metric_of)
+        runs, n_forward = _reference_runs(model, task, sites, direction, corruption, noise_std, seed, metric_of,
+                                          ablated, reference)
         n_forward += metric_forwards
-        target_mean, source_mean = runs.target_metric.mean().item(), runs.source_metric.mean().item()
-        patched = torch.empty(n_prompts, len(components))
+        patched = torch.empty(n_rows, len(components))
 
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        before = {i for i, c in enumerate(components) if c.position is not None and c.position < runs.unchanged_before}
-        identical = {i for i, c in enumerate(components) if i not in before and _identical(runs, c)}
-        unchanged = sorted(before | identical)
+        groups: dict[tuple[int, int], list[tuple[int, _Placement]]] = defaultdict(list)
+        edited = model.edited_sites() | {carried.site for carried in runs.target.carried}
+        unchanged, identical = [], 0
+        for i, component in enumerate(components):
+            place = _placement(component, rows_of, runs, n_positions, model.config.causal)
+            if place is not None and _identical(runs, component, place, task.attention_mask):
+                identical += 1
+                place = None
+            if place is None:
+                unchanged.append(i)
+                continue
+            groups[(_resume_layer(edited, component.layer), place.start)].append((i, place))
         patched[:, unchanged] = runs.target_metric.cpu()[:, None]
-        edited = model.edited_sites()
-        for i in sorted(set(range(len(components))) - set(unchanged)):
-            # a component over every position equals the target's before the first difference,
-            # so its run starts there too; without a causal mask every position can change
-            position = components[i].position
-            start = (min(runs.unchanged_before, n_positions - 1) if position is None else position) if model.config.causal else 0
-            groups[(_resume_layer(edited, components[i].layer), start)].append(i)
         forward_equivalents = float(n_forward)
         bar = tqdm(total=len(components), initial=len(unchanged), desc=f"patching {label}", disable=not progress,
                    unit="component")
-        for (layer, start), indices in sorted(groups.items()):
+        for (layer, start), members in sorted(groups.items()):
             if batch_size:
-                per_batch = max(1, batch_size // n_prompts)
+                per_batch = max(1, batch_size // n_rows)
             else:
-                per_batch = max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_prompts, n_positions, layer, start)))
-            for chunk_start in range(0, len(indices), per_batch):
-                chunk = indices[chunk_start:chunk_start + per_batch]
-                values = _patched_forward(model, runs, [components[i] for i in chunk], layer, start, n_prompts, metric_of,
-                                          check=chunk_start == 0)
-                patched[:, chunk] = values.T.cpu()
+                per_batch = max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_rows, n_positions, layer, start)))
+            for chunk_start in range(0, len(members), per_batch):
+                chunk = members[chunk_start:chunk_start + per_batch]
+                values = _patched_forward(model, runs, [(components[i], place) for i, place in chunk], layer, start, n_rows,
+                                          metric_of, check=chunk_start == 0)
+                patched[:, [i for i, _ in chunk]] = values.T.cpu()
                 n_forward += 1
                 variants = len(chunk) + (chunk_start == 0)  # the first chunk of a group carries the resume check
                 n_layers = model.config.n_layers
@@ -196,32 +282,64 @@ def activation_patching(
                 bar.update(len(chunk))
         bar.close()
 
-    scores = normalized(patched.mean(0), target_mean, source_mean)
-    # per prompt, normalized by the mean difference so that the rows average to ``scores``
-    per_prompt = (patched - runs.target_metric.cpu()[:, None]) / (source_mean - target_mean)
+    present = present_in_prompts(task, components, rows_of)
+    scores, per_prompt, patched_prompts, target_mean, source_mean = effects(
+        task, patched, runs.target_metric.cpu(), runs.source_metric.cpu(), present)
+    clean_metric, corrupt_metric = clean_and_corrupt(direction, task.fold(runs.target_metric.cpu()),
+                                                     task.fold(runs.source_metric.cpu()))
     return Result(
         method="exact", model=model.config.name, task=task.name, metric=metric, granularity=granularity,
         components=[str(c) for c in components], scores=scores.numpy().astype(np.float64), shape=shape,
-        axes=axes, clean_metric=runs.clean_metric.mean().item(),
-        corrupt_metric=runs.corrupt_metric.mean().item(), wall_seconds=time.perf_counter() - start_time,
-        n_forward_passes=n_forward,
+        axes=axes, clean_metric=clean_metric.mean().item(), corrupt_metric=corrupt_metric.mean().item(),
+        wall_seconds=time.perf_counter() - start_time, n_forward_passes=n_forward,
         settings={"direction": direction, "corruption": corruption, "noise_std": noise_std, "seed": seed,
-                  "layers": layers, "n_prompts": n_prompts, "backend": model.backend.name, **task.settings},
-        tokens=model.to_str_tokens(task.clean_tokens[0]),
-        arrays={"per_prompt": per_prompt.numpy(), "patched_metric": patched.numpy(),
-                "clean_metric": runs.clean_metric.cpu().numpy(), "corrupt_metric": runs.corrupt_metric.cpu().numpy()},
+                  "layers": layers, "n_prompts": len(task), "backend": model.backend.name, **frame_settings(task, frame),
+                  **ablation_settings(corruption, ablated, reference), **task.settings},
+        tokens=list(task.first_tokens), position_labels=list(frame.labels) if "position" in axes else [],
+        arrays={"per_prompt": per_prompt.numpy(), "patched_metric": patched_prompts.numpy(),
+                "clean_metric": clean_metric.numpy(), "corrupt_metric": corrupt_metric.numpy()},
         extra={"forward_equivalents": forward_equivalents, "unchanged_components": len(unchanged),
-               "identical_components": len(identical),
+               "identical_components": identical,
                "first_differing_position": runs.unchanged_before, "clean_prompts": task.clean_prompts,
                "corrupt_prompts": task.corrupt_prompts},
     )
 
 
-def _identical(runs: _Runs, component: Component) -> bool:
-    """Whether the component has the same value in both runs (patching it changes nothing)."""
+def ablation_settings(corruption: str, ablated: set[Site], reference) -> dict:
+    """What an ablation replaced (``ablated_sites``: [kind, layer] pairs) and, for a mean, over
+    what (``reference``); nothing for a paired corruption."""
+    from interp.corruption import ABLATIONS
+
+    if corruption not in ABLATIONS:
+        return {}
+    out: dict = {"ablated_sites": [[site.kind, site.layer] for site in sorted(ablated)]}
+    if reference is not None:
+        out["reference"] = reference.label
+    return out
+
+
+def frame_settings(task: Task, frame: PositionFrame) -> dict:
+    """The settings that say how a result's positions read: the frame, and the padding."""
+    return {"positions": frame.kind, "padding_side": task.padding_side, "multi_token_answers": task.multi_token}
+
+
+def _identical(runs: _Runs, component: Component, place: _Placement, mask: torch.Tensor | None) -> bool:
+    """Whether the component has the same value in both runs wherever it is patched (real tokens
+    only: padding holds values no real token reads), so patching it changes nothing."""
     source, target = runs.source_acts[component.site], runs.target_acts[component.site]
-    index = component_index(component, source.dim())
-    return torch.equal(source[index], target[index])
+    if place.rows is None:
+        index = component_index(component, source.dim())
+        a, b = source[index], target[index]
+        if mask is not None:  # every kind's slice has its positions on axis 1: compare real ones only
+            keep = mask.to(a.device).reshape(*mask.shape, *[1] * (a.dim() - 2))
+            return bool(((a == b) | ~keep).all())
+        return torch.equal(a, b)
+    index = [slice(None)] * source.dim()
+    index[0] = place.rows.to(source.device)
+    index[POSITION_AXIS[component.kind]] = place.positions.to(source.device)
+    if component.index is not None:
+        index[INDEX_AXIS[component.kind]] = component.index
+    return torch.equal(source[tuple(index)], target[tuple(index)])
 
 
 def _resume_layer(edited: set[Site], layer: int) -> int:
@@ -238,27 +356,25 @@ class ResumeCheckError(RuntimeError):
     """A resumed run disagrees with the plain forward: a bug, never a user error."""
 
 
-def _patched_forward(model: Model, runs: _Runs, components: list[Component], layer: int, start: int,
-                     n_prompts: int, metric_of, check: bool = False) -> torch.Tensor:
-    """Metric [variants, n_prompts] with each component patched in its own batch rows.
+def _patched_forward(model: Model, runs: _Runs, members: list[tuple[Component, _Placement]], layer: int, start: int,
+                     n_rows: int, metric_of, check: bool = False) -> torch.Tensor:
+    """Metric [variants, n_rows] with each component patched in its own batch rows.
 
     With ``check``, one more variant runs unpatched through the same shortcut (replayed layers
     below ``layer``, the KV prefix of positions before ``start``): it must give the target run's
     metric from its plain forward, or :class:`ResumeCheckError` is raised."""
-    n_variants = len(components) + check
-    rows = torch.arange(n_prompts, device=runs.target.tokens.device).repeat(n_variants)
-    edits: dict[Site, list[Edit]] = defaultdict(list)
-    if layer == 0 and runs.target.noise is not None:  # the target run's own noise, on the positions computed
-        edits[Site("resid_pre", 0)].append(noise_edit(runs.target.noise, start, n_variants))
-    by_site: dict[Site, list[tuple[int, Component]]] = defaultdict(list)
-    for variant, component in enumerate(components):
-        by_site[component.site].append((variant, component))
-    for site, assignments in by_site.items():
-        edits[site].append(_patch_edit(assignments, runs.source_acts[site], n_prompts, start))
+    n_variants = len(members) + check
+    rows = torch.arange(n_rows, device=runs.target.tokens.device).repeat(n_variants)
+    by_site: dict[Site, list[tuple[int, Component, _Placement]]] = defaultdict(list)
+    for variant, (component, place) in enumerate(members):
+        by_site[component.site].append((variant, component, place))
+    edits: dict[Site, list[Edit]] = {site: [_patch_edit(assignments, runs.source_acts[site], n_rows, start)]
+                                     for site, assignments in by_site.items()}
     resid = runs.target_resid[layer][:, start:].repeat(n_variants, 1, 1) if layer > 0 else None
     resume = Resume(layer, start, resid, kv_prefix(runs.target_cache, start, rows))
-    out = model.forward(RunSpec(runs.target.tokens[:, start:].repeat(n_variants, 1), edits=dict(edits), logits_to_keep=1), resume)
-    values = metric_of(out.logits[:, -1], rows).view(n_variants, n_prompts)
+    # the target run's own edits below ``layer`` (noise, ablations) are in the residual stream it replays
+    out = model.forward(runs.target.spec(start, n_variants, edits=edits, from_layer=layer), resume)
+    values = metric_of(out.logits, rows).view(n_variants, n_rows)
     if check:
         plain, resumed = runs.target_metric.to(values.device), values[-1]
         gap = (resumed - plain).abs().max().item()

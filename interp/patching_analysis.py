@@ -40,8 +40,13 @@ class PatchingConfig(RunSettings):
     diagnose_p: float = option(0.1, "AtP/AtP* diagnostic: inclusion probability per component and sample",
                                minimum=0, maximum=1)
     confidence: float = option(0.95, "AtP/AtP* diagnostic: confidence of the bound", minimum=0, maximum=1)
+    positions: Literal["auto", "start", "end", "named"] = option(
+        "auto", "positions of a position-resolved granularity: counted from each prompt's start, from its end "
+                "(@-1 = every prompt's last token), or the task's named positions (IOI: S1, IO, S2, END); auto: "
+                "start when every prompt has the same length, else end")
 
     def validate(self) -> None:
+        super().validate()
         if self.method == "exact" and (self.verify_top or self.diagnose):
             raise ConfigError("--verify-top and --diagnose check an AtP/AtP* ranking; use them with --method atp or atp*")
 
@@ -68,8 +73,9 @@ class PatchingPayload:
 def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConfig()) -> Result:
     """The patching analysis: :func:`activation_patching` or ``attribution_patching`` (then
     ``verify_top`` and ``diagnose`` as asked) with ``config``'s settings."""
+    reference = config.mean_reference(model, task)
     shared = dict(config.contrast(), noise_std=config.noise_std, layers=list(config.layers) if config.layers else None,
-                  batch_size=config.batch_size, progress=config.progress,
+                  batch_size=config.batch_size, progress=config.progress, positions=config.positions, reference=reference,
                   components=list(config.components) if config.components else None)
     if config.method == "exact":
         result = activation_patching(model, task, config.granularity, memory_budget_mb=config.memory_mb, **shared)
@@ -79,10 +85,10 @@ def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConf
         result = attribution_patching(model, task, config.granularity, method=config.method,
                                       grad_drop=config.grad_drop if config.method == "atp*" else False, **shared)
         if config.verify_top:
-            verify_top(model, task, result, config.verify_top, progress=config.progress)
+            verify_top(model, task, result, config.verify_top, progress=config.progress, reference=reference)
         if config.diagnose:
             diagnose(model, task, result, samples=config.diagnose_samples, p=config.diagnose_p,
-                     confidence=config.confidence, seed=config.seed)
+                     confidence=config.confidence, seed=config.seed, reference=reference)
     result.analysis = "patching"
     return result
 

@@ -66,7 +66,7 @@ class Result:
     n_forward_passes: int = 0
     n_backward_passes: int = 0
     settings: dict = field(default_factory=dict)
-    tokens: list[str] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)  # the first prompt's tokens
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     versions: dict = field(default_factory=versions)
@@ -75,6 +75,9 @@ class Result:
     # bigram run's masks): JSON-able values, or writers ``write(path)`` for files of other kinds;
     # not read back by :meth:`load`, whose readers open them by name
     documents: dict[str, object] = field(default_factory=dict, repr=False)
+    # one label per position of a position-resolved grid ("3: ' Mary'", "-1: ' to'", "IO"); empty
+    # when the grid has no position axis (older run folders: labels come from ``tokens``)
+    position_labels: list[str] = field(default_factory=list)
 
     def grid(self, name: str = "scores") -> np.ndarray:
         """``scores`` (or a named array) folded to ``shape``."""

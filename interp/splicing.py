@@ -97,10 +97,11 @@ def with_splices(spec: RunSpec, splices: list[Splice], reads: dict[Site, torch.T
     return replace(spec, edits=edits, reads={site for site in spec.reads if site not in virtual})
 
 
-def feature_components(splices: list[Splice], granularity: str, n_positions: int,
+def feature_components(splices: list[Splice], granularity: str, positions: "int | list[int | str]",
                        layers: list[int] | None = None) -> tuple[list[Component], list[int], list[str]]:
     """(components, shape, axes) of the ``features`` / ``features_pos`` granularities: every latent
-    of every spliced dictionary (at ``layers``, if given), by dictionary x latent (x position)."""
+    of every spliced dictionary (at ``layers``, if given), by dictionary x latent (x position;
+    ``positions``: a count or a frame's positions)."""
     chosen = [s for s in splices if layers is None or s.site.layer in layers]
     if not chosen:
         raise ComponentError(f"granularity {granularity!r} patches the latents of spliced dictionaries, and none is "
@@ -113,5 +114,6 @@ def feature_components(splices: list[Splice], granularity: str, n_positions: int
     if granularity == "features":
         found = [Component(s.site.kind, s.site.layer, i) for s in chosen for i in range(width)]
         return found, [len(chosen), width], GRANULARITIES[granularity].axes
-    found = [Component(s.site.kind, s.site.layer, i, p) for s in chosen for i in range(width) for p in range(n_positions)]
-    return found, [len(chosen), width, n_positions], GRANULARITIES[granularity].axes
+    slots = range(positions) if isinstance(positions, int) else list(positions)
+    found = [Component(s.site.kind, s.site.layer, i, p) for s in chosen for i in range(width) for p in slots]
+    return found, [len(chosen), width, len(slots)], GRANULARITIES[granularity].axes

@@ -1,7 +1,18 @@
-"""Tasks: clean/corrupt prompt pairs with answer and wrong-answer tokens.
+"""Tasks: prompts with answer (and wrong-answer) continuations, usually in clean/corrupt pairs.
 
-Every generator returns prompts that all tokenize to the same length (so positions align
-across prompts) and whose answers are single tokens; the metric reads the last position.
+Prompts may have any length: they are padded into one batch (``padding_side``, left by default),
+and only the two prompts of one pair must align token for token (patching swaps activations
+position by position). The metric reads each prompt's own last token.
+
+Answers may be several tokens. Then each prompt becomes two rows, the prompt followed by the
+answer and by the wrong answer (all but their last token, teacher-forced), and the metric scores
+each continuation by its summed log-probability; a single-token task keeps one row per prompt and
+the plain logits. Rows are what a forward runs; :meth:`Task.fold` sums a per-row array into one
+value per prompt.
+
+A task may omit its corrupt prompts (for zero, mean and resample ablations) and its wrong answers
+(for the ``prob`` and ``kl`` metrics), and may name positions in each prompt (IOI: S1, IO, S2,
+END), which ``--positions named`` sweeps over.
 """
 
 from __future__ import annotations
@@ -13,8 +24,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from interp.jsonl import read_jsonl
+from interp.batch import PADDING_SIDES, Tokens, pad_id
 from interp.model import TokenizationError
+from interp.positions import PositionFrame, build_frame
+from interp.templates import PromptTemplate, TemplateError, capitals_template, greater_than_template, ioi_template
 from interp.toy_models import ordinary_token_range
 
 if TYPE_CHECKING:
@@ -27,81 +40,293 @@ class TaskError(ValueError):
 
 @dataclass
 class Task:
-    """Prompt pairs. Tensors: ``clean_tokens``/``corrupt_tokens`` [n, pos]; ``answers``,
-    ``wrong_answers`` [n] token ids; the metric reads the logits at the last position."""
+    """Prompts and their answers as token ids, padded into rows.
+
+    Built from token-id lists (``prompt_ids`` per prompt, ``corrupt_ids`` aligned with them or
+    None, ``answer_ids`` / ``wrong_ids`` continuations, ``names``: per prompt, named position ->
+    token offset in the prompt); everything else is derived:
+
+    * ``clean_tokens`` / ``corrupt_tokens`` [rows, pos] and ``attention_mask`` [rows, pos] (True =
+      real token; None when nothing is padded). A single-token task has one row per prompt; a
+      task with longer answers has a row per prompt and continuation (answers first, then wrong
+      answers), each the prompt plus the continuation minus its last token.
+    * ``reads`` [rows, k]: the positions whose next-token logits the metric reads, with
+      ``read_targets`` [rows, k] (the tokens scored) and ``read_mask`` [rows, k] (k is the longest
+      continuation: 1 for single tokens); ``row_prompt`` and ``row_sign`` (+1 answer, -1 wrong) [rows].
+    * ``answers`` / ``wrong_answers`` [prompts]: each continuation's first token.
+    * ``starts`` / ``ends`` [rows]: where each row's prompt begins and ends (exclusive).
+    """
 
     name: str
     clean_prompts: list[str]
     corrupt_prompts: list[str]
-    clean_tokens: torch.Tensor
-    corrupt_tokens: torch.Tensor
-    answers: torch.Tensor
-    wrong_answers: torch.Tensor
+    prompt_ids: list[list[int]]
+    corrupt_ids: list[list[int]] | None
+    answer_ids: list[list[int]]
+    wrong_ids: list[list[int]] | None
     settings: dict = field(default_factory=dict)
+    names: list[dict] = field(default_factory=list)
+    padding_side: str = "left"
+    pad_token: int = 0
+    device: str | torch.device = "cpu"
+    first_tokens: list[str] = field(default_factory=list)  # the first prompt's tokens as text (figure labels)
+
+    def __post_init__(self) -> None:
+        n = len(self.prompt_ids)
+        if n == 0:
+            raise TaskError(f"task {self.name!r} has no prompts")
+        if self.padding_side not in PADDING_SIDES:
+            raise TaskError(f"unknown padding side {self.padding_side!r}; known: {', '.join(PADDING_SIDES)}")
+        if not self.names:
+            self.names = [{} for _ in range(n)]
+        continuations = [self.answer_ids] + ([self.wrong_ids] if self.wrong_ids is not None else [])
+        self.multi_token = any(len(c) > 1 for group in continuations for c in group)
+        if not self.multi_token:
+            groups = [[[] for _ in range(n)]]
+            signs = [1]
+        else:
+            groups = [[c[:-1] for c in group] for group in continuations]
+            signs = [1, -1][:len(groups)]
+        clean_rows = [p + c for group in groups for p, c in zip(self.prompt_ids, group)]
+        corrupt_rows = ([p + c for group in groups for p, c in zip(self.corrupt_ids, group)]
+                        if self.corrupt_ids is not None else None)
+        clean = Tokens.pad(clean_rows, self.pad_token, self.padding_side, self.device)
+        self.clean_tokens, self.attention_mask = clean.ids, clean.mask
+        self.corrupt_tokens = (Tokens.pad(corrupt_rows, self.pad_token, self.padding_side, self.device).ids
+                               if corrupt_rows is not None else None)
+        width = self.clean_tokens.shape[1]
+        self.row_prompt = torch.arange(n).repeat(len(groups))
+        self.row_sign = torch.tensor([sign for sign in signs for _ in range(n)], dtype=torch.float32)
+        lengths = [len(row) for row in clean_rows]
+        prompt_lengths = [len(p) for p in self.prompt_ids] * len(groups)
+        starts = [width - length if self.padding_side == "left" else 0 for length in lengths]
+        self.starts = torch.tensor(starts, dtype=torch.long)
+        self.ends = self.starts + torch.tensor(prompt_lengths, dtype=torch.long)
+        scored = [[c] for c in self.answers_first()] if not self.multi_token else [c for group in continuations for c in group]
+        k = max(len(c) for c in scored)
+        self.reads = torch.zeros(len(clean_rows), k, dtype=torch.long)
+        self.read_targets = torch.zeros(len(clean_rows), k, dtype=torch.long)
+        self.read_mask = torch.zeros(len(clean_rows), k, dtype=torch.bool)
+        for r, targets in enumerate(scored):
+            end = int(self.ends[r])
+            self.reads[r] = end - 1
+            self.reads[r, :len(targets)] = torch.arange(end - 1, end - 1 + len(targets))
+            self.read_targets[r, :len(targets)] = torch.tensor(targets)
+            self.read_mask[r, :len(targets)] = True
+        self.reads, self.read_targets, self.read_mask = (x.to(self.device) for x in (self.reads, self.read_targets,
+                                                                                       self.read_mask))
+        self.answers = torch.tensor([c[0] for c in self.answer_ids], device=self.device)
+        self.wrong_answers = (torch.tensor([c[0] for c in self.wrong_ids], device=self.device)
+                              if self.wrong_ids is not None else None)
+
+    def answers_first(self) -> list[int]:
+        return [c[0] for c in self.answer_ids]
 
     def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the padded batch (prompts, or prompts x continuations for longer answers)."""
         return self.clean_tokens.shape[0]
 
     @property
     def n_positions(self) -> int:
+        """Positions of the padded rows."""
         return self.clean_tokens.shape[1]
 
     @property
+    def has_corrupt(self) -> bool:
+        return self.corrupt_tokens is not None
+
+    @property
     def subject_positions(self) -> torch.Tensor:
-        """[n, pos] bool: where clean and corrupt tokens differ (noised by Gaussian corruption)."""
+        """[rows, pos] bool: where clean and corrupt tokens differ (noised by Gaussian corruption)."""
+        if self.corrupt_tokens is None:
+            raise TaskError(f"task {self.name!r} has no corrupt prompts, so no tokens where a pair differs")
         return self.clean_tokens != self.corrupt_tokens
 
-    @classmethod
-    def from_pairs(cls, model: "Model", name: str, pairs: Sequence[dict], settings: dict | None = None) -> "Task":
-        """Build from dicts with keys clean, corrupt, answer, wrong_answer (answers are text)."""
-        if not pairs:
-            raise TaskError(f"task {name!r} has no prompt pairs")
-        clean_ids, corrupt_ids, answers, wrong = [], [], [], []
-        for i, pair in enumerate(pairs):
-            missing = [k for k in ("clean", "corrupt", "answer", "wrong_answer") if k not in pair]
-            if missing:
-                raise TaskError(f"pair {i} of task {name!r} lacks field(s) {', '.join(missing)}")
-            clean = model.to_tokens(pair["clean"])[0]
-            corrupt = model.to_tokens(pair["corrupt"])[0]
-            if clean.shape != corrupt.shape:
-                raise TaskError(
-                    f"pair {i}: clean {pair['clean']!r} has {clean.shape[0]} tokens but corrupt {pair['corrupt']!r} has {corrupt.shape[0]}"
-                )
-            if clean_ids and clean.shape != clean_ids[0].shape:
-                raise TaskError(
-                    f"pair {i}: {pair['clean']!r} has {clean.shape[0]} tokens but pair 0 has {clean_ids[0].shape[0]}; "
-                    "every prompt of a task must have the same length so positions align"
-                )
-            try:
-                answers.append(model.to_single_token(pair["answer"]))
-                wrong.append(model.to_single_token(pair["wrong_answer"]))
-            except TokenizationError as exc:
-                raise TaskError(f"pair {i}: {exc}") from None
-            clean_ids.append(clean)
-            corrupt_ids.append(corrupt)
-        return cls(
-            name=name,
-            clean_prompts=[p["clean"] for p in pairs],
-            corrupt_prompts=[p["corrupt"] for p in pairs],
-            clean_tokens=torch.stack(clean_ids),
-            corrupt_tokens=torch.stack(corrupt_ids),
-            answers=torch.tensor(answers, device=clean_ids[0].device),
-            wrong_answers=torch.tensor(wrong, device=clean_ids[0].device),
-            settings=settings or {},
-        )
+    def fold(self, values):
+        """Per-row values [rows, ...] -> per-prompt values [prompts, ...]: each prompt's rows summed
+        (a longer answer's log-probability minus the wrong answer's; a single-token task's rows are
+        its prompts)."""
+        n = len(self)
+        if values.shape[0] == n:
+            return values
+        return sum(values[k * n:(k + 1) * n] for k in range(values.shape[0] // n))
 
-    @classmethod
-    def from_jsonl(cls, model: "Model", path: str | Path) -> "Task":
-        """One JSON object per line with fields clean, corrupt, answer, wrong_answer."""
-        path = Path(path)
-        if not path.is_file():
-            raise TaskError(f"task file not found: {path}")
-        pairs = read_jsonl(path, TaskError)
-        return cls.from_pairs(model, path.stem, pairs, {"source": str(path)})
+    def frame(self, kind: str = "auto") -> PositionFrame:
+        """The positions a position-resolved sweep uses (``interp.positions``)."""
+        return build_frame(kind, self.starts, self.ends, tuple(self.names), self.row_prompt, self.first_tokens)
 
     def subset(self, n: int) -> "Task":
-        return Task(self.name, self.clean_prompts[:n], self.corrupt_prompts[:n], self.clean_tokens[:n],
-                    self.corrupt_tokens[:n], self.answers[:n], self.wrong_answers[:n], dict(self.settings))
+        """The first ``n`` prompts."""
+        def cut(x):
+            return None if x is None else x[:n]
+        return Task(self.name, self.clean_prompts[:n], self.corrupt_prompts[:n], self.prompt_ids[:n], cut(self.corrupt_ids),
+                    self.answer_ids[:n], cut(self.wrong_ids), dict(self.settings), self.names[:n], self.padding_side,
+                    self.pad_token, self.device, self.first_tokens)
+
+    def with_padding(self, side: str) -> "Task":
+        """The same task padded on ``side``."""
+        return Task(self.name, self.clean_prompts, self.corrupt_prompts, self.prompt_ids, self.corrupt_ids,
+                    self.answer_ids, self.wrong_ids, dict(self.settings), self.names, side, self.pad_token, self.device,
+                    self.first_tokens)
+
+    @classmethod
+    def from_ids(cls, model: "Model", name: str, prompts: Sequence[Sequence[int]], corrupt: Sequence[Sequence[int]] | None,
+                 answers: Sequence[Sequence[int]], wrong: Sequence[Sequence[int]] | None, settings: dict | None = None,
+                 names: list[dict] | None = None, padding_side: str = "left") -> "Task":
+        """A task from token ids (prompts with the model's special tokens; continuations without)."""
+        decode = model.tokenizer.decode
+        prompts = [list(p) for p in prompts]
+        corrupt = None if corrupt is None else [list(p) for p in corrupt]
+        return cls(name, [decode(p) for p in prompts], [] if corrupt is None else [decode(p) for p in corrupt], prompts,
+                   corrupt, [list(a) for a in answers], None if wrong is None else [list(w) for w in wrong],
+                   settings or {}, names or [], padding_side, pad_id(model.tokenizer), model.device,
+                   model.to_str_tokens(torch.tensor(prompts[0])))
+
+    @classmethod
+    def from_pairs(cls, model: "Model", name: str, pairs: Sequence[dict], settings: dict | None = None, *,
+                   padding_side: str = "left", chat_template: bool = False, labels: Sequence[str] | None = None) -> "Task":
+        """From dicts with text fields ``clean``, ``answer`` and optionally ``corrupt``,
+        ``wrong_answer`` and ``positions`` (name -> token index in the clean prompt, negative from
+        its end); every pair gives the same optional fields. ``labels`` name each pair in errors
+        (default ``pair <i>``); ``chat_template`` wraps each prompt in the model's chat template as
+        a user turn followed by the assistant's start."""
+        if not pairs:
+            raise TaskError(f"task {name!r} has no prompt pairs")
+        labels = list(labels) if labels is not None else [f"pair {i}" for i in range(len(pairs))]
+        tokenizer = model.tokenizer
+        first = pairs[0] if isinstance(pairs[0], dict) else {}
+        has_corrupt, has_wrong = first.get("corrupt") is not None, first.get("wrong_answer") is not None
+        prompts, corrupts, answers, wrongs, names, clean_texts, corrupt_texts = [], [], [], [], [], [], []
+        for label, pair in zip(labels, pairs):
+            if not isinstance(pair, dict):
+                raise TaskError(f"{label}: expected an object with fields clean, corrupt, answer, wrong_answer; "
+                                f"got {type(pair).__name__}")
+            for key, wanted in (("corrupt", has_corrupt), ("wrong_answer", has_wrong)):
+                if (pair.get(key) is not None) != wanted:
+                    raise TaskError(f"{label}: {'lacks' if wanted else 'has'} field {key!r}, which the first pair "
+                                    f"{'has' if wanted else 'lacks'}; every pair of a task gives the same fields")
+            missing = [k for k in ("clean", "answer") if k not in pair]
+            if missing:
+                raise TaskError(f"{label} lacks field(s) {', '.join(missing)}")
+            for key in ("clean", "corrupt", "answer", "wrong_answer"):
+                if key in pair and pair[key] is not None and not isinstance(pair[key], str):
+                    raise TaskError(f"{label}: field {key!r} must be text, got {pair[key]!r}")
+            if not pair["clean"].strip():
+                raise TaskError(f"{label}: field 'clean' is empty")
+            clean_text = _wrapped(tokenizer, pair["clean"], label) if chat_template else pair["clean"]
+            clean = _ids(tokenizer, clean_text, chat_template)
+            corrupt = None
+            if has_corrupt:
+                corrupt_text = _wrapped(tokenizer, pair["corrupt"], label) if chat_template else pair["corrupt"]
+                corrupt = _ids(tokenizer, corrupt_text, chat_template)
+                if len(clean) != len(corrupt):
+                    raise TaskError(f"{label}: clean {pair['clean']!r} has {len(clean)} tokens but corrupt {pair['corrupt']!r} "
+                                    f"has {len(corrupt)}; the two prompts of a pair must align token for token")
+                corrupts.append(corrupt)
+                corrupt_texts.append(corrupt_text)
+            answer = _continuation(tokenizer, pair["answer"], label, "answer")
+            if has_wrong:
+                wrongs.append(_continuation(tokenizer, pair["wrong_answer"], label, "wrong_answer"))
+            names.append(_named_positions(tokenizer, pair, clean_text, clean, label, chat_template))
+            prompts.append(clean)
+            answers.append(answer)
+            clean_texts.append(clean_text)
+        return cls(name, clean_texts, corrupt_texts, prompts, corrupts if has_corrupt else None, answers,
+                   wrongs if has_wrong else None, dict(settings or {}, **({"chat_template": True} if chat_template else {})),
+                   names, padding_side, pad_id(tokenizer), model.device, model.to_str_tokens(torch.tensor(prompts[0])))
+
+    @classmethod
+    def from_jsonl(cls, model: "Model", path: str | Path, **options) -> "Task":
+        """One JSON object per line with fields clean, answer and optionally corrupt, wrong_answer,
+        positions (see :meth:`from_pairs`)."""
+        from interp.task_files import read_task_file
+
+        return read_task_file(model, path, **options)
+
+    @classmethod
+    def from_template(cls, model: "Model", template: PromptTemplate, n_prompts: int, seed: int = 0,
+                      settings: dict | None = None, **options) -> "Task":
+        """``n_prompts`` prompts drawn from ``template`` (``interp.templates``)."""
+        try:
+            pairs = template.pairs(n_prompts, seed)
+        except TemplateError as exc:
+            raise TaskError(str(exc)) from None
+        return cls.from_pairs(model, template.name, pairs, dict({"n_prompts": n_prompts, "seed": seed}, **(settings or {})),
+                              **options)
+
+
+def _ids(tokenizer, text: str, wrapped: bool) -> list[int]:
+    """A prompt's token ids: with the tokenizer's special tokens, unless a chat template already put them in."""
+    return tokenizer(text, add_special_tokens=not wrapped)["input_ids"]
+
+
+def _wrapped(tokenizer, text: str, label: str) -> str:
+    """``text`` as a user turn of the tokenizer's chat template, followed by the assistant's start."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise TaskError(f"{label}: --chat-template was given, but this model's tokenizer has no chat template")
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+
+def _continuation(tokenizer, text: str, label: str, key: str) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise TaskError(f"{label}: field {key!r} ({text!r}) is empty after tokenization")
+    return ids
+
+
+def token_at_char(tokenizer, text: str, char: int, add_special_tokens: bool = True) -> int:
+    """The index of the token of ``text`` that holds character ``char``."""
+    if getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)["offset_mapping"]
+        for index, (begin, end) in enumerate(offsets):
+            if begin < end and end > char:
+                return index
+        return len(offsets) - 1
+    return len(tokenizer(text[:char], add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def _named_positions(tokenizer, pair: dict, text: str, ids: list[int], label: str, wrapped: bool) -> dict:
+    """Named position -> token offset in the prompt, from ``positions`` (token indices of the
+    prompt; negative from its end) or ``char_positions`` (character offsets in the unwrapped clean
+    text, from templates); END (the last token) is added whenever a position is named."""
+    found: dict[str, int] = {}
+    raw = pair.get("positions")
+    if raw is not None:
+        if not isinstance(raw, dict):
+            raise TaskError(f"{label}: field 'positions' must map names to token indices, got {raw!r}")
+        for name, index in raw.items():
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise TaskError(f"{label}: positions[{name!r}] must be a token index, got {index!r}")
+            if not -len(ids) <= index < len(ids):
+                raise TaskError(f"{label}: positions[{name!r}] = {index} is outside the prompt's {len(ids)} tokens")
+            if wrapped:  # the index counts the unwrapped prompt's tokens: find the same token inside the template
+                plain = pair["clean"]
+                char = _char_of_token(tokenizer, plain, index % len(tokenizer(plain)["input_ids"]))
+                index = token_at_char(tokenizer, text, text.index(plain) + char, add_special_tokens=False)
+            found[_position_name(name, label)] = index % len(ids)
+    for name, char in (pair.get("char_positions") or {}).items():
+        shift = text.index(pair["clean"]) if wrapped else 0
+        found[_position_name(name, label)] = token_at_char(tokenizer, text, shift + char, add_special_tokens=not wrapped)
+    if found and "END" not in found:
+        found["END"] = len(ids) - 1
+    return found
+
+
+def _char_of_token(tokenizer, text: str, index: int) -> int:
+    if getattr(tokenizer, "is_fast", False):
+        return tokenizer(text, return_offsets_mapping=True)["offset_mapping"][index][0]
+    return len(tokenizer.decode(tokenizer(text)["input_ids"][:index], skip_special_tokens=True))
+
+
+def _position_name(name: str, label: str) -> str:
+    upper = str(name).upper()
+    if not upper or not upper[0].isalpha() or not all(c.isalnum() or c == "_" for c in upper):
+        raise TaskError(f"{label}: position name {name!r} must be letters, digits and _ (starting with a letter)")
+    return upper
 
 
 def _single_tokens(model: "Model", words: Sequence[str]) -> list[str]:
@@ -115,76 +340,46 @@ def _single_tokens(model: "Model", words: Sequence[str]) -> list[str]:
     return keep
 
 
-_NAMES = [" Mary", " John", " Tom", " James", " Anna", " Paul", " Sarah", " David", " Mark", " Lisa",
-          " Peter", " Emma", " Kate", " Mike", " Alice", " Bob", " Jack", " Laura", " Daniel", " Grace"]
-_PLACES = [" store", " park", " school", " office", " beach", " market", " station", " garden", " library"]
-_OBJECTS = [" drink", " book", " ball", " gift", " key", " letter", " bag", " ring", " hat"]
-
-
-def ioi(model: "Model", n_prompts: int = 16, seed: int = 0) -> Task:
+def ioi(model: "Model", n_prompts: int = 16, seed: int = 0, **options) -> Task:
     """Indirect object identification: "When Mary and John went to the store, John gave a drink to" -> " Mary".
 
     Corrupt: the second mention is the other name (-> " John"); metric logit(IO) - logit(S).
+    Named positions S1, IO, S2, END. A template (``interp.templates.ioi_template``) over the
+    single-token names, places and objects of the model's tokenizer.
     """
-    rng = random.Random(seed)
+    from interp.templates import _NAMES, _OBJECTS, _PLACES
+
     names, places, objects = (_single_tokens(model, ws) for ws in (_NAMES, _PLACES, _OBJECTS))
     if len(names) < 2 or not places or not objects:
         raise TaskError(f"the tokenizer of {model.config.name} has too few single-token names/places/objects for IOI")
-    pairs = []
-    for _ in range(n_prompts):
-        io, s = rng.sample(names, 2)
-        place, obj = rng.choice(places), rng.choice(objects)
-        first = (io, s) if rng.random() < 0.5 else (s, io)
-        template = "When{} and{} went to the{},{} gave a{} to"
-        pairs.append({"clean": template.format(*first, place, s, obj), "corrupt": template.format(*first, place, io, obj),
-                      "answer": io, "wrong_answer": s})
-    return Task.from_pairs(model, "ioi", pairs, {"n_prompts": n_prompts, "seed": seed})
+    return Task.from_template(model, ioi_template(names, places, objects), n_prompts, seed, **options)
 
 
-_CAPITALS = [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"),
-             ("Japan", "Tokyo"), ("Russia", "Moscow"), ("Egypt", "Cairo"), ("England", "London"),
-             ("Greece", "Athens"), ("Austria", "Vienna"), ("Poland", "Warsaw"), ("Ireland", "Dublin"),
-             ("Portugal", "Lisbon"), ("China", "Beijing"), ("Canada", "Ottawa"), ("Norway", "Oslo"),
-             ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Cuba", "Havana"), ("Sweden", "Stockholm")]
+def capitals(model: "Model", n_prompts: int = 16, seed: int = 0, **options) -> Task:
+    """Factual recall: "The capital of France is" -> " Paris"; corrupt: another country. Named
+    position SUBJECT (the country)."""
+    from interp.templates import _CAPITALS
 
-
-def capitals(model: "Model", n_prompts: int = 16, seed: int = 0) -> Task:
-    """Factual recall: "The capital of France is" -> " Paris"; corrupt: another country."""
-    rng = random.Random(seed)
-    usable = [(c, k) for c, k in _CAPITALS
-              if _single_tokens(model, [" " + c]) and _single_tokens(model, [" " + k])]
+    usable = [(c, k) for c, k in _CAPITALS if _single_tokens(model, [" " + c]) and _single_tokens(model, [" " + k])]
     if len(usable) < 2:
         raise TaskError(f"the tokenizer of {model.config.name} has too few single-token countries/capitals")
-    pairs = []
-    for _ in range(n_prompts):
-        (country, capital), (other, other_capital) = rng.sample(usable, 2)
-        pairs.append({"clean": f"The capital of {country} is", "corrupt": f"The capital of {other} is",
-                      "answer": " " + capital, "wrong_answer": " " + other_capital})
-    return Task.from_pairs(model, "capitals", pairs, {"n_prompts": n_prompts, "seed": seed})
+    return Task.from_template(model, capitals_template(usable), n_prompts, seed, **options)
 
 
-def greater_than(model: "Model", n_prompts: int = 16, seed: int = 0) -> Task:
+def greater_than(model: "Model", n_prompts: int = 16, seed: int = 0, **options) -> Task:
     """"The war lasted from the year 1732 to the year 17" -> a larger year.
 
     Tokenizers that split digits (SmolLM2) are asked for the next digit: answer = first digit + 1,
-    wrong answer = first digit - 1. Otherwise two-digit tokens YY+1 vs YY-1. Corrupt start year: 1701.
+    wrong answer = first digit - 1. Otherwise two-digit tokens YY+1 vs YY-1. Corrupt start year:
+    1701. Named position YY.
     """
-    rng = random.Random(seed)
     digit_level = len(model.tokenizer("1732", add_special_tokens=False)["input_ids"]) == 4
-    pairs = []
-    for _ in range(n_prompts):
-        yy = rng.randint(22, 78) if digit_level else rng.randint(12, 88)
-        clean = f"The war lasted from the year 17{yy:02d} to the year 17"
-        corrupt = "The war lasted from the year 1701 to the year 17"
-        if digit_level:
-            answer, wrong = str(yy // 10 + 1), str(yy // 10 - 1)
-        else:
-            answer, wrong = f"{yy + 1:02d}", f"{yy - 1:02d}"
-        pairs.append({"clean": clean, "corrupt": corrupt, "answer": answer, "wrong_answer": wrong})
-    return Task.from_pairs(model, "greater_than", pairs, {"n_prompts": n_prompts, "seed": seed, "digit_level": digit_level})
+    return Task.from_template(model, greater_than_template(digit_level), n_prompts, seed, {"digit_level": digit_level},
+                              **options)
 
 
-def induction(model: "Model", n_prompts: int = 16, seed: int = 0, half_length: int = 10, break_match: bool = False) -> Task:
+def induction(model: "Model", n_prompts: int = 16, seed: int = 0, half_length: int = 10, break_match: bool = False,
+              padding_side: str = "left") -> Task:
     """Repeated random tokens: [BOS] r1..rn r1..r(n-1) -> rn. Corrupt: rn in the first half
     replaced by another token w (-> w); metric logit(rn) - logit(w). With ``break_match``, r(n-1)
     in the first half is replaced by w instead, so the induction head finds no earlier match for
@@ -208,21 +403,12 @@ def induction(model: "Model", n_prompts: int = 16, seed: int = 0, half_length: i
         corrupt_rows.append(corrupt)
         answers.append(body[-1])
         wrong.append(w)
-    device = model.device
-    decode = model.tokenizer.decode
-    return Task(
-        name="induction",
-        clean_prompts=[decode(r) for r in clean_rows],
-        corrupt_prompts=[decode(r) for r in corrupt_rows],
-        clean_tokens=torch.tensor(clean_rows, device=device),
-        corrupt_tokens=torch.tensor(corrupt_rows, device=device),
-        answers=torch.tensor(answers, device=device),
-        wrong_answers=torch.tensor(wrong, device=device),
-        settings={"n_prompts": n_prompts, "seed": seed, "half_length": half_length, "break_match": break_match},
-    )
+    settings = {"n_prompts": n_prompts, "seed": seed, "half_length": half_length, "break_match": break_match}
+    return Task.from_ids(model, "induction", clean_rows, corrupt_rows, [[a] for a in answers], [[w] for w in wrong], settings,
+                         padding_side=padding_side)
 
 
-def tracr(model: "Model", n_prompts: int = 16, seed: int = 0) -> Task:
+def tracr(model: "Model", n_prompts: int = 16, seed: int = 0, **options) -> Task:
     """The program of a tracr port (``tracr-reverse``, ``tracr-frac-prevs``) on random inputs of its
     longest length; the metric reads the program's output at the last position.
 
@@ -254,16 +440,29 @@ def tracr(model: "Model", n_prompts: int = 16, seed: int = 0) -> Task:
             corrupt = [rng.choice(["y", "z"]) if t == "x" else t for t in clean]
             answer, wrong = metadata["output_tokens"][0], BOS
         pairs.append({"clean": " ".join(clean), "corrupt": " ".join(corrupt), "answer": answer, "wrong_answer": wrong})
-    return Task.from_pairs(model, f"tracr-{program.name}", pairs, {"n_prompts": n_prompts, "seed": seed})
+    return Task.from_pairs(model, f"tracr-{program.name}", pairs, {"n_prompts": n_prompts, "seed": seed}, **options)
 
 
 GENERATORS = {"ioi": ioi, "capitals": capitals, "greater_than": greater_than, "induction": induction, "tracr": tracr}
 
 
-def get_task(model: "Model", name_or_path: str, n_prompts: int = 16, seed: int = 0) -> Task:
-    """A built-in task by name, or a JSONL file of pairs."""
+def get_task(model: "Model", name_or_path: str, n_prompts: int = 16, seed: int = 0, *, padding_side: str = "left",
+             chat_template: bool = False, fields: dict | None = None) -> Task:
+    """A built-in task by name, or a task from a source (``interp.task_files``): a JSONL or CSV
+    file of pairs, a folder of them, a template (``.json``), or ``hf:<dataset>[:<split>]``; files
+    give their first ``n_prompts`` prompts, templates and built-in tasks draw ``n_prompts``.
+    ``fields`` maps this library's field names (clean, corrupt, answer, wrong_answer) to a source's
+    column names; ``chat_template`` wraps prompts in the model's chat template."""
+    from interp.task_files import read_task_source
+
+    if padding_side not in PADDING_SIDES:
+        raise TaskError(f"unknown padding side {padding_side!r}; known: {', '.join(PADDING_SIDES)}")
     if name_or_path in GENERATORS:
-        return GENERATORS[name_or_path](model, n_prompts=n_prompts, seed=seed)
-    if name_or_path.endswith(".jsonl") or Path(name_or_path).exists():
-        return Task.from_jsonl(model, name_or_path).subset(n_prompts)
-    raise TaskError(f"unknown task {name_or_path!r}; built-in: {', '.join(GENERATORS)}, or a path to a .jsonl file")
+        if chat_template and name_or_path in ("induction",):
+            raise TaskError("--chat-template wraps text prompts; the induction task is random tokens")
+        options = {"padding_side": padding_side}
+        if name_or_path != "induction":
+            options["chat_template"] = chat_template
+        return GENERATORS[name_or_path](model, n_prompts=n_prompts, seed=seed, **options)
+    return read_task_source(model, name_or_path, n_prompts=n_prompts, seed=seed, padding_side=padding_side,
+                            chat_template=chat_template, fields=fields)

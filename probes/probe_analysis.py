@@ -32,7 +32,7 @@ class ProbePayload:
 def run_probes(model: Model, data: ProbeDataset, config: ProbeConfig = ProbeConfig()) -> Result:
     """Probe accuracy per layer (see module doc)."""
     start = time.perf_counter()
-    activations = residual_activations(model, data.tokens, data.positions, batch_size=config.batch_size)
+    activations = residual_activations(model, data.tokens, data.positions, batch_size=config.batch_size, mask=data.mask)
     scores = probe_layers(activations, data.labels, data.groups, data.word_types, config)
     n_layers = model.config.n_layers
     return Result(

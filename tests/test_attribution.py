@@ -149,6 +149,8 @@ def _brute_force_graddrop(model, task, components):
     with torch.no_grad():
         source = model.forward(RunSpec(task.corrupt_tokens, reads=sites, logits_to_keep=1)).activations
     n_layers = model.config.n_layers
+    frame, rows = task.frame(), torch.arange(task.n_rows)
+    token_rows = {c.position: frame.rows(c.position) for c in components if c.position is not None}
     terms = []
     for dropped in range(n_layers):
         entering = {}
@@ -166,7 +168,7 @@ def _brute_force_graddrop(model, task, components):
             grads = torch.autograd.grad(metric_of(out.logits[:, -1]).sum(), [out.activations[s] for s in sites], allow_unused=True)
         grad = {s: (torch.zeros_like(out.activations[s]) if g is None else g) for s, g in zip(sites, grads)}
         terms.append(torch.cat([per_node((source[c.site] - out.activations[c.site].detach()) * grad[c.site], c.kind,
-                                         NodeSelector.of([c]))
+                                         NodeSelector.of([c], token_rows, task.n_rows, 0), rows)
                                 for c in components], dim=1))
     return torch.stack(terms).abs().sum(0) / (n_layers - 1)  # [n_prompts, n_components]
 
@@ -311,7 +313,7 @@ def test_diagnostic_started_at_the_first_difference_equals_the_full_length_one(r
     result = attribution_patching(random_llama, llama_ioi, "heads", method="atp", corruption=corruption, progress=False)
     diagnose(random_llama, llama_ioi, result, samples=16, p=0.3, progress=False)
     suffix = dict(result.extra["diagnostic"])
-    monkeypatch.setattr(verification, "first_difference", lambda target, source: 0)
+    monkeypatch.setattr(verification, "first_differences", lambda target, source: torch.zeros(len(target.tokens), dtype=torch.long))
     diagnose(random_llama, llama_ioi, result, samples=16, p=0.3, progress=False)
     full = result.extra["diagnostic"]
     assert suffix["first_differing_position"] > 0 and full["first_differing_position"] == 0

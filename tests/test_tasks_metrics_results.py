@@ -38,10 +38,52 @@ def test_unequal_pair_names_the_pair(random_llama):
         Task.from_pairs(random_llama, "x", pairs)
 
 
-def test_multi_token_answer_is_named(random_llama):
-    pairs = [{"clean": "The capital of France is", "corrupt": "The capital of Spain is", "answer": " Parisianistically", "wrong_answer": " Madrid"}]
-    with pytest.raises(TaskError, match="' Parisianistically' is not a single token"):
-        Task.from_pairs(random_llama, "x", pairs)
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_several_token_answers_are_their_teacher_forced_log_probability(random_llama, padding):
+    """A continuation of several tokens scores log P(continuation | prompt), summed over its tokens
+    with the answer teacher-forced; logit_diff is the difference of the two continuations'. The
+    oracle is plain transformers on each prompt alone."""
+    from transformers import AutoModelForCausalLM
+
+    from interp.corruption import task_run
+
+    pairs = [{"clean": "The capital of France is", "corrupt": "The capital of Spain is", "answer": " Parisianistically",
+              "wrong_answer": " Madrid"},
+             {"clean": "Big Ben stands in", "corrupt": "Big Ben stood in", "answer": " London, England",
+              "wrong_answer": " the middle of Rome"}]
+    task = Task.from_pairs(random_llama, "x", pairs, padding_side=padding)
+    assert task.multi_token and task.n_rows == 4 and len(task) == 2
+    plain = AutoModelForCausalLM.from_pretrained(random_llama.source, attn_implementation="eager").eval()
+
+    def log_probability(prompt: str, continuation: str) -> float:
+        prompt_ids = random_llama.tokenizer(prompt)["input_ids"]
+        answer_ids = random_llama.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = plain(torch.tensor([prompt_ids + answer_ids])).logits[0].double().log_softmax(-1)
+        return sum(logits[len(prompt_ids) - 1 + k, token].item() for k, token in enumerate(answer_ids))
+
+    logits = random_llama.forward(task_run(task).spec()).logits
+    for name, expected in [("logit_diff", [log_probability(p["clean"], p["answer"]) - log_probability(p["clean"], p["wrong_answer"])
+                                           for p in pairs]),
+                           ("prob", [np.exp(log_probability(p["clean"], p["answer"])) for p in pairs])]:
+        metric_of, _ = metrics.task_metric(name, random_llama, task)
+        np.testing.assert_allclose(task.fold(metric_of(logits)).numpy(), expected, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_single_token_answers_keep_the_plain_logit_difference(random_llama):
+    """One token each: one row per prompt, scored by logit(answer) - logit(wrong) at its last token."""
+    from interp.corruption import task_run
+
+    pairs = [{"clean": "The capital of France is", "corrupt": "The capital of Spain is", "answer": " Paris", "wrong_answer": " Madrid"},
+             {"clean": "Big Ben is in", "corrupt": "Big Ben was in", "answer": " London", "wrong_answer": " Paris"}]
+    task = Task.from_pairs(random_llama, "x", pairs)
+    assert not task.multi_token and task.n_rows == 2
+    metric_of, _ = metrics.task_metric("logit_diff", random_llama, task)
+    values = task.fold(metric_of(random_llama.forward(task_run(task).spec()).logits))
+    for value, pair in zip(values, pairs):
+        logits = random_llama.run(random_llama.to_tokens(pair["clean"]))[0, -1]
+        answer, wrong = random_llama.to_single_token(pair["answer"]), random_llama.to_single_token(pair["wrong_answer"])
+        assert value.item() == pytest.approx((logits[answer] - logits[wrong]).item(), abs=1e-5)
 
 
 def test_bad_jsonl_line(tmp_path, random_llama):

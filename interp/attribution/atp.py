@@ -19,11 +19,10 @@ from tqdm.auto import tqdm
 
 from interp.attribution.backward import layer_gradients, n_units, traced_run, units_below
 from interp.attribution.estimates import QK_KINDS, NodeEstimator
-from interp.backends.base import RunSpec
 from interp.corruption import RunInput, check_settings, clean_and_corrupt, first_difference, prompt_chunks, target_and_source
 from interp.metrics import normalized, task_metric
 from interp.model import Model
-from interp.patching import resolve_components
+from interp.patching import ablation_settings, frame_settings, present_in_prompts, resolve_components, slot_rows
 from interp.results import Result
 from interp.tasks import Task
 
@@ -48,6 +47,8 @@ def attribution_patching(
     components: list | None = None,
     batch_size: int | None = None,
     from_first_difference: bool = True,
+    positions: str = "auto",
+    reference=None,
     progress: bool = True,
 ) -> Result:
     """AtP or AtP* estimates for every component of ``granularity`` (or of ``components``).
@@ -55,26 +56,28 @@ def attribution_patching(
     Args:
         method: "atp" (plain) or "atp*" (QK fix + GradDrop); ``qk_fix`` and ``grad_drop``
             override its parts (``grad_drop``: "block", "sublayer", False; True = the method's).
-        direction, metric, corruption, noise_std, seed, layers: as in exact patching.
-        batch_size: prompts per forward/backward (default: all at once).
+        direction, metric, corruption, noise_std, seed, layers, positions, reference: as in exact
+            patching (an ablation ablates every node's site at once in the source run).
+        batch_size: sequences per forward/backward (whole prompts; default: all at once).
         from_first_difference: in a causal model, run the positions before the first one where
             the two runs' inputs differ once, without a graph, and the forwards and backwards
             from there on (same estimates, less work; nodes before it get exactly 0). Off where
             the QK fix or attention-pattern nodes read every key position.
 
     Returns a :class:`Result` (``method`` "atp" or "atp*") whose ``scores`` are the signed
-    normalized estimates, with arrays ``per_prompt`` [n_prompts, n_components] and
-    ``importance`` [n_components] (the ranking key: E|I| for AtP, the GradDrop score for AtP*,
-    normalized by |clean - corrupt|), and ``n_backward_passes``.
+    normalized estimates, with arrays ``per_prompt`` [n_prompts, n_components] (NaN where a
+    component does not exist in a prompt) and ``importance`` [n_components] (the ranking key: E|I|
+    for AtP, the GradDrop score for AtP*, normalized by |clean - corrupt|), and ``n_backward_passes``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; known: {', '.join(METHODS)}")
     default_qk, default_drop = METHODS[method]
     drop = default_drop if grad_drop is True else (grad_drop or None)
-    check_settings(model, task, direction, corruption)
+    check_settings(model, task, direction, corruption, reference)
     start_time = time.perf_counter()
-    n_prompts, n_positions = task.clean_tokens.shape
-    nodes, shape, axes = resolve_components(model, granularity, n_positions, layers, components)
+    n_prompts, (n_rows, n_positions) = len(task), task.clean_tokens.shape
+    frame = task.frame(positions)
+    nodes, shape, axes = resolve_components(model, granularity, frame, layers, components)
     hosts = model.splice_hosts()
     inside = [c for c in nodes if c.site in hosts and hosts[c.site].kind not in ("attn_out", "mlp_out")]
     if inside:
@@ -87,11 +90,13 @@ def attribution_patching(
         raise ValueError("GradDrop needs at least two layers to drop in turn")
     metric_of, metric_forwards = task_metric(metric, model, task)
     n_forward = metric_forwards
-    target, source = target_and_source(model, task, direction, corruption, noise_std, seed)
-    start = _first_changed_position(model, nodes, use_qk, target, source) if from_first_difference else 0
-    live = [i for i, c in enumerate(nodes) if c.position is None or c.position >= start]
-    estimator = NodeEstimator(model, [nodes[i] if nodes[i].position is None else nodes[i].at(nodes[i].position - start)
-                                      for i in live], use_qk)
+    ablated = {c.site for c in nodes}
+    target, source = target_and_source(model, task, direction, corruption, noise_std, seed, sites=ablated,
+                                       reference=reference)
+    start = _first_changed_position(model, nodes, use_qk, target, source, task) if from_first_difference else 0
+    token_rows = slot_rows(frame, nodes)
+    live = [i for i, c in enumerate(nodes) if c.position is None or bool((token_rows[c.position] >= start).any())]
+    estimator = NodeEstimator(model, [nodes[i] for i in live], use_qk, token_rows, n_rows, start)
     live_index = torch.tensor(live, dtype=torch.long)
 
     estimates = torch.zeros(n_prompts, len(nodes))
@@ -99,11 +104,11 @@ def attribution_patching(
     target_metric, source_metric = torch.zeros(n_prompts), torch.zeros(n_prompts)
     units = n_units(model.config.n_layers, drop)
     lowest = min(c.layer for c in nodes)
-    step = batch_size or n_prompts
-    block_backwards = 0
+    block_backwards = n_chunks = 0
     bar = tqdm(total=n_prompts, desc=f"{method} {granularity}", disable=not progress, unit="prompt")
-    for chunk in prompt_chunks(target, source, batch_size):
-        rows, row_ids, chunk_target, chunk_source = chunk.rows, chunk.row_ids, chunk.target, chunk.source
+    for chunk in prompt_chunks(target, source, batch_size, task):
+        prompts, row_ids, chunk_target, chunk_source = chunk.prompts.cpu(), chunk.row_ids, chunk.target, chunk.source
+        n_chunks += 1
 
         def chunk_metric(logits: torch.Tensor) -> torch.Tensor:
             return metric_of(logits, row_ids)
@@ -111,35 +116,38 @@ def attribution_patching(
         prefix = chunk_target.prefix_cache(model, start)  # the positions both runs share, once
         n_forward += bool(start)
         with torch.no_grad():
-            suffix_source = chunk_source.positions(start)
-            source_out = model.forward(RunSpec(suffix_source.tokens, edits=suffix_source.edits(), reads=estimator.activation_sites(),
-                                               logits_to_keep=1, past_key_values=prefix))
-        source_metric[rows] = chunk_metric(source_out.logits[:, -1]).cpu()
-        suffix_target = chunk_target.positions(start)
-        run = traced_run(model, suffix_target.tokens, suffix_target.edits(),
-                         estimator.activation_sites() | estimator.grad_sites(), chunk_metric, drop, prefix)
-        target_metric[rows] = run.metric.cpu()
-        estimator.bind({s: a.detach() for s, a in run.activations.items()}, source_out.activations)
+            source_out = model.forward(chunk_source.spec(start, reads=estimator.activation_sites(), past_key_values=prefix))
+        source_metric[prompts] = chunk.fold(chunk_metric(source_out.logits)).cpu()
+        run = traced_run(model, chunk_target.spec(start, reads=estimator.activation_sites() | estimator.grad_sites(),
+                                                  past_key_values=prefix), chunk_metric, drop)
+        target_metric[prompts] = chunk.fold(run.metric).cpu()
+        mask = None if chunk_target.mask is None else chunk_target.mask[:, start:]
+        estimator.bind({s: a.detach() for s, a in run.activations.items()}, source_out.activations, row_ids, mask)
         n_forward += 2
         for layer, unit, grads in layer_gradients(run, estimator.grad_sites(), drop, lowest):
             block_backwards += unit != (layer, "block")  # a block dropped at its own layer: the skip path, no arithmetic
             for live_indices, values in estimator.estimate(layer, grads):
                 indices = live_index[live_indices]
+                per_prompt = chunk.fold(values).cpu()  # a prompt's estimate: its rows' summed (before any |.|)
                 if unit is None:
-                    estimates[rows, indices] = values.cpu()
-                    dropped[rows, indices] += units_below(layer, drop) * values.abs().cpu()
+                    estimates[prompts[:, None], indices] = per_prompt
+                    dropped[prompts[:, None], indices] += units_below(layer, drop) * per_prompt.abs()
                 else:
-                    dropped[rows, indices] += values.abs().cpu()
+                    dropped[prompts[:, None], indices] += per_prompt.abs()
         del run
-        bar.update(row_ids.numel())
+        bar.update(len(prompts))
     bar.close()
 
     target_mean, source_mean = target_metric.mean().item(), source_metric.mean().item()
     difference = source_mean - target_mean
-    scores = normalized(target_mean + estimates.mean(0), target_mean, source_mean)
-    importance = (dropped / (units - 1) if drop else estimates.abs()).mean(0) / abs(difference)
+    present = present_in_prompts(task, nodes, token_rows)
+    per_prompt_estimates = torch.where(present, estimates / difference, torch.full_like(estimates, float("nan")))
+    everywhere = normalized(target_mean + estimates.mean(0), target_mean, source_mean)
+    scores = torch.where(present.all(0), everywhere, per_prompt_estimates.nanmean(0))
+    ranking = dropped / (units - 1) if drop else estimates.abs()
+    ranking = torch.where(present, ranking, torch.full_like(ranking, float("nan")))
+    importance = torch.where(present.all(0), ranking.mean(0), ranking.nanmean(0)) / abs(difference)
     clean, corrupt = clean_and_corrupt(direction, target_metric, source_metric)
-    n_chunks = -(-n_prompts // step)
     n_backward = n_chunks * (1 + units)
     share = (n_positions - start) / n_positions  # of each target/source forward and backward
     chosen = "atp*" if use_qk and drop else "+".join(["atp"] + ["qk"] * use_qk + ["graddrop"] * bool(drop))
@@ -150,9 +158,10 @@ def attribution_patching(
         wall_seconds=time.perf_counter() - start_time, n_forward_passes=n_forward, n_backward_passes=n_backward,
         settings={"direction": direction, "corruption": corruption, "noise_std": noise_std, "seed": seed,
                   "layers": layers, "n_prompts": n_prompts, "backend": model.backend.name, "qk_fix": use_qk,
-                  "grad_drop": drop, **task.settings},
-        tokens=model.to_str_tokens(task.clean_tokens[0]),
-        arrays={"per_prompt": (estimates / difference).numpy(), "importance": importance.numpy().astype(np.float64),
+                  "grad_drop": drop, **frame_settings(task, frame), **ablation_settings(corruption, ablated, reference),
+                  **task.settings},
+        tokens=list(task.first_tokens), position_labels=list(frame.labels) if "position" in axes else [],
+        arrays={"per_prompt": per_prompt_estimates.numpy(), "importance": importance.numpy().astype(np.float64),
                 "clean_metric": clean.numpy(), "corrupt_metric": corrupt.numpy()},
         extra={"forward_equivalents": metric_forwards + n_chunks * (start / n_positions + 2 * share)
                + 2.0 * block_backwards / model.config.n_layers * share,
@@ -161,9 +170,11 @@ def attribution_patching(
     )
 
 
-def _first_changed_position(model: Model, nodes: list, qk_fix: bool, target: RunInput, source: RunInput) -> int:
-    """Where the runs can start (0 when a node needs every key position's activations)."""
+def _first_changed_position(model: Model, nodes: list, qk_fix: bool, target: RunInput, source: RunInput, task: Task) -> int:
+    """Where the runs can start (0 when a node needs every key position's activations): the first
+    position where any row's inputs differ, and no later than the first position whose logits
+    the metric reads."""
     reads_every_key = any(c.kind == "pattern" or (qk_fix and c.kind in QK_KINDS) for c in nodes)
     if not model.config.causal or reads_every_key:
         return 0
-    return min(first_difference(target, source), target.tokens.shape[1] - 1)
+    return min(first_difference(target, source), target.tokens.shape[1] - 1, int(task.reads.min()))

@@ -14,12 +14,13 @@ unit dropped above it go through the block together, as one batched vector-Jacob
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 
-from interp.backends.base import Edit, RunSpec
+from interp.backends.base import RunSpec
 from interp.components import ACTIVATION_KINDS, Site
 
 GRAD_DROP_UNITS = ("block", "sublayer")
@@ -46,30 +47,28 @@ class TracedRun:
         return "attn" if kind in ATTENTION_KINDS else "mlp" if kind in MLP_KINDS else None
 
 
-def traced_run(model, tokens: torch.Tensor, edits: dict[Site, list[Edit]], sites: set[Site], metric_of,
-               grad_drop: str | None, past_key_values: Any = None) -> TracedRun:
-    """Forward ``tokens`` keeping the graph, cut at each block's input.
+def traced_run(model, spec: RunSpec, metric_of, grad_drop: str | None) -> TracedRun:
+    """Run ``spec`` keeping the graph, cut at each block's input.
 
-    ``sites`` are the activations whose gradients are wanted; ``metric_of(logits [n, d_vocab])``
-    gives one value per prompt (prompts are independent, so the gradient of the sum is each
-    prompt's own gradient). With ``past_key_values`` (a KV cache of earlier positions, held
-    constant) ``tokens`` are the positions after them, and so are the activations.
+    ``spec.reads`` are the activations whose gradients are wanted; ``metric_of(logits [n, k,
+    d_vocab])`` gives one value per row (rows are independent, so the gradient of the sum is each
+    row's own gradient). With ``spec.past_key_values`` (a KV cache of earlier positions, held
+    constant) the run holds the positions after them, and so do the activations.
     """
     config = model.config
-    reads = set(sites)
+    reads = set(spec.reads)
     reads |= {Site("resid_pre", layer) for layer in range(config.n_layers)}
     reads |= {Site("resid_post", layer) for layer in range(config.n_layers)}
     if grad_drop == "sublayer":
         reads |= {Site(kind, layer) for kind in ("attn_out", "mlp_out") for layer in range(config.n_layers)}
         if not config.parallel_attn_mlp:
             reads |= {Site("resid_mid", layer) for layer in range(config.n_layers)}
-    all_edits = {site: list(fns) for site, fns in edits.items()}
+    all_edits = {site: list(fns) for site, fns in spec.edits.items()}
     for layer in range(1, config.n_layers):
         all_edits.setdefault(Site("resid_pre", layer), []).append(torch.Tensor.detach)
     with torch.enable_grad():
-        out = model.forward(RunSpec(tokens, edits=all_edits, reads=reads, logits_to_keep=1, keep_grad=True,
-                                          past_key_values=past_key_values))
-        values = metric_of(out.logits[:, -1])
+        out = model.forward(dataclasses.replace(spec, edits=all_edits, reads=reads, keep_grad=True))
+        values = metric_of(out.logits)
         total = values.sum()
     return TracedRun(values.detach(), total, out.activations, config.n_layers, config.parallel_attn_mlp,
                      model.splice_hosts())

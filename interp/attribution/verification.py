@@ -10,13 +10,13 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
-from interp.backends.base import Edit, RunSpec
-from interp.components import Component, Site
-from interp.corruption import first_difference, noise_edit, target_and_source
-from interp.metrics import task_metric
+from interp.backends.base import Edit
+from interp.components import INDEX_AXIS, POSITION_AXIS, Component, Site
+from interp.corruption import first_differences, target_and_source
 from interp.hf_compat import kv_prefix
+from interp.metrics import task_metric
 from interp.model import Model, component_index
-from interp.patching import activation_patching
+from interp.patching import activation_patching, slot_rows
 from interp.results import Result
 from interp.tasks import Task
 
@@ -26,7 +26,11 @@ def _run_settings(result: Result) -> dict:
     return {key: result.settings[key] for key in keys} | {"metric": result.metric}
 
 
-def verify_top(model: Model, task: Task, result: Result, k: int, progress: bool = True) -> Result:
+def _frame_of(result: Result) -> str:
+    return result.settings.get("positions", "auto")
+
+
+def verify_top(model: Model, task: Task, result: Result, k: int, progress: bool = True, reference=None) -> Result:
     """Exactly patch the ``k`` highest-ranked components of an attribution result.
 
     Adds ``arrays["exact"]`` (normalized exact effect, NaN where not verified) and
@@ -37,7 +41,8 @@ def verify_top(model: Model, task: Task, result: Result, k: int, progress: bool 
     order = result.ranking()[:k]
     components = [result.components[i] for i in order]
     exact = activation_patching(model, task, result.granularity, components=components, progress=progress,
-                                **_run_settings(result))
+                                positions=_frame_of(result), reference=reference,
+                                ablated_sites=result.settings.get("ablated_sites"), **_run_settings(result))
     column = np.full(len(result.components), np.nan)
     column[order] = exact.scores
     result.arrays["exact"] = column
@@ -52,27 +57,44 @@ def verify_top(model: Model, task: Task, result: Result, k: int, progress: bool 
 
 
 def _subset_edit(site_components: list[tuple[int, Component]], included: torch.Tensor, source: torch.Tensor,
-                 n_prompts: int) -> Edit:
-    """Replace, in variant v's rows, every component whose ``included[v, node]`` is set."""
-    mask = torch.zeros(included.shape[0], *source.shape[1:], dtype=torch.bool, device=source.device)
+                 n_rows: int, token_rows: dict, start: int) -> Edit:
+    """Replace, in variant v's rows, every component whose ``included[v, node]`` is set (a
+    positioned one at its token in each row that has it after ``start``)."""
+    n_variants = included.shape[0]
+    mask = torch.zeros(n_variants, *source.shape, dtype=torch.bool, device=source.device)
     for node, component in site_components:
-        for v in included[:, node].nonzero()[:, 0].tolist():
-            mask[(v, *component_index(component, source.dim())[1:])] = True
-    rows_mask = mask.repeat_interleave(n_prompts, dim=0)
-    tiled = source.repeat(included.shape[0], *[1] * (source.dim() - 1))
+        variants = included[:, node].nonzero()[:, 0].to(source.device)
+        if not len(variants):
+            continue
+        if component.position is None:
+            index = (variants, *component_index(component, source.dim()))
+            mask[index] = True
+            continue
+        tokens = token_rows[component.position].to(source.device)
+        rows = (tokens >= start).nonzero()[:, 0]
+        index = [slice(None)] * source.dim()
+        index[0] = rows
+        index[POSITION_AXIS[component.kind]] = tokens[rows] - start
+        if component.index is not None:
+            index[INDEX_AXIS[component.kind]] = component.index
+        for v in variants.tolist():
+            mask[v][tuple(index)] = True
+    rows_mask = mask.reshape(n_variants * n_rows, *source.shape[1:])
+    tiled = source.repeat(n_variants, *[1] * (source.dim() - 1))
     return lambda activation: torch.where(rows_mask, tiled.to(activation.dtype), activation)
 
 
 def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p: float = 0.1,
-             confidence: float = 0.95, seed: int = 0, batch_variants: int = 8, progress: bool = True) -> Result:
+             confidence: float = 0.95, seed: int = 0, batch_variants: int = 8, progress: bool = True,
+             reference=None) -> Result:
     """Bound the largest effect an unverified component could have.
 
     ``samples`` forwards each jointly patch a random subset of the unverified components
     (each included with probability ``p``); per component, the Welch upper confidence bound of
     |mean(effect | included) - mean(effect | excluded)| at ``confidence``. Adds
     ``extra["diagnostic"]`` with the largest bound, normalized like ``scores``. Components at
-    positions before the first one where the runs' inputs differ (causal models) have no effect
-    at all and are left out (``n_unchanged``).
+    positions before the first one where the runs' inputs differ (causal models), in every prompt,
+    have no effect at all and are left out (``n_unchanged``).
     """
     if not 0 < p < 1:
         raise ValueError(f"--diagnose-p must be between 0 and 1, got {p}")
@@ -82,28 +104,34 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
     settings = _run_settings(result)
     metric_of, metric_forwards = task_metric(settings.pop("metric"), model, task)
     n_forward = metric_forwards
-    target, source = target_and_source(model, task, **settings)
-    # components before the first differing input position (causal models) are the same in both runs
-    unchanged_before = first_difference(target, source) if model.config.causal else 0
+    ablated = result.settings.get("ablated_sites")
+    target, source = target_and_source(model, task, **settings, reference=reference,
+                                       sites=None if ablated is None else {Site(*site) for site in ablated})
+    first = first_differences(target, source).cpu() if model.config.causal else torch.zeros(task.n_rows, dtype=torch.long)
     parsed = [Component.parse(name) for name in result.components]
+    frame = task.frame(_frame_of(result))
+    token_rows = slot_rows(frame, parsed)
     verified = set(np.flatnonzero(~np.isnan(result.arrays["exact"]))) if "exact" in result.arrays else set()
-    unchanged = {i for i, c in enumerate(parsed) if c.position is not None and c.position < unchanged_before}
+    unchanged = {i for i, c in enumerate(parsed)
+                 if c.position is not None and not bool((token_rows[c.position] >= first).any())}
     rest = [i for i in range(len(parsed)) if i not in verified | unchanged]
     if not rest:
         raise ValueError("every component was verified exactly: nothing is left to diagnose")
-    n_prompts, n_positions = task.clean_tokens.shape
-    # runs start at the first differing position, the positions before it a shared KV cache
-    start = 0 if any(parsed[i].kind == "pattern" for i in rest) else min(unchanged_before, n_positions - 1)
-    components = [parsed[i] if parsed[i].position is None else parsed[i].at(parsed[i].position - start) for i in rest]
+    n_rows, n_positions = task.clean_tokens.shape
+    # runs start at the first differing position (no later than the first logit read), the
+    # positions before it a shared KV cache
+    if any(parsed[i].kind == "pattern" for i in rest) or not model.config.causal:
+        start = 0
+    else:
+        start = min(int(first.min()), n_positions - 1, int(task.reads.min()))
+    components = [parsed[i] for i in rest]
     sites = {c.site for c in components}
     prefix = target.prefix_cache(model, start)
     with torch.no_grad():
-        source_suffix = source.positions(start)
-        source_acts = model.forward(RunSpec(source_suffix.tokens, edits=source_suffix.edits(), reads=sites, logits_to_keep=1,
-                                            past_key_values=prefix)).activations
+        source_acts = model.forward(source.spec(start, reads=sites, past_key_values=prefix)).activations
     # the unpatched target run's metric, per prompt, as the result recorded it
     target_run = "clean" if settings["direction"] == "noising" else "corrupt"
-    target_metric = torch.as_tensor(result.arrays[f"{target_run}_metric"], device=task.clean_tokens.device)
+    target_metric = torch.as_tensor(result.arrays[f"{target_run}_metric"])
     generator = torch.Generator().manual_seed(seed)
     included = torch.rand(samples, len(components), generator=generator) < p
     effects = torch.empty(samples)
@@ -111,20 +139,18 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
     for node, component in enumerate(components):
         by_site.setdefault(component.site, []).append((node, component))
     bar = tqdm(total=samples, desc="diagnostic", disable=not progress, unit="sample")
-    for first in range(0, samples, batch_variants):
-        chunk = included[first:first + batch_variants]
+    for first_sample in range(0, samples, batch_variants):
+        chunk = included[first_sample:first_sample + batch_variants]
         n_variants = chunk.shape[0]
-        edits: dict[Site, list[Edit]] = {}
-        if target.noise is not None:
-            edits[Site("resid_pre", 0)] = [noise_edit(target.noise, start, n_variants)]
-        for site, members in by_site.items():
-            edits.setdefault(site, []).append(_subset_edit(members, chunk, source_acts[site], n_prompts))
-        rows = torch.arange(n_prompts).repeat(n_variants)
+        edits = {site: [_subset_edit(members, chunk, source_acts[site], n_rows, token_rows, start)]
+                 for site, members in by_site.items()}
+        rows = torch.arange(n_rows).repeat(n_variants)
         with torch.no_grad():
-            logits = model.forward(RunSpec(target.tokens[:, start:].repeat(n_variants, 1), edits=edits, logits_to_keep=1,
-                                           past_key_values=kv_prefix(prefix, start, rows) if start else None)).logits
-        patched = metric_of(logits[:, -1], rows).view(n_variants, n_prompts)
-        effects[first:first + n_variants] = (patched - target_metric).mean(1).cpu()
+            logits = model.forward(target.spec(start, n_variants, edits=edits,
+                                               past_key_values=kv_prefix(prefix, start, rows) if start else None)).logits
+        patched = metric_of(logits, rows).view(n_variants, n_rows)
+        change = torch.stack([task.fold(row).cpu() for row in patched]) - target_metric  # [variants, prompts]
+        effects[first_sample:first_sample + n_variants] = change.mean(1)
         n_forward += 1
         bar.update(n_variants)
     bar.close()

@@ -25,9 +25,14 @@ class RunSpec:
     """One forward pass.
 
     ``edits[site]`` are applied in order to the site's canonical tensor; ``reads`` are returned
-    after edits. ``logits_to_keep`` = k > 0 unembeds only the last k positions (0 = all).
-    ``past_key_values`` feeds a KV cache for earlier positions; ``return_cache`` asks for the
-    updated cache back. ``keep_grad`` keeps read tensors in the autograd graph (``retain_grad``).
+    after edits. ``logits_to_keep`` = k > 0 unembeds only the last k positions (0 = all);
+    ``logit_positions`` [batch, k] unembeds only those positions of each row (logits
+    [batch, k, d_vocab]). ``past_key_values`` feeds a KV cache for earlier positions;
+    ``return_cache`` asks for the updated cache back. ``keep_grad`` keeps read tensors in the
+    autograd graph (``retain_grad``). ``attention_mask`` [batch, past + pos] marks real tokens
+    (True) and padding (False) over the cached and the new positions; position ids follow from it
+    (the count of real tokens before each one), so left and right padding give the same numbers.
+    None: every token is real.
     """
 
     input_ids: torch.Tensor
@@ -37,6 +42,8 @@ class RunSpec:
     past_key_values: Any = None
     return_cache: bool = False
     keep_grad: bool = False
+    attention_mask: torch.Tensor | None = None
+    logit_positions: torch.Tensor | None = None
 
     @property
     def sites(self) -> list[Site]:
@@ -69,7 +76,16 @@ class Backend(ABC):
         kwargs: dict = {"use_cache": cache is not None, **hf_compat.cache_kwargs(self.hf_model, cache)}
         if spec.logits_to_keep:
             kwargs["logits_to_keep"] = spec.logits_to_keep
+        if spec.attention_mask is not None:
+            kwargs["attention_mask"] = spec.attention_mask.long()
+            kwargs["position_ids"] = position_ids(spec.attention_mask)[:, -spec.input_ids.shape[1]:]
         return kwargs
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids [batch, pos] of a padded batch: each real token's count of real tokens before
+    it (padding gets 0; nothing reads it)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def apply_edits(spec: RunSpec, site: Site, value: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,9 @@ def run_trace(lm, layout: Layout, n_heads: int, n_kv: int, d_head: int, spec: Ru
     layers = get_path(lm, layout.layers)
     batch, length = spec.input_ids.shape
     past = hf_compat.cache_length(spec.past_key_values)
-    mask = torch.ones(batch, past + length, dtype=torch.long, device=spec.input_ids.device)
+    mask = model_kwargs.pop("attention_mask", None)
+    if mask is None:
+        mask = torch.ones(batch, past + length, dtype=torch.long, device=spec.input_ids.device)
     inputs = {"input_ids": spec.input_ids, "attention_mask": mask}
     with lm.trace(inputs, remote=remote, **model_kwargs):
         for layer in sorted(by_layer):

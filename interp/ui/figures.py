@@ -34,9 +34,13 @@ def heatmap(values: np.ndarray, x_labels: list[str], y_labels: list[str], title:
     return figure
 
 
-def _position_labels(tokens: list[str], n: int) -> list[str]:
-    if len(tokens) == n:
-        return [f"{i}: {t!r}"[:24] for i, t in enumerate(tokens)]
+def position_labels(result: Result, n: int) -> list[str]:
+    """Column labels of a result's position axis: its own (``-1: ' to'``, ``IO``), else, for run
+    folders written before results carried them, ``i: token`` of the first prompt."""
+    if len(result.position_labels) == n:
+        return list(result.position_labels)
+    if len(result.tokens) == n:
+        return [f"{i}: {t!r}"[:24] for i, t in enumerate(result.tokens)]
     return [str(i) for i in range(n)]
 
 
@@ -54,15 +58,15 @@ def result_heatmap(result: Result, name: str = "scores") -> go.Figure:
     if axes == ["layer"]:
         return heatmap(grid[:, None], ["all"], layer_labels, title, "", "layer")
     if axes == ["layer", "position"]:
-        return heatmap(grid, _position_labels(result.tokens, grid.shape[1]), layer_labels, title, "position", "layer")
+        return heatmap(grid, position_labels(result, grid.shape[1]), layer_labels, title, "position", "layer")
     if axes == ["kind", "layer", "position"]:
         kinds = ["resid_pre", "attn_out", "mlp_out"]
         rows = [f"{k} L{l}" for k in kinds for l in layers]
-        return heatmap(grid.reshape(-1, grid.shape[-1]), _position_labels(result.tokens, grid.shape[-1]), rows,
+        return heatmap(grid.reshape(-1, grid.shape[-1]), position_labels(result, grid.shape[-1]), rows,
                        title, "position", "component")
     if len(axes) == 3:  # layer x head/group x position
         rows = [f"L{l}.{axes[1][0].upper()}{i}" for l in layers for i in range(grid.shape[1])]
-        return heatmap(grid.reshape(-1, grid.shape[-1]), _position_labels(result.tokens, grid.shape[-1]), rows,
+        return heatmap(grid.reshape(-1, grid.shape[-1]), position_labels(result, grid.shape[-1]), rows,
                        title, "position", axes[1])
     index_labels = [str(i) for i in range(grid.shape[1])]
     return heatmap(grid, index_labels, layer_labels, title, axes[1], "layer")
@@ -79,7 +83,7 @@ def _top_components(result: Result, grid: np.ndarray, title: str, k: int = 40) -
         rows = grid.reshape(-1, 1)
         names = list(result.components)
     top = np.argsort(-np.nanmax(np.abs(rows), axis=1), kind="stable")[:k]
-    columns = _position_labels(result.tokens, rows.shape[1]) if positional else ["all positions"]
+    columns = position_labels(result, rows.shape[1]) if positional else ["all positions"]
     return heatmap(rows[top], columns, [names[i] for i in top], f"{title}: top {len(top)}",
                    "position" if positional else "", "component")
 
