@@ -160,8 +160,8 @@ class TaskOptions(Config):
     """The prompts of a clean-vs-corrupt analysis: a built-in task, a file or folder of prompts, a
     template, or a Hugging Face dataset."""
 
-    task: str = option("ioi", "ioi | capitals | greater_than | induction | pairs.jsonl | pairs.csv | a folder of them | "
-                              "template.json | hf:<dataset>[:<split>]")
+    task: str = option("ioi", "ioi | capitals | greater_than | landmarks | induction | pairs.jsonl | pairs.csv | "
+                              "a folder of them | template.json | hf:<dataset>[:<split>]")
     n_prompts: int = option(16, "prompts (built-in tasks and templates draw this many; files and datasets give their "
                                 "first this many)", minimum=1)
     padding: Literal["left", "right"] = option("left", "side prompts of different lengths are padded on (both give the "

@@ -378,6 +378,22 @@ def greater_than(model: "Model", n_prompts: int = 16, seed: int = 0, **options) 
                               **options)
 
 
+LANDMARKS = Path(__file__).parent / "data" / "tasks" / "landmarks.jsonl"
+
+
+def landmarks(model: "Model", n_prompts: int = 16, seed: int = 0, **options) -> Task:
+    """Factual recall of different lengths: "The Eiffel Tower is in the city of" -> " Paris", 16
+    pairs of 6 to 16 tokens in five sentence frames (a bundled JSONL file, its first ``n_prompts``);
+    the corrupt prompt names another landmark of the same length. Named position SUBJ: the
+    landmark's last token. The pairs align under SmolLM2's tokenizer (and the random models, which
+    use it); another tokenizer may split a landmark differently (then the pair is named)."""
+    from interp.task_files import read_task_file
+
+    task = read_task_file(model, LANDMARKS, n_prompts=n_prompts, **options)
+    task.name, task.settings = "landmarks", {"n_prompts": len(task), "source": "landmarks"}
+    return task
+
+
 def induction(model: "Model", n_prompts: int = 16, seed: int = 0, half_length: int = 10, break_match: bool = False,
               padding_side: str = "left") -> Task:
     """Repeated random tokens: [BOS] r1..rn r1..r(n-1) -> rn. Corrupt: rn in the first half
@@ -443,7 +459,8 @@ def tracr(model: "Model", n_prompts: int = 16, seed: int = 0, **options) -> Task
     return Task.from_pairs(model, f"tracr-{program.name}", pairs, {"n_prompts": n_prompts, "seed": seed}, **options)
 
 
-GENERATORS = {"ioi": ioi, "capitals": capitals, "greater_than": greater_than, "induction": induction, "tracr": tracr}
+GENERATORS = {"ioi": ioi, "capitals": capitals, "greater_than": greater_than, "landmarks": landmarks, "induction": induction,
+              "tracr": tracr}
 
 
 def get_task(model: "Model", name_or_path: str, n_prompts: int = 16, seed: int = 0, *, padding_side: str = "left",

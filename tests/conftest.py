@@ -13,15 +13,20 @@ from interp import tasks
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that loads SmolLM2 (through the ``smollm2`` fixture) is ``slow``."""
+    """Every test that loads SmolLM2 (through a ``smollm2*`` fixture) is ``slow``."""
     for item in items:
-        if "smollm2" in getattr(item, "fixturenames", ()):
+        if any(name.startswith("smollm2") for name in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
 def smollm2():
     return interp.load_model("smollm2-135m", backend="transformer_lens")
+
+
+@pytest.fixture(scope="session")
+def smollm2_nnsight():
+    return interp.load_model("smollm2-135m", backend="nnsight")
 
 
 @pytest.fixture(scope="session")

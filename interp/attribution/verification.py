@@ -92,7 +92,8 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
     ``samples`` forwards each jointly patch a random subset of the unverified components
     (each included with probability ``p``); per component, the Welch upper confidence bound of
     |mean(effect | included) - mean(effect | excluded)| at ``confidence``. Adds
-    ``extra["diagnostic"]`` with the largest bound, normalized like ``scores``. Components at
+    ``extra["diagnostic"]`` with the largest bound, normalized like ``scores``, and
+    ``arrays["diagnostic_effects"]`` [samples] (each sample's mean metric change, unnormalized). Components at
     positions before the first one where the runs' inputs differ (causal models), in every prompt,
     have no effect at all and are left out (``n_unchanged``).
     """
@@ -173,6 +174,7 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
         raise ValueError(f"no component was both included and excluded twice in {samples} samples at p={p}; "
                          "raise --diagnose-samples or --diagnose-p")
     worst = int(np.argmax(np.where(np.isinf(bounds), -np.inf, bounds)))
+    result.arrays["diagnostic_effects"] = values  # each sample's mean change of the metric over prompts
     result.extra["diagnostic"] = {
         "bound": float(bounds[worst] / difference), "component": str(parsed[rest[worst]]),
         "confidence": confidence, "samples": samples, "p": p, "n_unverified": len(components),
