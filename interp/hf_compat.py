@@ -247,6 +247,36 @@ def check_kv_cache(model, n_tokens: int = 6) -> None:
                                           f"from its KV cache differs from the plain forward by {difference:.3g}"))
 
 
+@torch.no_grad()
+def check_padding(model, n_tokens: int = 6) -> str | None:
+    """None when a padded row gives the logits of its tokens alone, left- and right-padded, through
+    the model's backend; else one line saying what differed (with the installed versions). Padding
+    relies on how each transformers release builds the attention mask and position ids."""
+    from interp.backends.base import RunSpec
+
+    vocab = model.config.d_vocab
+    steps = torch.arange(n_tokens, device=model.device)
+    tokens = torch.stack([steps * 7919 + 11, steps * 104729 + 5]) % max(vocab - 1, 1) + 1
+    short = n_tokens // 2
+    alone = [model.forward(RunSpec(tokens[:1])).logits[0], model.forward(RunSpec(tokens[1:, :short])).logits[0]]
+    for side in ("left", "right"):
+        real = torch.zeros(n_tokens, dtype=torch.bool, device=model.device)
+        real[n_tokens - short:] = True
+        if side == "right":
+            real = real.flip(0)
+        row = torch.zeros(n_tokens, dtype=torch.long, device=model.device)
+        row[real] = tokens[1, :short]
+        mask = torch.stack([torch.ones_like(real), real])
+        logits = model.forward(RunSpec(torch.stack([tokens[0], row]), attention_mask=mask)).logits
+        difference = max((logits[0] - alone[0]).abs().max().item(), (logits[1][real] - alone[1]).abs().max().item())
+        scale = max(1.0, alone[0].abs().max().item())
+        if not difference <= 1e-3 * scale:
+            return _versions_line(f"{model.config.name} on the {model.backend.name} backend: a {side}-padded row's logits "
+                                  f"differ from the same tokens alone by {difference:.3g}, so prompts of different lengths "
+                                  "cannot share a batch")
+    return None
+
+
 def _versions_line(message: str) -> str:
     import importlib.metadata as metadata
 

@@ -228,5 +228,6 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
     unembed_contiguously(hf_model)  # after the backend: TransformerBridge wraps the unembedding in place
     model = Model(runner, tokenizer, config, layout, source=str(model_dir), device=device)
     hf_compat.check_kv_cache(model)
+    model.padding_problem = hf_compat.check_padding(model)
     model.layout = verify_layout(model)
     return model

@@ -116,6 +116,17 @@ def task_metric(name: str, model, task) -> tuple[Callable[..., torch.Tensor], in
     return metric_of, int(clean_logprobs is not None)
 
 
+@torch.no_grad()
+def measure(model, task, metric: str = "logit_diff", prompts: str = "clean") -> torch.Tensor:
+    """The metric of each prompt [prompts] on a plain run of the task's ``"clean"`` or
+    ``"corrupt"`` prompts (padded, read at each prompt's own last token; several-token answers
+    teacher-forced); inside a ``model.patch`` block, of the patched model."""
+    from interp.corruption import task_run
+
+    metric_of, _ = task_metric(metric, model, task)
+    return task.fold(metric_of(model.forward(task_run(task, prompts).spec()).logits))
+
+
 def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Cross-entropy [batch, pos - 1] in nats of predicting tokens[:, 1:] from logits[:, :-1]
     (logits [batch, pos, d_vocab]; log-probabilities work too)."""

@@ -86,6 +86,9 @@ class Model:
         self.device = device
         self._active_edits: dict[Site, list[Edit]] = {}
         self._splices: dict[Site, Splice] = {}
+        # why padded batches would give wrong numbers on this model (``hf_compat.check_padding`` at
+        # load); None: they give each row its own numbers
+        self.padding_problem: str | None = None
 
     def __repr__(self) -> str:
         c = self.config
@@ -185,6 +188,8 @@ class Model:
     def forward(self, spec: RunSpec, resume: Resume | None = None) -> RunOutput:
         """Low-level forward; edits from active ``patch`` contexts are applied first, and
         spliced dictionaries run at their hosts."""
+        if self.padding_problem and spec.attention_mask is not None and not bool(spec.attention_mask.all()):
+            raise PaddingError(self.padding_problem)
         if self._active_edits:
             merged = {site: list(edits) for site, edits in self._active_edits.items()}
             for site, edits in spec.edits.items():

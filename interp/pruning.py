@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.layer_dropping import DropError, Unit, dropped, parameter_count, sublayer_counts, units_of
-from interp.metrics import next_token_loss
+from interp.metrics import measure, next_token_loss
 from interp.redundancy import SimilarityScores, check_tokens, output_change, similarity_scores
 
 DROP_METHODS = {
@@ -166,7 +166,7 @@ def evaluate(model, units: Sequence[Unit | str], evaluation: EvaluationSet, meas
         row["loss"] = total / count
         row["perplexity"] = math.exp(row["loss"])
         for name, task in evaluation.tasks.items():
-            diff = task_logit_diff(model, task)
+            diff = measure(model, task, "logit_diff")
             row[f"{name}_accuracy"] = (diff > 0).float().mean().item()
             row[f"{name}_logit_diff"] = diff.mean().item()
         if measure_speed:
@@ -174,16 +174,6 @@ def evaluate(model, units: Sequence[Unit | str], evaluation: EvaluationSet, meas
             if evaluation.prompts is not None:
                 row["generation_tokens_per_s"] = generation_speed(model, evaluation.prompts, evaluation.new_tokens)
     return row
-
-
-def task_logit_diff(model, task) -> torch.Tensor:
-    """Each prompt's logit difference (the difference of the continuations' log-probabilities for
-    longer answers) on the task's clean prompts [prompts]."""
-    from interp.corruption import task_run
-    from interp.metrics import task_metric
-
-    metric_of, _ = task_metric("logit_diff", model, task)
-    return task.fold(metric_of(model.forward(task_run(task).spec()).logits))
 
 
 def generation_speed(model, prompts: torch.Tensor, new_tokens: int) -> float:

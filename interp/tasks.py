@@ -209,9 +209,11 @@ class Task:
                 if (pair.get(key) is not None) != wanted:
                     raise TaskError(f"{label}: {'lacks' if wanted else 'has'} field {key!r}, which the first pair "
                                     f"{'has' if wanted else 'lacks'}; every pair of a task gives the same fields")
-            missing = [k for k in ("clean", "answer") if k not in pair]
+            missing = [k for k in ("clean", "answer") if pair.get(k) is None]
             if missing:
-                raise TaskError(f"{label} lacks field(s) {', '.join(missing)}")
+                has = ", ".join(repr(k) for k in pair) or "no fields"
+                raise TaskError(f"{label} lacks field(s) {', '.join(missing)} (it has {has}; --fields clean=<column> "
+                                "reads another column as a field)")
             for key in ("clean", "corrupt", "answer", "wrong_answer"):
                 if key in pair and pair[key] is not None and not isinstance(pair[key], str):
                     raise TaskError(f"{label}: field {key!r} must be text, got {pair[key]!r}")
@@ -235,6 +237,12 @@ class Task:
             prompts.append(clean)
             answers.append(answer)
             clean_texts.append(clean_text)
+        named = {key for found in names for key in found if key != "END"}
+        for label, found in zip(labels, names):
+            lacking = sorted(named - set(found))
+            if lacking:
+                raise TaskError(f"{label}: field 'positions' lacks {lacking[0]!r}, which other rows name; every row "
+                                "names the same positions")
         return cls(name, clean_texts, corrupt_texts, prompts, corrupts if has_corrupt else None, answers,
                    wrongs if has_wrong else None, dict(settings or {}, **({"chat_template": True} if chat_template else {})),
                    names, padding_side, pad_id(tokenizer), model.device, model.to_str_tokens(torch.tensor(prompts[0])))
@@ -390,7 +398,7 @@ def landmarks(model: "Model", n_prompts: int = 16, seed: int = 0, **options) -> 
     from interp.task_files import read_task_file
 
     task = read_task_file(model, LANDMARKS, n_prompts=n_prompts, **options)
-    task.name, task.settings = "landmarks", {"n_prompts": len(task), "source": "landmarks"}
+    task.name, task.settings = "landmarks", dict(task.settings, n_prompts=len(task), source="landmarks")
     return task
 
 

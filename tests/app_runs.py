@@ -13,6 +13,8 @@ RUNS = {
                     "heads", "--method", "exact"],
     "heads-atp-star": ["patch", "--model", "toy-induction", "--task", "induction", "--n-prompts", "4", "--granularity",
                        "heads", "--method", "atp*", "--verify-top", "4"],
+    "landmarks-heads-pos": ["patch", "--model", "random-llama", "--task", "landmarks", "--n-prompts", "4", "--granularity",
+                            "heads_pos", "--layers", "0,2"],
     "redundancy": ["redundancy", "--model", "random-llama", "--chunk-length", "32", "--calibration-chunks", "2",
                    "--held-out-chunks", "2", "--task-prompts", "4", "--gen-tokens", "2", "--max-drop", "2",
                    "--methods", "attn,mlp,random", "--random-seeds", "1"],

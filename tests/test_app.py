@@ -55,7 +55,7 @@ def test_runs_page_lists_good_runs_and_explains_bad_folders(app_env):
     tables = at.dataframe
     listed = tables[0].value
     assert sorted(listed["run"]) == ["bigram", "edges", "edges-tracr", "feature-graph", "features-atp-star", "heads-atp-star",
-                                     "heads-exact", "redundancy"]
+                                     "heads-exact", "landmarks-heads-pos", "redundancy"]
     assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit", "Features"}
     reasons = dict(zip(tables[1].value["folder"], tables[1].value["reason"]))
     assert "not valid JSON" in reasons["corrupt"] and "no result.json" in reasons["notes"]
@@ -69,6 +69,17 @@ def test_patching_page_draws_the_run(app_env):
     assert np.allclose(_array(heat["z"]), result.grid())
     top = at.dataframe[0].value
     assert list(top["component"]) == [c for c, _ in result.top(len(top))]
+
+
+def test_patching_page_labels_the_positions_of_a_mixed_length_task_from_the_end(app_env):
+    """Prompts of 9 to 14 tokens: columns are positions counted from each prompt's end, and a
+    prompt too short for a position is left out of its box (per-prompt NaN)."""
+    at = _run("app/pages/1_Patching.py", selected_run="landmarks-heads-pos")
+    result = Result.load(app_env / "landmarks-heads-pos")
+    heat, spread = _figures(at)[:2]
+    assert list(heat["data"][0]["x"]) == result.position_labels and heat["data"][0]["x"][-1].startswith("-1: ")
+    assert np.isnan(result.arrays["per_prompt"]).any()
+    assert spread["data"][0]["type"] == "box"
 
 
 def test_patching_page_draws_the_top_latents_of_a_feature_run(app_env):

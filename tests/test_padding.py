@@ -260,13 +260,13 @@ def test_attention_patterns_of_a_padded_batch_are_each_texts_own_with_zero_paddi
 
 
 def test_task_metrics_of_layer_dropping_are_each_prompts_own():
-    from interp.pruning import task_logit_diff
-
+    """``metrics.measure``, which layer dropping's task accuracy reads."""
     model = _model("llama")
     for pairs in (PAIRS, LONG_ANSWERS):
         mixed, alone = _tasks(model, pairs, "right")
-        np.testing.assert_allclose(task_logit_diff(model, mixed).numpy(),
-                                   [task_logit_diff(model, one).item() for one in alone], atol=1e-5)
+        for prompts in ("clean", "corrupt"):
+            np.testing.assert_allclose(metrics.measure(model, mixed, prompts=prompts).numpy(),
+                                       [metrics.measure(model, one, prompts=prompts).item() for one in alone], atol=1e-5)
 
 
 def test_dictionary_activations_leave_padding_out():
@@ -422,3 +422,23 @@ def test_smollm2_atp_star_recovers_the_exact_top_heads_of_a_mixed_length_task(sm
     top10 = set(np.argsort(-np.abs(exact.scores), kind="stable")[:10].tolist())
     assert top10 <= set(estimate.ranking()[:20].tolist())
     assert exact.clean_metric > 3 and exact.corrupt_metric < -3
+
+
+def test_a_release_that_pads_wrongly_is_caught_at_load_and_padded_runs_are_refused(monkeypatch):
+    """Position ids that ignore the mask (as a release that mishandled it would give) shift a
+    left-padded row's learned position embeddings (GPT-2's; rotary attention only sees relative
+    positions, so a shift changes nothing there); the load-time check says so, and padded runs stop."""
+    from interp import hf_compat
+    from interp.backends import base
+    from interp.batch import PaddingError
+
+    model = interp.load_model("random-gpt2")
+    assert model.padding_problem is None
+    monkeypatch.setattr(base, "position_ids", lambda mask: torch.arange(mask.shape[1]).expand(mask.shape[0], -1))
+    problem = hf_compat.check_padding(model)
+    assert problem.startswith("random-gpt2 on the nnsight backend: a left-padded row's logits differ") and "transformers" in problem
+    model.padding_problem = problem
+    mixed, _ = _tasks(model)
+    with pytest.raises(PaddingError, match="^random-gpt2 on the nnsight backend: a left-padded row"):
+        activation_patching(model, mixed, "heads", progress=False)
+    model.run(model.to_tokens(PAIRS[0]["clean"]))  # unpadded runs still work
