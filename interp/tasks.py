@@ -79,6 +79,13 @@ class Task:
             raise TaskError(f"unknown padding side {self.padding_side!r}; known: {', '.join(PADDING_SIDES)}")
         if not self.names:
             self.names = [{} for _ in range(n)]
+        if self.corrupt_ids is not None:
+            if len(self.corrupt_ids) != n:
+                raise TaskError(f"task {self.name!r} has {n} prompts but {len(self.corrupt_ids)} corrupt prompts")
+            bad = next((i for i, (p, c) in enumerate(zip(self.prompt_ids, self.corrupt_ids)) if len(p) != len(c)), None)
+            if bad is not None:
+                raise TaskError(f"pair {bad}: the clean prompt has {len(self.prompt_ids[bad])} tokens but the corrupt one "
+                                f"has {len(self.corrupt_ids[bad])}; the two prompts of a pair must align token for token")
         continuations = [self.answer_ids] + ([self.wrong_ids] if self.wrong_ids is not None else [])
         self.multi_token = any(len(c) > 1 for group in continuations for c in group)
         if not self.multi_token:
@@ -102,7 +109,7 @@ class Task:
         starts = [width - length if self.padding_side == "left" else 0 for length in lengths]
         self.starts = torch.tensor(starts, dtype=torch.long)
         self.ends = self.starts + torch.tensor(prompt_lengths, dtype=torch.long)
-        scored = [[c] for c in self.answers_first()] if not self.multi_token else [c for group in continuations for c in group]
+        scored = [c[:1] for c in self.answer_ids] if not self.multi_token else [c for group in continuations for c in group]
         k = max(len(c) for c in scored)
         self.reads = torch.zeros(len(clean_rows), k, dtype=torch.long)
         self.read_targets = torch.zeros(len(clean_rows), k, dtype=torch.long)
@@ -118,9 +125,6 @@ class Task:
         self.answers = torch.tensor([c[0] for c in self.answer_ids], device=self.device)
         self.wrong_answers = (torch.tensor([c[0] for c in self.wrong_ids], device=self.device)
                               if self.wrong_ids is not None else None)
-
-    def answers_first(self) -> list[int]:
-        return [c[0] for c in self.answer_ids]
 
     def __len__(self) -> int:
         return len(self.prompt_ids)

@@ -80,6 +80,28 @@ def test_the_chat_template_wraps_every_prompt_and_keeps_named_positions(random_l
                             for i in range(3)]
 
 
+def test_a_hub_dataset_is_read_through_the_field_mapping(random_llama, monkeypatch):
+    """``hf:<dataset>:<split>`` streams rows from ``datasets.load_dataset`` (here a stand-in, as the
+    hub is unreachable from the tests) and renames its columns with ``fields``."""
+    import datasets
+
+    asked = {}
+
+    def load_dataset(name, split, streaming):
+        asked.update(name=name, split=split, streaming=streaming)
+        return iter([{"prompt": row["clean"], "foil_prompt": row["corrupt"], "target": row["answer"], "foil": row["wrong_answer"]}
+                     for row in ROWS])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    task = get_task(random_llama, "hf:someone/landmarks:test", fields={"clean": "prompt", "corrupt": "foil_prompt",
+                                                                       "answer": "target", "wrong_answer": "foil"})
+    assert asked == {"name": "someone/landmarks", "split": "test", "streaming": True}
+    assert task.name == "landmarks" and task.clean_prompts == [row["clean"] for row in ROWS]
+    assert task.settings["source"] == "hf:someone/landmarks:test"
+    with pytest.raises(TaskError, match=r"^hf:someone/landmarks:test row 0 lacks field\(s\) clean, answer"):
+        get_task(random_llama, "hf:someone/landmarks:test")
+
+
 def test_an_unreachable_dataset_is_one_line(random_llama, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TaskError, match="cannot read Hugging Face dataset 'someone/nothing'"):

@@ -57,8 +57,9 @@ def _run_patch(args: argparse.Namespace) -> int:
     if args.dictionary:
         result.settings.update(dictionaries=[str(Path(f).resolve()) for f in args.dictionary], error_term=not args.no_error_term)
     written = save_run(result, out)
+    baseline = "corrupt" if config.corruption in ("tokens", "gaussian") else f"{config.corruption}-ablated"
     print(f"{result.method} patching, {config.granularity}, {task.name} on {model.config.name}: "
-          f"clean {config.metric} {result.clean_metric:.3f}, corrupt {result.corrupt_metric:.3f}, "
+          f"clean {config.metric} {result.clean_metric:.3f}, {baseline} {result.corrupt_metric:.3f}, "
           f"{result.n_forward_passes} forward + {result.n_backward_passes} backward passes, {result.wall_seconds:.1f} s")
     check = result.extra.get("verification")
     if check:
