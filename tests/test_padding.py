@@ -59,17 +59,19 @@ def _by_name(result, array: str, row: int) -> dict:
     return dict(zip(result.components, result.arrays[array][row]))
 
 
-def _assert_per_prompt(mixed, alone, array="patched_metric", scale=(1.0, None), atol=1e-5):
-    """Each prompt's values in the padded run equal the prompt alone (by component name); a
-    component the prompt lacks is NaN in ``per_prompt`` and absent alone. ``scale``: multiply
-    mixed / alone values by these (per_prompt arrays are normalized by different differences)."""
+def _assert_per_prompt(mixed, alone, array="patched_metric", scale=(1.0, None), atol=1e-5, rel=1e-5):
+    """Each prompt's values in the padded run equal the prompt alone (by component name), within
+    ``atol`` or ``rel`` of the value (the mixture-of-experts families' own batched forward differs
+    from a lone one by a few 1e-6 relative); a component the prompt lacks is NaN in ``per_prompt``
+    and absent alone. ``scale``: multiply mixed / alone values by these (per_prompt arrays are
+    normalized by different differences)."""
     mixed_scale, _ = scale
     for i, one in enumerate(alone):
         mine, theirs = _by_name(mixed, array, i), _by_name(one, array, 0)
         one_scale = 1.0 if scale[1] is None else scale[1][i]
         assert set(theirs) <= set(mine)
         for name, value in theirs.items():
-            assert mine[name] * mixed_scale == pytest.approx(value * one_scale, abs=atol, rel=1e-5), (i, name)
+            assert mine[name] * mixed_scale == pytest.approx(value * one_scale, abs=atol, rel=rel), (i, name)
         for name in set(mine) - set(theirs):
             assert np.isnan(_by_name(mixed, "per_prompt", i)[name]), (i, name)
 
@@ -396,6 +398,9 @@ def test_a_task_run_reads_each_prompts_last_token():
 
 # ----------------------------------------------------------------------------- SmolLM2
 def test_smollm2_padded_patching_and_atp_star_equal_each_prompt_alone(smollm2_nnsight):
+    """To 1e-5 in normalized units (1 = the task's whole clean-vs-corrupt difference, about 13
+    here): a padded row's logits differ from the prompt alone by up to 3e-5 on logits of about 20,
+    float32 rounding of attention over a wider row (a batch of unpadded copies is bit-identical)."""
     model = smollm2_nnsight
     pairs = [row for _, row in jsonl_rows(interp.tasks.LANDMARKS)][:4]
     layers = [0, 23, 29]
@@ -403,13 +408,15 @@ def test_smollm2_padded_patching_and_atp_star_equal_each_prompt_alone(smollm2_nn
         mixed, alone = _tasks(model, pairs, side)
         assert len({len(p) for p in mixed.prompt_ids}) > 1
         exact = activation_patching(model, mixed, "heads_pos", layers=layers, progress=False)
+        unit = abs(exact.corrupt_metric - exact.clean_metric)
+        assert unit > 5
         _assert_per_prompt(exact, [activation_patching(model, one, "heads_pos", layers=layers, positions="end", progress=False)
-                                   for one in alone], atol=1e-4)
+                                   for one in alone], atol=1e-5 * unit, rel=0)
         estimate = attribution_patching(model, mixed, "heads", method="atp*", progress=False)
         ones = [attribution_patching(model, one, "heads", method="atp*", progress=False) for one in alone]
         difference = estimate.corrupt_metric - estimate.clean_metric
         _assert_per_prompt(estimate, ones, "per_prompt", (difference, [one.corrupt_metric - one.clean_metric for one in ones]),
-                           atol=1e-4)
+                           atol=1e-5 * unit, rel=0)
 
 
 def test_smollm2_atp_star_recovers_the_exact_top_heads_of_a_mixed_length_task(smollm2_nnsight):
