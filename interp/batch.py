@@ -52,33 +52,6 @@ class Tokens:
             mask[i, where] = True
         return cls(ids.to(device), None if bool(mask.all()) else mask.to(device))
 
-    @property
-    def lengths(self) -> torch.Tensor:
-        """Real tokens per row [n]."""
-        return lengths(self.ids, self.mask)
-
-
-def lengths(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Real tokens per row [n] of ``ids`` [n, pos] under ``mask`` (None: every token)."""
-    if mask is None:
-        return torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=ids.device)
-    return mask.long().sum(-1)
-
-
-def first_real(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Index of each row's first real token [n] (0 without padding, or with right padding)."""
-    if mask is None:
-        return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
-    return mask.long().argmax(-1)
-
-
-def last_real(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Index of each row's last real token [n]."""
-    if mask is None:
-        return torch.full((ids.shape[0],), ids.shape[1] - 1, dtype=torch.long, device=ids.device)
-    width = mask.shape[1]
-    return width - 1 - mask.long().flip(-1).argmax(-1)
-
 
 def pad_id(tokenizer) -> int:
     """The id padding uses: the tokenizer's pad token, else its end-of-text token, else 0 (the mask,

@@ -171,12 +171,6 @@ class Task:
                     self.answer_ids[:n], cut(self.wrong_ids), dict(self.settings), self.names[:n], self.padding_side,
                     self.pad_token, self.device, self.first_tokens)
 
-    def with_padding(self, side: str) -> "Task":
-        """The same task padded on ``side``."""
-        return Task(self.name, self.clean_prompts, self.corrupt_prompts, self.prompt_ids, self.corrupt_ids,
-                    self.answer_ids, self.wrong_ids, dict(self.settings), self.names, side, self.pad_token, self.device,
-                    self.first_tokens)
-
     @classmethod
     def from_ids(cls, model: "Model", name: str, prompts: Sequence[Sequence[int]], corrupt: Sequence[Sequence[int]] | None,
                  answers: Sequence[Sequence[int]], wrong: Sequence[Sequence[int]] | None, settings: dict | None = None,
