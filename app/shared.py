@@ -92,6 +92,19 @@ def selected_folder() -> Path:
     return Path(st.session_state["runs_dir"]).expanduser() / st.session_state["selected_run"]
 
 
+def run_file(folder: Path, name: object) -> Path:
+    """The file ``name`` a run folder refers to, resolved inside ``folder``; a name that leaves the
+    folder (``../x``, an absolute path, a link out) raises ``ValueError``: a run folder someone sent
+    you must not make the app read files elsewhere."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{folder} names its file {name!r}, which is not a file name")
+    inside = folder.resolve()
+    path = (inside / name).resolve()
+    if not path.is_relative_to(inside):
+        raise ValueError(f"{folder} names the file {name!r}, which lies outside the run folder; it is not opened")
+    return path
+
+
 @st.cache_resource(show_spinner="loading the model ...")
 def load_model(spec: str, backend: str = "transformer_lens"):
     """One model per (spec, backend), kept across reruns, pages and browser sessions; run it only

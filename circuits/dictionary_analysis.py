@@ -210,8 +210,23 @@ def run_feature_graph(model: Model, transcoders: dict[int, SparseDictionary], pr
     settings."""
     from circuits.transcoder_circuits import attribution_graph
 
+    if not prompt.strip():
+        raise ConfigError("--prompt is empty; the graph explains the model's output on one prompt")
     tokens = model.to_tokens(prompt)
+    if tokens.shape[1] > model.config.n_ctx:
+        raise ConfigError(f"--prompt has {tokens.shape[1]} tokens; {model.config.name} reads at most {model.config.n_ctx}")
     target = config.resolved_target(model)
+    if target.feature is not None:
+        layer, latent, position = target.feature
+        if layer not in transcoders:
+            raise ConfigError(f"--target {config.target}: no transcoder is given at layer {layer} (given: "
+                              f"{', '.join(map(str, sorted(transcoders))) or 'none'})")
+        if latent >= transcoders[layer].config.d_sae:
+            raise ConfigError(f"--target {config.target}: the transcoder at layer {layer} has "
+                              f"{transcoders[layer].config.d_sae} latents")
+        if position >= tokens.shape[1]:
+            raise ConfigError(f"--target {config.target}: the prompt has {tokens.shape[1]} tokens (positions 0-"
+                              f"{tokens.shape[1] - 1})")
     start = time.perf_counter()
     graph = attribution_graph(model, transcoders, tokens, target, config.max_features, config.node_threshold,
                               config.edge_threshold, max_heads=config.max_heads, freeze_norms=config.freeze_norms)

@@ -109,6 +109,9 @@ def evaluate_dictionary(model: Model, dictionary: SparseDictionary, chunks: torc
         clean_lp = clean_logits[:, :-1].float().log_softmax(-1)
         spliced_lp = spliced_logits[:, :-1].float().log_softmax(-1)
         kl.append(kl_divergence(clean_lp, spliced_lp)[keep])
+    if n_tokens == 0:
+        raise DictionaryError(f"the held-out text has no token a dictionary reads: every one of its {chunks.numel()} "
+                              f"tokens is a special token of {model.config.name}'s tokenizer")
     mean_y = mean_y / n_tokens
     variance = sums["energy"] / n_tokens - mean_y.pow(2).sum().item()
     ce_mean = {name: torch.cat(values).mean().item() for name, values in ce.items()}

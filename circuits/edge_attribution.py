@@ -24,6 +24,7 @@ from interp.components import Site
 from interp.corruption import RunInput, check_settings, clean_and_corrupt, prompt_chunks, target_and_source
 from interp.metrics import task_metric
 from interp.model import Model
+from interp.resources import require
 from interp.sublayers import Sublayers
 from interp.tasks import Task
 
@@ -133,6 +134,11 @@ def edge_attribution(
                                        reference=reference)
     n_prompts = len(task)
     n_steps = 1 if method == "eap" else steps
+    chunk_rows = min(batch_size or task.n_rows, task.n_rows)
+    c = model.config
+    require(4.0 * chunk_rows * task.n_positions * ((2 * len(graph.upstream) + len(graph.downstream)) * c.d_model
+                                                  + c.n_layers * (14 * c.d_model + 4 * c.d_mlp + 3 * c.n_heads * task.n_positions)),
+            f"{method} on {chunk_rows} rows of {task.n_positions} positions at once", "give a smaller --batch-size")
     scores = torch.zeros(len(graph.upstream), len(graph.downstream), dtype=torch.float64)
     target_metric, source_metric = torch.zeros(n_prompts), torch.zeros(n_prompts)
     n_backward = 0

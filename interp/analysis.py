@@ -21,6 +21,7 @@ The command line (``interp.ui.cli``) generates its flags from these dataclasses.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import types
 import typing
@@ -110,6 +111,8 @@ class Config:
                 value = self.aliases.get(f.name, {}).get(value, value)
             value = _check(f.name, hints[f.name], value)
             low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{flag_name(f.name)} must be a finite number, got {value}")
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if low is not None and value < low:
                     raise ConfigError(f"{flag_name(f.name)} must be at least {low:g}, got {value:g}")
@@ -146,6 +149,9 @@ class ModelOptions(Config):
     device: str = option("cpu", "torch device, e.g. cpu, cuda, cuda:1, mps")
     dtype: DType = option("float32", "weights' dtype")
 
+    def validate(self) -> None:
+        check_device(self.device)
+
     def load(self):
         """The model (``interp.load_model``)."""
         import torch
@@ -153,6 +159,25 @@ class ModelOptions(Config):
         from interp.loading import load_model
 
         return load_model(self.model, backend=self.backend, device=self.device, dtype=getattr(torch, self.dtype))
+
+
+def check_device(device: str) -> None:
+    """A one-line :class:`ConfigError` for a device string torch cannot read or this machine lacks."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a torch device; e.g. cpu, cuda, cuda:1, mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: this machine has no CUDA device (torch {torch.__version__})")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: Apple's MPS is not available on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {device}: interp runs on cpu, cuda or mps")
 
 
 @dataclass(frozen=True)

@@ -154,8 +154,9 @@ def _hub_snapshot(name: str) -> Path:
             ) from None
     try:
         return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load model {name!r} from the Hugging Face hub: {type(exc).__name__}") from None
+    except Exception as exc:  # the hub client raises many kinds (offline, no such repository, gated, ...)
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise ModelLoadError(f"cannot load model {name!r} from the Hugging Face hub: {type(exc).__name__}: {reason[:300]}") from None
 
 
 def unembed_contiguously(hf_model: torch.nn.Module) -> None:
@@ -183,6 +184,16 @@ def _quiet_transformers():
         logger.setLevel(level)
 
 
+def _derived_weights(hf_model: torch.nn.Module) -> set[str]:
+    """Weights a checkpoint need not hold because the model builds them from others: the
+    unembedding, when tied to the embedding."""
+    tied = getattr(hf_model.config, "tie_word_embeddings", False)
+    output = hf_model.get_output_embeddings()
+    if not tied or output is None:
+        return set()
+    return {name for name, parameter in hf_model.named_parameters() if parameter is output.weight} | {"lm_head.weight"}
+
+
 def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu",
                dtype: torch.dtype = torch.float32, remote: bool = False) -> Model:
     """Load a causal LM and wrap it in a :class:`~interp.model.Model`.
@@ -203,10 +214,23 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
         raise ModelLoadError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if remote and backend != "nnsight":
         raise ModelLoadError("remote=True needs backend='nnsight'")
+    from interp.analysis import check_device
+
+    check_device(device)
     model_dir, name = resolve_model_dir(spec)
     with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            hf_model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager",
+                                                                  output_loading_info=True)
+        except Exception as exc:  # transformers, safetensors and torch raise many kinds for a user's unreadable files
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            raise ModelLoadError(f"cannot load {spec} ({model_dir}): {type(exc).__name__}: {reason[:300]}") from None
+    missing = [key for key in info.get("missing_keys", ()) if key not in _derived_weights(hf_model)]
+    if missing:
+        raise ModelLoadError(f"{spec} ({model_dir}): the checkpoint lacks {len(missing)} of the model's weights (e.g. "
+                             f"{sorted(missing)[0]}); it is truncated or belongs to another model, and the missing "
+                             "weights would be random")
     hf_model.to(device).eval().requires_grad_(False)
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]

@@ -34,6 +34,7 @@ from interp.hf_compat import kv_prefix
 from interp.metrics import normalized, task_metric
 from interp.model import Model, component_index
 from interp.positions import PositionFrame
+from interp.resources import require
 from interp.results import Result
 from interp.resume import Resume
 from interp.splicing import feature_components
@@ -127,6 +128,24 @@ def _patch_edit(assignments: list[tuple[int, Component, _Placement]], source: to
         return patched
 
     return edit
+
+
+def site_numbers(model: Model, site: Site, n_positions: int) -> int:
+    """Numbers one row holds at one position of ``site``'s tensor (for memory estimates)."""
+    c = model.config
+    widths = {"z": c.n_heads * c.d_head, "q": c.n_heads * c.d_head, "k": c.n_kv_heads * c.d_head,
+              "v": c.n_kv_heads * c.d_head, "pattern": c.n_heads * n_positions, "mlp_post": c.d_mlp,
+              "expert": max(c.n_experts, 1) * c.d_model}
+    splices = {s.site: s.width for s in model.splices}
+    return splices.get(site, widths.get(site.kind, c.d_model))
+
+
+def sweep_bytes(model: Model, n_rows: int, n_positions: int, sites: set[Site], budget_bytes: float) -> float:
+    """Rough memory of a patching sweep: the target run's residual stream at every layer and its KV
+    cache, both runs' activations at the swept sites, and one batched forward (``budget_bytes``)."""
+    c = model.config
+    per_token = c.n_layers * (c.d_model + 2 * c.n_kv_heads * c.d_head) + 2 * sum(site_numbers(model, s, n_positions) for s in sites)
+    return 4.0 * n_rows * n_positions * per_token + budget_bytes
 
 
 def _variant_bytes(model: Model, n_prompts: int, n_positions: int, layer: int, start: int) -> int:
@@ -241,6 +260,9 @@ def activation_patching(
     sites = {component.site for component in components}
     rows_of = slot_rows(frame, components)
     ablated = sites if ablated_sites is None else {Site(*site) for site in ablated_sites}
+    budget = (batch_size or 0) * 4.0 * n_positions * 8 * model.config.d_model or memory_budget_mb * 2**20
+    require(sweep_bytes(model, n_rows, n_positions, sites, budget), f"patching {len(components)} components on {n_rows} rows "
+            f"of {n_positions} positions", "use fewer prompts, --layers, or a smaller --batch-size / --memory-mb")
 
     with torch.no_grad():
         metric_of, metric_forwards = task_metric(metric, model, task)

@@ -47,6 +47,9 @@ class PatchingConfig(RunSettings):
 
     def validate(self) -> None:
         super().validate()
+        if self.components and self.layers is not None:
+            raise ConfigError("--layers restricts a granularity's sweep; --components names its layers itself "
+                              f"(got --layers {','.join(map(str, self.layers))})")
         if self.method == "exact" and (self.verify_top or self.diagnose):
             raise ConfigError("--verify-top and --diagnose check an AtP/AtP* ranking; use them with --method atp or atp*")
 

@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,17 @@ def versions() -> dict:
         except Exception:
             pass
     return found
+
+
+_NUMBER = (int, float)
+# the type each field of result.json must have (a folder someone sends you is read, never trusted)
+_JSON_TYPES: dict[str, tuple] = {
+    "method": (str,), "model": (str,), "task": (str,), "metric": (str,), "granularity": (str,), "analysis": (str,),
+    "components": (list,), "scores": (list,), "shape": (list,), "axes": (list,), "tokens": (list,),
+    "position_labels": (list,), "settings": (dict,), "extra": (dict,), "versions": (dict,),
+    "clean_metric": _NUMBER + (type(None),), "corrupt_metric": _NUMBER + (type(None),), "wall_seconds": _NUMBER,
+    "n_forward_passes": (int,), "n_backward_passes": (int,),
+}
 
 
 @dataclass
@@ -139,8 +150,11 @@ class Result:
             raise ResultError(f"{path} is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ResultError(f"{path} was not written by interp (no 'format': '{FORMAT}')")
-        if data.get("format_version", 0) > FORMAT_VERSION:
-            raise ResultError(f"{path} has format version {data['format_version']}; this interp reads up to {FORMAT_VERSION}")
+        version = data.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ResultError(f"{path}: 'format_version' must be an integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise ResultError(f"{path} has format version {version}; this interp reads up to {FORMAT_VERSION}")
         names = data.pop("arrays", [])
         arrays: dict[str, np.ndarray] = {}
         if names:
@@ -150,12 +164,35 @@ class Result:
             except Exception as exc:
                 raise ResultError(f"{folder / 'arrays.npz'} is missing or unreadable ({type(exc).__name__})") from None
         data.pop("format")
-        data.pop("format_version")
-        data["scores"] = np.asarray(data["scores"], dtype=np.float64)
+        data.pop("format_version", None)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ResultError(f"{path} has field(s) this interp does not know: {', '.join(map(repr, unknown))} "
+                              "(written by another version of interp?)")
+        missing = [name for name in ("method", "model", "task", "metric", "granularity", "components", "scores", "shape",
+                                     "axes") if name not in data]
+        if missing:
+            raise ResultError(f"{path} lacks field(s) {', '.join(map(repr, missing))}")
+        for name, value in data.items():
+            wanted = _JSON_TYPES.get(name)
+            if wanted is not None and not (isinstance(value, wanted) and not (isinstance(value, bool) and bool not in wanted)):
+                kinds = " or ".join("null" if t is type(None) else t.__name__ for t in wanted)
+                raise ResultError(f"{path}: field {name!r} must be {kinds}, got {type(value).__name__}")
+        if not all(isinstance(name, str) for name in data["components"]):
+            raise ResultError(f"{path}: 'components' must be a list of names")
+        try:
+            data["scores"] = np.asarray(data["scores"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ResultError(f"{path}: 'scores' must be a list of numbers") from None
         try:
             result = cls(arrays=arrays, **data)
         except TypeError as exc:
             raise ResultError(f"{path} lacks fields interp needs ({exc})") from None
         if len(result.scores) != len(result.components):
             raise ResultError(f"{path} has {len(result.scores)} scores for {len(result.components)} components")
+        shape = result.shape
+        if (not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+                or int(np.prod(shape)) != len(result.scores)):
+            raise ResultError(f"{path}: 'shape' {shape!r} does not hold its {len(result.scores)} scores")
         return result

@@ -179,6 +179,7 @@ class Task:
         decode = model.tokenizer.decode
         prompts = [list(p) for p in prompts]
         corrupt = None if corrupt is None else [list(p) for p in corrupt]
+        _check_context(model, prompts, answers, wrong, [f"prompt {i}" for i in range(len(prompts))])
         return cls(name, [decode(p) for p in prompts], [] if corrupt is None else [decode(p) for p in corrupt], prompts,
                    corrupt, [list(a) for a in answers], None if wrong is None else [list(w) for w in wrong],
                    settings or {}, names or [], padding_side, pad_id(model.tokenizer), model.device,
@@ -235,6 +236,7 @@ class Task:
             prompts.append(clean)
             answers.append(answer)
             clean_texts.append(clean_text)
+        _check_context(model, prompts, answers, wrongs if has_wrong else None, labels)
         named = {key for found in names for key in found if key != "END"}
         for label, found in zip(labels, names):
             lacking = sorted(named - set(found))
@@ -263,6 +265,18 @@ class Task:
             raise TaskError(str(exc)) from None
         return cls.from_pairs(model, template.name, pairs, dict({"n_prompts": n_prompts, "seed": seed}, **(settings or {})),
                               **options)
+
+
+def _check_context(model: "Model", prompts, answers, wrong, labels) -> None:
+    """A one-line :class:`TaskError` naming the first row longer than the model reads (a prompt,
+    plus all but the last token of its longest continuation)."""
+    limit = model.config.n_ctx
+    for i, (label, prompt, answer) in enumerate(zip(labels, prompts, answers)):
+        longest = max(len(answer), len(wrong[i]) if wrong is not None else 0)
+        length = len(prompt) + longest - 1
+        if length > limit:
+            extra = f" with its answer's tokens, {length}" if longest > 1 else ""
+            raise TaskError(f"{label}: the prompt has {len(prompt)} tokens{extra}; {model.config.name} reads at most {limit}")
 
 
 def _ids(tokenizer, text: str, wrapped: bool) -> list[int]:
@@ -480,6 +494,10 @@ def get_task(model: "Model", name_or_path: str, n_prompts: int = 16, seed: int =
 
     if padding_side not in PADDING_SIDES:
         raise TaskError(f"unknown padding side {padding_side!r}; known: {', '.join(PADDING_SIDES)}")
+    if name_or_path in GENERATORS or name_or_path.endswith(".json"):  # prompts drawn, not read: their count is asked
+        from interp.resources import require
+
+        require(n_prompts * 4096, f"--n-prompts {n_prompts}", "ask for fewer prompts")
     if name_or_path in GENERATORS:
         if chat_template and name_or_path in ("induction",):
             raise TaskError("--chat-template wraps text prompts; the induction task is random tokens")

@@ -31,7 +31,9 @@ class ProbeConfig(Config):
 
     C: float = option(1.0, "inverse regularization strength", minimum=0)
     l1_ratio: float = option(0.0, "elastic-net mixing: 0 = L2, 1 = L1", minimum=0, maximum=1)
-    n_splits: int = option(5, "grouped cross-validation folds", minimum=2, flags=("--folds",))
+    n_splits: int | None = option(None, "grouped cross-validation folds (default: 5, or the number of groups when "
+                                        "there are fewer; the result's settings say how many were used)", minimum=2,
+                                  flags=("--folds",))
     max_iter: int = option(2000, "solver iterations", minimum=1)
     confidence: float = option(0.95, "confidence of the accuracy intervals", minimum=0, maximum=1)
     seed: int = option(0, "seed of the folds, the control task and the prompts")
@@ -53,18 +55,25 @@ class ProbeScores:
     directions: np.ndarray
     config: ProbeConfig
 
+    n_folds: int = 0  # the grouped folds actually used
+
     def summary(self) -> dict:
-        return {"chance": self.chance, "config": asdict(self.config)}
+        return {"chance": self.chance, "config": asdict(self.config), "folds": self.n_folds}
 
 
-def group_folds(groups: np.ndarray, labels: np.ndarray, n_splits: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def group_folds(groups: np.ndarray, labels: np.ndarray, n_splits: int | None, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Grouped (train, test) index folds: no group is on both sides of any fold, and each fold's
     label mix is kept close to the whole set's (an unbalanced training fold would push a probe on
-    noise below chance on its test fold)."""
+    noise below chance on its test fold). ``n_splits`` None: 5, or the number of groups when
+    there are fewer; a larger number than the groups is refused."""
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise ValueError(f"grouped splits need at least 2 groups, got {n_groups}")
-    splitter = StratifiedGroupKFold(n_splits=min(n_splits, n_groups), shuffle=True, random_state=seed)
+    if n_splits is not None and n_splits > n_groups:
+        raise ValueError(f"--folds {n_splits} needs at least {n_splits} groups (prompt pairs); the dataset has "
+                         f"{n_groups}")
+    splitter = StratifiedGroupKFold(n_splits=min(5, n_groups) if n_splits is None else n_splits, shuffle=True,
+                                    random_state=seed)
     return list(splitter.split(np.zeros(len(groups)), labels, groups=groups))
 
 
@@ -127,7 +136,7 @@ def probe_layers(activations: np.ndarray, labels: np.ndarray, groups: np.ndarray
             directions[layer] = w / max(np.linalg.norm(w), 1e-12)
     chance = float(np.unique(labels, return_counts=True)[1].max() / n)
     return ProbeScores(selectivity=out["accuracy"] - out["control_accuracy"], chance=chance, directions=directions,
-                       config=config, **out)
+                       config=config, n_folds=len(folds), **out)
 
 
 def remove_direction(direction: torch.Tensor | np.ndarray):

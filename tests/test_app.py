@@ -183,3 +183,67 @@ def test_live_page_reports_bad_pairs_in_one_line(app_env):
     at.button[0].click().run()
     assert not at.exception
     assert "tokens" in at.error[0].value and len(at.error[0].value.splitlines()) == 1
+
+
+def test_no_page_reaches_beyond_this_machine(app_env, monkeypatch):
+    """Every page, run in-process with its default run (and the Live page's AtP*): no socket
+    connect, datagram or address lookup other than this machine's."""
+    import socket
+
+    calls = []
+    connect, sendto, getaddrinfo = socket.socket.connect, socket.socket.sendto, socket.getaddrinfo
+
+    def record(kind, address):
+        calls.append((kind, address))
+
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: (record("connect", address), connect(self, address))[1])
+    monkeypatch.setattr(socket.socket, "sendto", lambda self, data, *args: (record("sendto", args[-1]), sendto(self, data, *args))[1])
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kwargs: (record("lookup", host), getaddrinfo(host, *args, **kwargs))[1])
+    for page in [APP, *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "app" / "pages").glob("*.py"))]:
+        at = _run(page)
+        if page.endswith("5_Live.py"):
+            at.button[0].click().run()
+    local = {"localhost", "127.0.0.1", "::1"}
+    assert [c for c in calls if not (isinstance(c[1], str) and c[0] == "connect") and
+            (c[1] if isinstance(c[1], str) else c[1][0]) not in local] == []
+
+
+@pytest.mark.parametrize("name, edit, reason", [
+    ("version-string", lambda d: d.update(format_version="2"), "'format_version' must be an integer"),
+    ("no-scores", lambda d: d.pop("scores"), "lacks field(s) 'scores'"),
+    ("string-scores", lambda d: d.update(scores=["a", "b"] + ["c"] * (len(d["scores"]) - 2)), "'scores' must be a list of numbers"),
+    ("wrong-shape", lambda d: d.update(shape=[7, 7]), "'shape' [7, 7] does not hold its"),
+    ("extra-field", lambda d: d.update(surprise=1), "field(s) this interp does not know: 'surprise'"),
+    ("components-number", lambda d: d.update(components=5), "field 'components' must be list"),
+])
+def test_a_bad_run_folder_is_listed_with_its_reason_and_breaks_no_page(app_env, tmp_path, monkeypatch, name, edit, reason):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(app_env / "heads-exact", root / "heads-exact")
+    shutil.copytree(app_env / "heads-exact", root / name)
+    data = json.loads((root / name / "result.json").read_text())
+    edit(data)
+    (root / name / "result.json").write_text(json.dumps(data))
+    monkeypatch.setenv("INTERP_RUNS_DIR", str(root))
+    at = _run(APP)
+    assert list(at.dataframe[0].value["run"]) == ["heads-exact"]
+    reasons = dict(zip(at.dataframe[1].value["folder"], at.dataframe[1].value["reason"]))
+    assert reason in reasons[name]
+    _run("app/pages/1_Patching.py", selected_run=name)  # the page shows the readable run instead
+
+
+@pytest.mark.parametrize("graph_file", ["../../outside.json", "/etc/hostname", "sub/../../outside.json"])
+def test_the_features_page_opens_no_file_outside_the_run_folder(app_env, tmp_path, monkeypatch, graph_file):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(app_env / "feature-graph", root / "feature-graph")
+    (tmp_path / "outside.json").write_text(json.dumps({"nodes": [], "edges": [], "model": "x", "target": "y"}))
+    data = json.loads((root / "feature-graph" / "result.json").read_text())
+    data["extra"]["graph_file"] = graph_file
+    (root / "feature-graph" / "result.json").write_text(json.dumps(data))
+    monkeypatch.setenv("INTERP_RUNS_DIR", str(root))
+    at = _run("app/pages/7_Features.py", selected_run="feature-graph")
+    assert "lies outside the run folder; it is not opened" in at.error[0].value
+    assert not _figures(at)

@@ -25,28 +25,66 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SOCKETS = Path(__file__).resolve().parent / "socket_recorder"  # a sitecustomize that logs every connect and lookup
+
+
+def start_app(runs: Path, port: int, socket_log: Path, *extra: str) -> subprocess.Popen:
+    """``interp app`` as a user starts it, its socket calls recorded to ``socket_log``."""
+    env = {**os.environ, "INTERP_SOCKET_LOG": str(socket_log),
+           "PYTHONPATH": os.pathsep.join([str(SOCKETS), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "interp.ui.cli", "app", "--runs", str(runs), "--port", str(port),
+                             "--model", "toy-induction", *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_healthy(url: str) -> None:
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail("the Streamlit server did not come up within 60 s")
+
+
+def external(log: Path) -> list:
+    """The recorded socket calls that reach anything but this machine (a loopback address, a
+    local socket file, or a lookup of localhost / 127.0.0.1)."""
+    import ipaddress
+    import json
+
+    local_names = {"localhost", "127.0.0.1", "::1", "", None}
+    bad = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        kind, address = json.loads(line)
+        if kind == "loaded":
+            continue
+        host = address if isinstance(address, str) else address[0]
+        if kind == "connect" and isinstance(address, str):
+            continue  # a unix socket: a file on this machine
+        if host in local_names:
+            continue
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                continue
+        except ValueError:
+            pass
+        bad.append((kind, address))
+    return bad
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium), as .ci/run does")
     runs = build_runs(tmp_path_factory.mktemp("runs"))
     port = _free_port()
-    env = {**os.environ, "INTERP_RUNS_DIR": str(runs), "INTERP_APP_MODEL": "toy-induction"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"), "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path_factory.mktemp("sockets") / "server.jsonl"
+    process = start_app(runs, port, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the Streamlit server did not come up within 60 s")
-        yield url
+        wait_healthy(url)
+        yield url, log
     finally:
         process.terminate()
         process.wait(timeout=20)
@@ -65,8 +103,9 @@ def browser():
 
 @pytest.mark.parametrize("page_name", PAGES)
 def test_page_renders_in_chromium(server, browser, page_name):
+    url, _ = server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{server}/{page_name}", wait_until="networkidle", timeout=120_000)
+    page.goto(f"{url}/{page_name}", wait_until="networkidle", timeout=120_000)
     if page_name == "Live":
         page.get_by_role("button", name="Run AtP*").click()
     wanted = '[data-testid="stDataFrame"]' if page_name == "" else ".js-plotly-plot"
@@ -80,3 +119,43 @@ def test_page_renders_in_chromium(server, browser, page_name):
     else:
         assert page.get_by_text("heads-exact").count() >= 1
     page.close()
+
+
+def test_the_server_never_reached_beyond_this_machine(server):
+    """After every page was browsed (and the Live page ran AtP*): every socket the server opened,
+    every datagram and every address lookup stayed on this machine."""
+    _, log = server
+    assert log.exists() and '"loaded"' in log.read_text(), "the socket recorder was not loaded in the server"
+    assert external(log) == []
+
+
+def test_stopping_interp_app_by_its_process_id_stops_the_server(tmp_path):
+    """``interp app`` becomes the server process, listening on 127.0.0.1 only; SIGTERM to that
+    process id closes the port."""
+    port = _free_port()
+    process = start_app(tmp_path, port, tmp_path / "sockets.jsonl")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url)
+        with pytest.raises(OSError):  # not on this machine's other addresses
+            with socket.create_connection((_other_address(), port), timeout=2):
+                pass
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+    assert '"loaded"' in (tmp_path / "sockets.jsonl").read_text() and external(tmp_path / "sockets.jsonl") == []
+
+
+def _other_address() -> str:
+    """An address of this machine that is not loopback (a UDP socket's local address, no packet sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            address = probe.getsockname()[0]
+        except OSError:
+            address = "127.0.0.1"
+    if address.startswith("127."):
+        pytest.skip("this machine has no non-loopback address to try")
+    return address

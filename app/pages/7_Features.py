@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import header, pick_run, selected_folder  # noqa: E402
+from app.shared import header, pick_run, run_file, selected_folder  # noqa: E402
 from interp.ui.circuit_figures import feature_graph_figure  # noqa: E402
 
 header("Features", "Attribution graph of one prompt through transcoders (`interp transcoder circuit`): edges are direct "
@@ -20,8 +20,10 @@ if result is None:
 
 folder = selected_folder()
 try:
-    graph = json.loads((folder / result.extra["graph_file"]).read_text())
-except (OSError, json.JSONDecodeError, KeyError) as exc:
+    graph = json.loads(run_file(folder, result.extra.get("graph_file")).read_text())
+    if not isinstance(graph, dict) or not {"nodes", "edges", "model", "target"} <= set(graph):
+        raise ValueError("it is not an attribution graph (nodes, edges, model, target)")
+except (OSError, ValueError, UnicodeDecodeError) as exc:
     st.error(f"{folder} has no readable attribution graph ({type(exc).__name__}: {exc})")
     st.stop()
 

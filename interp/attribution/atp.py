@@ -23,6 +23,7 @@ from interp.corruption import RunInput, check_settings, clean_and_corrupt, first
 from interp.metrics import normalized, task_metric
 from interp.model import Model
 from interp.patching import ablation_settings, frame_settings, present_in_prompts, resolve_components, slot_rows
+from interp.resources import require
 from interp.results import Result
 from interp.tasks import Task
 
@@ -95,6 +96,11 @@ def attribution_patching(
                                        reference=reference)
     start = _first_changed_position(model, nodes, use_qk, target, source, task) if from_first_difference else 0
     token_rows = slot_rows(frame, nodes)
+    per_token = model.config.n_layers * (14 * model.config.d_model + 4 * model.config.d_mlp
+                                         + 3 * model.config.n_heads * n_positions) + n_units(model.config.n_layers, drop)
+    chunk_rows = min(batch_size or n_rows, n_rows)
+    require(4.0 * chunk_rows * (n_positions - start) * per_token, f"{method} on {chunk_rows} rows of {n_positions - start} "
+            "positions at once (the graph of every layer)", "give a smaller --batch-size")
     live = [i for i, c in enumerate(nodes) if c.position is None or bool((token_rows[c.position] >= start).any())]
     estimator = NodeEstimator(model, [nodes[i] for i in live], use_qk, token_rows, n_rows, start)
     live_index = torch.tensor(live, dtype=torch.long)

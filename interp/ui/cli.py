@@ -24,7 +24,7 @@ from interp.ui.cli_edges import add_command as add_edges_command
 from interp.ui.cli_probe import add_command as add_probe_command
 from interp.ui.cli_dictionaries import add_commands as add_dictionary_commands
 from interp.ui.cli_redundancy import add_commands as add_redundancy_commands
-from interp.ui.flags import analysis_command, config_from_args, load, save_run
+from interp.ui.flags import analysis_command, check_out, config_from_args, load, save_run
 
 # Errors that are the user's input, reported as one line (never a traceback).
 _USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError, KeyError)  # DictionaryError, EdgeError, ... are ValueErrors
@@ -99,16 +99,51 @@ def _print_top(result) -> None:
 
 def _add_app(subparsers) -> None:
     p = subparsers.add_parser("app", help="open the Streamlit circuit explorer on a runs folder",
-                              description="Serve the circuit explorer (app/Home.py) on localhost.")
+                              description="Serve the circuit explorer (app/Home.py) on this machine (127.0.0.1) only, "
+                                          "with Streamlit's usage statistics and address lookups off.")
     p.add_argument("--runs", default="runs", help="folder whose run folders the app lists")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=_port, default=8501, help="TCP port, 1-65535")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; anything else lets other machines "
+                        "open the app and run the model, and is warned about)")
     p.add_argument("--model", default=None, help="model for the live pages (default smollm2-135m)")
     p.set_defaults(func=_run_app)
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {port}")
+    return port
+
+
+def app_command(home: Path, host: str, port: int) -> list[str]:
+    """The Streamlit command ``interp app`` becomes: bound to ``host``, headless (no browser, no
+    external-address lookup: an explicit address makes Streamlit print just that URL), no usage
+    statistics, no development mode."""
+    return [sys.executable, "-m", "streamlit", "run", str(home), "--server.address", host, "--server.port", str(port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--global.developmentMode", "false",
+            "--client.toolbarMode", "viewer"]
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _run_app(args: argparse.Namespace) -> int:
+    """Replace this process with the Streamlit server (``exec``), so stopping ``interp app`` by its
+    process id stops the server."""
     import os
-    import subprocess
 
     import app
 
@@ -116,10 +151,14 @@ def _run_app(args: argparse.Namespace) -> int:
     env = {**os.environ, "INTERP_RUNS_DIR": str(Path(args.runs).resolve())}
     if args.model:
         env["INTERP_APP_MODEL"] = args.model
-    print(f"serving {home} on http://localhost:{args.port} (runs from {env['INTERP_RUNS_DIR']}); Ctrl-C stops it")
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(args.port),
-                            "--server.address", "localhost", "--browser.gatherUsageStats", "false",
-                            "--client.toolbarMode", "viewer"], env=env)
+    if not _is_loopback(args.host):
+        print(f"interp: warning: --host {args.host} is not this machine's loopback address: other machines that reach "
+              "it can open the app, read the runs folder and run the model", file=sys.stderr)
+    print(f"serving {home} on http://{args.host}:{args.port} (runs from {env['INTERP_RUNS_DIR']}); Ctrl-C stops it",
+          flush=True)
+    command = app_command(home, args.host, args.port)
+    os.execve(command[0], command, env)
+    return 0  # not reached: the process is the server now
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +210,8 @@ def _run_generic(analysis, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "out", None):
+            check_out(Path(args.out))
         return args.func(args)
     except _USER_ERRORS as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

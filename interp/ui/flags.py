@@ -147,6 +147,26 @@ def analysis_command(subparsers, name: str, help: str, description: str, config:
     return p
 
 
+def check_out(out: Path) -> None:
+    """A one-line :class:`ConfigError` unless a run folder can be written at ``out``: not an
+    existing file, and a folder can be made where it would go (tried, then removed), before any
+    work starts."""
+    import os
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; a run writes a folder of files there")
+    ancestor = out
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"--out {out}: {ancestor} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".interp-out-check-"))
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write in {ancestor} ({exc.strerror})") from None
+
+
 def save_run(result, out: Path) -> list[Path]:
     """Save ``result`` into the run folder ``out`` with its analysis' figures (``Analysis.html_name``);
     returns what was written."""
