@@ -116,6 +116,19 @@ class RunInput:
                        attention_mask=None if self.mask is None else self.mask[:, :stop])
         return hf_compat.read_only(model.forward(spec).past_key_values)
 
+    @torch.no_grad()
+    def plain_metric(self, model, metric_of, row_ids: torch.Tensor, limit: int = 4) -> tuple[slice, torch.Tensor]:
+        """(rows, metric) of this run's first ``limit`` rows computed the plain way: every position,
+        no KV prefix, every position unembedded and the metric read from the full logits; what the
+        shortcuts' numbers are checked against (``interp.shortcuts``)."""
+        rows = slice(0, min(limit, len(self.tokens)))
+        run = self.select(rows)
+        logits = model.forward(run.spec(logits_to_keep=0)).logits
+        width = logits.shape[1]
+        reads = run.reads if run.reads is not None else torch.full((len(run.tokens), 1), width - 1, device=logits.device)
+        gathered = logits.gather(1, reads.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1]))
+        return rows, metric_of(gathered, row_ids[rows])
+
     def select(self, rows) -> "RunInput":
         """The same run restricted to some rows."""
         def pick(x):

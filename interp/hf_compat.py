@@ -278,12 +278,6 @@ def check_padding(model, n_tokens: int = 6) -> str | None:
 
 
 def _versions_line(message: str) -> str:
-    import importlib.metadata as metadata
+    from interp.shortcuts import versions
 
-    versions = []
-    for package in ("transformers", "transformer-lens", "nnsight", "torch"):
-        try:
-            versions.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return f"{message} ({', '.join(versions)}); try backend='nnsight', or the versions pyproject.toml lists as tested"
+    return f"{message} ({versions()}); try backend='nnsight', or the versions pyproject.toml lists as tested"

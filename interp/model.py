@@ -180,9 +180,28 @@ class Model:
                                  f"(at {self._splices[splice.site].host}); one per kind and layer")
         self._splices[splice.site] = splice
         try:
+            if splice.error_term:
+                self._check_splice(splice)
             yield self
         finally:
             del self._splices[splice.site]
+
+    @torch.no_grad()
+    def _check_splice(self, splice: Splice, n_tokens: int = 6) -> None:
+        """Once per splice: with its error term the model's logits must stay the plain model's (on
+        a few fixed tokens), whatever shortcut the splice takes to rebuild its host."""
+        from interp import shortcuts
+
+        steps = torch.arange(n_tokens, device=self.device)
+        tokens = (steps[None] * 7919 + 11) % max(self.config.d_vocab - 1, 1) + 1
+        spliced = self.forward(RunSpec(tokens)).logits
+        del self._splices[splice.site]
+        try:
+            plain = self.forward(RunSpec(tokens)).logits
+        finally:
+            self._splices[splice.site] = splice
+        shortcuts.check(f"splicing a dictionary at {Component(splice.host.kind, splice.host.layer)} with its error term", spliced, plain,
+                        f"{self.config.name}, {self.backend.name} backend", what="the logits")
 
     # ------------------------------------------------------------------ running
     def forward(self, spec: RunSpec, resume: Resume | None = None) -> RunOutput:

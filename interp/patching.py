@@ -35,8 +35,10 @@ from interp.metrics import normalized, task_metric
 from interp.model import Model, component_index
 from interp.positions import PositionFrame
 from interp.resources import require
+from interp import shortcuts
 from interp.results import Result
 from interp.resume import Resume
+from interp.shortcuts import ShortcutError
 from interp.splicing import feature_components
 from interp.tasks import Task
 
@@ -67,15 +69,19 @@ def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, 
     target_out = model.forward(target.spec(reads=resid_sites | sites, return_cache=True))
     source_out = model.forward(source.spec(reads=sites))
     rows, width = task.clean_tokens.shape
+    target_metric = metric_of(target_out.logits)
+    checked, plain = target.plain_metric(model, metric_of, torch.arange(rows))
+    shortcuts.check("unembedding only the positions the metric reads", target_metric[checked], plain,
+                    f"the target run of {task.name!r} on {model.config.name}, {model.backend.name} backend")
     first = first_differences(target, source) if model.config.causal else torch.zeros(rows, dtype=torch.long)
     runs = _Runs(
         target=target, target_resid={site.layer: target_out.activations[site] for site in resid_sites},
         target_cache=target_out.past_key_values, target_acts={site: target_out.activations[site] for site in sites},
         source_acts=source_out.activations, first_diff=first.cpu(),
         read_floor=int(task.reads.min()) if target.reads is not None else width - 1,
-        target_metric=metric_of(target_out.logits), source_metric=metric_of(source_out.logits),
+        target_metric=target_metric, source_metric=metric_of(source_out.logits),
     )
-    return runs, 2
+    return runs, 3
 
 
 @dataclass(frozen=True)
@@ -284,6 +290,7 @@ def activation_patching(
                 continue
             groups[(_resume_layer(edited, component.layer), place.start)].append((i, place))
         patched[:, unchanged] = runs.target_metric.cpu()[:, None]
+        n_forward += _check_skip(model, runs, components, unchanged, rows_of, metric_of, task)
         forward_equivalents = float(n_forward)
         bar = tqdm(total=len(components), initial=len(unchanged), desc=f"patching {label}", disable=not progress,
                    unit="component")
@@ -314,9 +321,9 @@ def activation_patching(
         components=[str(c) for c in components], scores=scores.numpy().astype(np.float64), shape=shape,
         axes=axes, clean_metric=clean_metric.mean().item(), corrupt_metric=corrupt_metric.mean().item(),
         wall_seconds=time.perf_counter() - start_time, n_forward_passes=n_forward,
-        settings={"direction": direction, "corruption": corruption, "noise_std": noise_std, "seed": seed,
-                  "layers": layers, "n_prompts": len(task), "backend": model.backend.name, **frame_settings(task, frame),
-                  **ablation_settings(corruption, ablated, reference), **task.settings},
+        settings=task.settings_under({"direction": direction, "corruption": corruption, "noise_std": noise_std, "seed": seed,
+                                      "layers": layers, "n_prompts": len(task), "backend": model.backend.name,
+                                      **frame_settings(task, frame), **ablation_settings(corruption, ablated, reference)}),
         tokens=list(task.first_tokens), position_labels=list(frame.labels) if "position" in axes else [],
         arrays={"per_prompt": per_prompt.numpy(), "patched_metric": patched_prompts.numpy(),
                 "clean_metric": clean_metric.numpy(), "corrupt_metric": corrupt_metric.numpy()},
@@ -364,6 +371,27 @@ def _identical(runs: _Runs, component: Component, place: _Placement, mask: torch
     return torch.equal(source[tuple(index)], target[tuple(index)])
 
 
+def _check_skip(model: Model, runs: _Runs, components: list[Component], unchanged: list[int], rows_of: dict,
+                metric_of, task: Task) -> int:
+    """The first-difference skip, checked once: of the components given the target metric unrun
+    because every row has them before its first differing position, the latest one is patched in a
+    plain run (every layer, every position) and must leave the metric as it is. Returns the
+    forwards spent (0 or 1)."""
+    skipped = [i for i in unchanged if components[i].position is not None and bool((rows_of[components[i].position] >= 0).any())]
+    if not skipped:
+        return 0
+    latest = max(skipped, key=lambda i: int(rows_of[components[i].position].max()))
+    component = components[latest]
+    tokens = rows_of[component.position]
+    present = (tokens >= 0).nonzero()[:, 0]
+    place = _Placement(present, tokens[present], 0)
+    with torch.no_grad():
+        values = _patched_forward(model, runs, [(component, place)], 0, 0, task.n_rows, metric_of)
+    shortcuts.check(f"skipping {component}, which comes before every row's first differing position", values[0],
+                    runs.target_metric, f"{task.name!r} on {model.config.name}, {model.backend.name} backend")
+    return 1
+
+
 def _resume_layer(edited: set[Site], layer: int) -> int:
     """The layer a patched run of a component at ``layer`` resumes at: its own, or lower while
     the residual stream entering it is one of the ``edited`` sites (``Model.edited_sites``: a
@@ -374,7 +402,7 @@ def _resume_layer(edited: set[Site], layer: int) -> int:
     return layer
 
 
-class ResumeCheckError(RuntimeError):
+class ResumeCheckError(ShortcutError):
     """A resumed run disagrees with the plain forward: a bug, never a user error."""
 
 
@@ -398,11 +426,8 @@ def _patched_forward(model: Model, runs: _Runs, members: list[tuple[Component, _
     out = model.forward(runs.target.spec(start, n_variants, edits=edits, from_layer=layer), resume)
     values = metric_of(out.logits, rows).view(n_variants, n_rows)
     if check:
-        plain, resumed = runs.target_metric.to(values.device), values[-1]
-        gap = (resumed - plain).abs().max().item()
-        if not gap <= 1e-3 * max(1.0, plain.abs().max().item()):
-            raise ResumeCheckError(f"a run resumed at layer {layer} from position {start} gives the metric {resumed.tolist()} "
-                                   f"where the plain forward gives {plain.tolist()} ({model.config.name}, "
-                                   f"{model.backend.name} backend); this is a bug in interp's resume shortcut")
+        shortcuts.check(f"a run resumed at layer {layer} from position {start} (layers replayed, a KV prefix, logits "
+                        "at the read positions only)", values[-1], runs.target_metric,
+                        f"{model.config.name}, {model.backend.name} backend", rtol=1e-3, error=ResumeCheckError)
         values = values[:-1]
     return values

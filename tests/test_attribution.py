@@ -266,7 +266,11 @@ def test_forward_equivalents_count_the_backward_work_done(random_llama, llama_io
     start = result.extra["first_differing_position"]
     forwards = start / n_positions + 2 * (n_positions - start) / n_positions  # shared prefix, target and source suffixes
     backwards = 2.0 * sum(pulled) / n_layers * (n_positions - start) / n_positions
-    assert result.extra["forward_equivalents"] == pytest.approx(forwards + backwards)
+    checks = 2 * min(4, llama_ioi.n_rows) / llama_ioi.n_rows  # the shortcut checks: both runs, plain, on up to 4 rows
+    if grad_drop:  # and one block backward of one cotangent against the batched ones
+        checks += 2.0 / n_layers * (n_positions - start) / n_positions
+    assert result.extra["check_forward_equivalents"] == pytest.approx(checks)
+    assert result.extra["forward_equivalents"] == pytest.approx(forwards + backwards + checks)
     expected = {None: n_layers, "block": n_layers * (n_layers + 1) // 2, "sublayer": n_layers * (n_layers + 2)}
     assert sum(pulled) == expected[grad_drop]
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interp import shortcuts
 from interp.attribution.backward import layer_gradients, n_units, traced_run, units_below
 from interp.attribution.estimates import QK_KINDS, NodeEstimator
 from interp.corruption import RunInput, check_settings, clean_and_corrupt, first_difference, prompt_chunks, target_and_source
@@ -111,6 +112,7 @@ def attribution_patching(
     units = n_units(model.config.n_layers, drop)
     lowest = min(c.layer for c in nodes)
     block_backwards = n_chunks = 0
+    check_cost = 0.0
     bar = tqdm(total=n_prompts, desc=f"{method} {granularity}", disable=not progress, unit="prompt")
     for chunk in prompt_chunks(target, source, batch_size, task):
         prompts, row_ids, chunk_target, chunk_source = chunk.prompts.cpu(), chunk.row_ids, chunk.target, chunk.source
@@ -127,6 +129,16 @@ def attribution_patching(
         run = traced_run(model, chunk_target.spec(start, reads=estimator.activation_sites() | estimator.grad_sites(),
                                                   past_key_values=prefix), chunk_metric, drop)
         target_metric[prompts] = chunk.fold(run.metric).cpu()
+        if n_chunks == 1:  # once per call: both runs' metrics through the shortcuts against the plain computation
+            name = (f"starting both runs at position {start} on a shared KV prefix" if start else "") + \
+                   (" and " if start else "") + "unembedding only the positions the metric reads"
+            where = f"{task.name!r} on {model.config.name}, {model.backend.name} backend"
+            for label, shortcut, whole in (("target", run.metric, chunk_target), ("source", chunk_metric(source_out.logits),
+                                                                                  chunk_source)):
+                checked, plain = whole.plain_metric(model, metric_of, row_ids)
+                shortcuts.check(f"{name} ({label} run)", shortcut[checked], plain, where)
+                check_cost += (checked.stop - checked.start) / len(row_ids)
+            n_forward += 2
         mask = None if chunk_target.mask is None else chunk_target.mask[:, start:]
         estimator.bind({s: a.detach() for s, a in run.activations.items()}, source_out.activations, row_ids, mask)
         n_forward += 2
@@ -140,6 +152,7 @@ def attribution_patching(
                     dropped[prompts[:, None], indices] += units_below(layer, drop) * per_prompt.abs()
                 else:
                     dropped[prompts[:, None], indices] += per_prompt.abs()
+        check_cost += 2.0 * run.checked_backwards / model.config.n_layers * (n_positions - start) / n_positions
         del run
         bar.update(len(prompts))
     bar.close()
@@ -162,15 +175,16 @@ def attribution_patching(
         components=[str(c) for c in nodes], scores=scores.numpy().astype(np.float64), shape=shape, axes=axes,
         clean_metric=clean.mean().item(), corrupt_metric=corrupt.mean().item(),
         wall_seconds=time.perf_counter() - start_time, n_forward_passes=n_forward, n_backward_passes=n_backward,
-        settings={"direction": direction, "corruption": corruption, "noise_std": noise_std, "seed": seed,
-                  "layers": layers, "n_prompts": n_prompts, "backend": model.backend.name, "qk_fix": use_qk,
-                  "grad_drop": drop, **frame_settings(task, frame), **ablation_settings(corruption, ablated, reference),
-                  **task.settings},
+        settings=task.settings_under({"direction": direction, "corruption": corruption, "noise_std": noise_std, "seed": seed,
+                                      "layers": layers, "n_prompts": n_prompts, "backend": model.backend.name,
+                                      "qk_fix": use_qk, "grad_drop": drop, **frame_settings(task, frame),
+                                      **ablation_settings(corruption, ablated, reference)}),
         tokens=list(task.first_tokens), position_labels=list(frame.labels) if "position" in axes else [],
         arrays={"per_prompt": per_prompt_estimates.numpy(), "importance": importance.numpy().astype(np.float64),
                 "clean_metric": clean.numpy(), "corrupt_metric": corrupt.numpy()},
         extra={"forward_equivalents": metric_forwards + n_chunks * (start / n_positions + 2 * share)
-               + 2.0 * block_backwards / model.config.n_layers * share,
+               + 2.0 * block_backwards / model.config.n_layers * share + check_cost,
+               "check_forward_equivalents": check_cost,
                "first_differing_position": start, "unchanged_components": len(nodes) - len(live),
                "clean_prompts": task.clean_prompts, "corrupt_prompts": task.corrupt_prompts},
     )

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import torch
 
+from interp import shortcuts
 from interp.backends.base import RunSpec
 from interp.components import ACTIVATION_KINDS, Site
 
@@ -40,6 +41,7 @@ class TracedRun:
     n_layers: int
     parallel: bool  # attention and MLP read the same residual (no resid_mid)
     hosts: dict[Site, Site]  # a spliced dictionary's latents / error term -> the activation it replaces
+    checked_backwards: int = 0  # block backwards spent checking the batched ones (``layer_gradients``)
 
     def sublayer(self, site: Site) -> str | None:
         """"attn" or "mlp": which residual-stream write a site is part of (None: neither)."""
@@ -134,6 +136,12 @@ def layer_gradients(run: TracedRun, node_sites: set[Site], grad_drop: str | None
         sites = sorted(by_layer.get(layer, []))
         units = list(live)
         upstream, grads = _block_backward(run, layer, sites, torch.stack([live[unit] for unit in units]), None)
+        if len(units) > 1 and not run.checked_backwards:  # once: the batched backward against a plain one
+            plain = torch.autograd.grad(run.activations[Site("resid_post", layer)], run.activations[Site("resid_pre", layer)],
+                                        live[units[-1]], retain_graph=True)[0]
+            run.checked_backwards += 1
+            shortcuts.check(f"GradDrop's batched backward through layer {layer}", upstream[-1], plain, "one dropped unit's "
+                            "cotangent, batched with the others against alone", what="the cotangent")
         below: dict[Write | None, torch.Tensor] = {}
         for n, unit in enumerate(units):
             below[unit] = upstream[n]

@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from interp import shortcuts
 from interp.backends.base import Edit
 from interp.components import INDEX_AXIS, POSITION_AXIS, Component, Site
 from interp.corruption import first_differences, target_and_source
@@ -129,10 +130,14 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
     sites = {c.site for c in components}
     prefix = target.prefix_cache(model, start)
     with torch.no_grad():
-        source_acts = model.forward(source.spec(start, reads=sites, past_key_values=prefix)).activations
-    # the unpatched target run's metric, per prompt, as the result recorded it
-    target_run = "clean" if settings["direction"] == "noising" else "corrupt"
+        source_out = model.forward(source.spec(start, reads=sites, past_key_values=prefix))
+    source_acts = source_out.activations
+    # the unpatched runs' metrics, per prompt, as the result recorded them
+    target_run, source_run = ("clean", "corrupt") if settings["direction"] == "noising" else ("corrupt", "clean")
     target_metric = torch.as_tensor(result.arrays[f"{target_run}_metric"])
+    where = f"the diagnostic of {task.name!r} on {model.config.name}, {model.backend.name} backend"
+    shortcuts.check(f"the source run started at position {start} on a shared KV prefix",
+                    task.fold(metric_of(source_out.logits).cpu()), torch.as_tensor(result.arrays[f"{source_run}_metric"]), where)
     generator = torch.Generator().manual_seed(seed)
     included = torch.rand(samples, len(components), generator=generator) < p
     effects = torch.empty(samples)
@@ -142,6 +147,9 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
     bar = tqdm(total=samples, desc="diagnostic", disable=not progress, unit="sample")
     for first_sample in range(0, samples, batch_variants):
         chunk = included[first_sample:first_sample + batch_variants]
+        check = first_sample == 0  # once: an unpatched variant through the same shortcut
+        if check:
+            chunk = torch.cat([chunk, torch.zeros(1, chunk.shape[1], dtype=torch.bool)])
         n_variants = chunk.shape[0]
         edits = {site: [_subset_edit(members, chunk, source_acts[site], n_rows, token_rows, start)]
                  for site, members in by_site.items()}
@@ -151,6 +159,11 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
                                                past_key_values=kv_prefix(prefix, start, rows) if start else None)).logits
         patched = metric_of(logits, rows).view(n_variants, n_rows)
         change = torch.stack([task.fold(row).cpu() for row in patched]) - target_metric  # [variants, prompts]
+        if check:
+            shortcuts.check(f"the target run started at position {start} on a shared KV prefix", change[-1] + target_metric,
+                            target_metric, where)
+            change = change[:-1]
+            n_variants -= 1
         effects[first_sample:first_sample + n_variants] = change.mean(1)
         n_forward += 1
         bar.update(n_variants)
@@ -180,7 +193,8 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
         "confidence": confidence, "samples": samples, "p": p, "n_unverified": len(components),
         "n_unchanged": len(unchanged - verified),
         "n_without_enough_samples": int(np.isinf(bounds).sum()), "forward_passes": n_forward + 1 + bool(start),
-        "forward_equivalents": metric_forwards + (start + (1 + samples) * (n_positions - start)) / n_positions,
+        # the source suffix, the samples and the unpatched check variant
+        "forward_equivalents": metric_forwards + (start + (2 + samples) * (n_positions - start)) / n_positions,
         "first_differing_position": start,
         "seconds": time.perf_counter() - began,
         "note": "jointly patched components may interact; the bound assumes their effects add",
