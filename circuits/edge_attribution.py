@@ -185,8 +185,9 @@ def edge_attribution(
         graph=graph, method=method, scores=scores, target_metric=target_metric.mean().item(),
         source_metric=source_metric.mean().item(), direction=direction, steps=n_steps,
         n_forward_passes=n_forward, n_backward_passes=n_backward, wall_seconds=time.perf_counter() - start,
-        settings={"direction": direction, "corruption": corruption, "noise_std": noise_std, "seed": seed,
-                  "metric": metric, "n_prompts": n_prompts, "backend": model.backend.name,
-                  **({"reference": reference.label} if reference is not None else {}), **task.settings},
+        settings=task.settings_under({"direction": direction, "corruption": corruption, "noise_std": noise_std,
+                                      "seed": seed, "metric": metric, "n_prompts": n_prompts,
+                                      "backend": model.backend.name,
+                                      **({"reference": reference.label} if reference is not None else {})}),
         reference=reference,
     )

@@ -34,9 +34,9 @@ class PatchingConfig(RunSettings):
         None, "patch these components instead of a granularity, e.g. L9.H6@13,L3.TC.1234@13")
     noise_std: float = option(3.0, "gaussian corruption: noise in embedding standard deviations", minimum=0)
     grad_drop: Literal["block", "sublayer"] = option("block", "AtP*: GradDrop unit")
-    verify_top: int = option(0, "AtP/AtP*: exactly patch the K top-ranked components", minimum=0)
+    verify_top: int = option(0, "AtP/AtP*: exactly patch the K top-ranked components", minimum=0, quick=2)
     diagnose: bool = option(False, "AtP/AtP*: bound the effect of unverified components")
-    diagnose_samples: int = option(256, "AtP/AtP* diagnostic: random subsets patched", minimum=1)
+    diagnose_samples: int = option(256, "AtP/AtP* diagnostic: random subsets patched", minimum=1, quick=8)
     diagnose_p: float = option(0.1, "AtP/AtP* diagnostic: inclusion probability per component and sample",
                                minimum=0, maximum=1)
     confidence: float = option(0.95, "AtP/AtP* diagnostic: confidence of the bound", minimum=0, maximum=1)
@@ -69,6 +69,7 @@ class PatchingPayload:
     clean_prompts: list
     corrupt_prompts: list
     identical_components: int | None = None
+    check_forward_equivalents: float | None = None
     verification: dict | None = None
     diagnostic: dict | None = None
 

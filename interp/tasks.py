@@ -159,6 +159,13 @@ class Task:
             return values
         return sum(values[k * n:(k + 1) * n] for k in range(values.shape[0] // n))
 
+    def settings_under(self, settings: dict) -> dict:
+        """A result's settings: the task's (its source, prompt count, ...) with the analysis'
+        ``settings`` over them, so the analysis' own seed is what a result records as ``seed`` (the
+        one its noise, ablation and verification used); the task's seed is kept as ``task_seed``."""
+        task = {("task_seed" if key == "seed" else key): value for key, value in self.settings.items()}
+        return {**task, **settings}
+
     def frame(self, kind: str = "auto") -> PositionFrame:
         """The positions a position-resolved sweep uses (``interp.positions``)."""
         return build_frame(kind, self.starts, self.ends, tuple(self.names), self.row_prompt, self.first_tokens)
