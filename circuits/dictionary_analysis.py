@@ -34,8 +34,8 @@ from interp.results import Result
 class HeldOutText(Config):
     """The held-out chunks dictionaries are evaluated on (10% of the corpus documents)."""
 
-    chunk_length: int = option(128, "tokens per chunk", minimum=2)
-    eval_chunks: int = option(16, "held-out chunks for the evaluation", minimum=1)
+    chunk_length: int = option(128, "tokens per chunk", minimum=2, quick=32)
+    eval_chunks: int = option(16, "held-out chunks for the evaluation", minimum=1, quick=2)
     seed: int = option(0, "seed of the split, the chunks and the training order")
 
     def split(self, model, corpus: Corpus):
@@ -58,10 +58,10 @@ class DictionaryTrainingConfig(HeldOutText):
     k: int = option(32, "TopK/BatchTopK latents per token", minimum=1)
     l1: float = option(5.0, "ReLU: decoder-norm-weighted L1 coefficient", minimum=0)
     l0: float = option(1.0, "JumpReLU: L0 coefficient", minimum=0)
-    sparsity_warmup: int = option(100, "steps of linear warm-up of the sparsity coefficient", minimum=0)
-    tokens: int = option(200_000, "training tokens", minimum=1)
-    batch_tokens: int = option(1024, "tokens per training step", minimum=1)
-    buffer_tokens: int = option(16384, "shuffling buffer (memory: tokens x (d_in + d_out) x 4 bytes)", minimum=1)
+    sparsity_warmup: int = option(100, "steps of linear warm-up of the sparsity coefficient", minimum=0, quick=1)
+    tokens: int = option(200_000, "training tokens", minimum=1, quick=2048)
+    batch_tokens: int = option(1024, "tokens per training step", minimum=1, quick=256)
+    buffer_tokens: int = option(16384, "shuffling buffer (memory: tokens x (d_in + d_out) x 4 bytes)", minimum=1, quick=1024)
     lr: float = option(1e-3, "Adam learning rate", minimum=0)
     progress: bool = option(True, "show training progress")
 
@@ -172,9 +172,9 @@ class FeatureGraphConfig(Config):
     position, e.g. ``' Mary| John'``) or a feature ``'L6.TC.123@5'``."""
 
     target: str = option("", "'ANSWER|WRONG' (two single tokens, e.g. ' Mary| John') or a feature 'L6.TC.123@5'")
-    max_features: int = option(64, "candidate features (by attribution to the target)", minimum=1)
+    max_features: int = option(64, "candidate features (by attribution to the target)", minimum=1, quick=8)
     max_heads: int = option(16, "attention heads (head x destination position) made nodes, by |o . dT/do| (0: none)",
-                            minimum=0)
+                            minimum=0, quick=2)
     freeze_norms: bool = option(True, "freeze the norms' scales, as in the transcoder paper")
     node_threshold: float = option(0.8, "cumulative influence kept among nodes", minimum=0, maximum=1)
     edge_threshold: float = option(0.98, "cumulative influence kept among edges", minimum=0, maximum=1)

@@ -24,7 +24,7 @@ class EdgesConfig(RunSettings):
 
     methods: tuple[str, ...] = option(("eap-ig",), f"one or more of {', '.join(METHODS)}; the first one's circuit is "
                                                    "saved (e.g. --method eap-ig eap to compare)", flags=("--method",))
-    ig_steps: int = option(5, "EAP-IG interpolation points (the reference code's default)", minimum=1)
+    ig_steps: int = option(5, "EAP-IG interpolation points (the reference code's default)", minimum=1, quick=2)
     top_n: int = option(100, "edges in the saved circuit (before dangling-edge pruning)", minimum=1)
     sizes: tuple[int, ...] | None = option(None, "circuit sizes of the faithfulness curve (default 1,2,5,10,...)")
     compare_exact: bool = option(False, "also run exact head patching and compare the node ranking")

@@ -38,11 +38,13 @@ class ConfigError(ValueError):
 
 
 def option(default: Any, help: str, *, minimum: float | None = None, flags: tuple[str, ...] = (),
-           maximum: float | None = None) -> Any:
-    """A config field: its default, its help text (shown by ``--help``), an optional numeric range
-    and extra command-line spellings (``flags``, e.g. an old name kept as an alias)."""
+           maximum: float | None = None, quick: float | None = None) -> Any:
+    """A config field: its default, its help text (shown by ``--help``), an optional numeric range,
+    extra command-line spellings (``flags``, e.g. an old name kept as an alias) and, for a size,
+    the value ``INTERP_QUICK=1`` caps it at on the command line (``quick``; see
+    ``interp.ui.flags.quick_caps``)."""
     kwargs = {"default_factory": lambda: default} if isinstance(default, (list, dict)) else {"default": default}
-    return field(metadata={"help": help, "minimum": minimum, "maximum": maximum, "flags": flags}, **kwargs)
+    return field(metadata={"help": help, "minimum": minimum, "maximum": maximum, "flags": flags, "quick": quick}, **kwargs)
 
 
 def flag_name(name: str) -> str:
@@ -188,7 +190,7 @@ class TaskOptions(Config):
     task: str = option("ioi", "ioi | capitals | greater_than | landmarks | induction | pairs.jsonl | pairs.csv | "
                               "a folder of them | template.json | hf:<dataset>[:<split>]")
     n_prompts: int = option(16, "prompts (built-in tasks and templates draw this many; files and datasets give their "
-                                "first this many)", minimum=1)
+                                "first this many)", minimum=1, quick=2)
     padding: Literal["left", "right"] = option("left", "side prompts of different lengths are padded on (both give the "
                                                        "same numbers; left is faster when the metric reads the last token)")
     chat_template: bool = option(False, "wrap each prompt in the model's chat template (a user turn, then the "

@@ -31,15 +31,15 @@ from interp.results import Result
 class CalibrationSettings(Config):
     """How the corpus is cut and scored, shared by ``redundancy`` and ``drop``."""
 
-    chunk_length: int = option(128, "tokens per calibration/held-out chunk", minimum=1)
-    calibration_chunks: int = option(4, "chunks the similarity and ablation scores are measured on", minimum=1)
-    held_out_chunks: int = option(8, "chunks the pruned models are evaluated on", minimum=1)
+    chunk_length: int = option(128, "tokens per calibration/held-out chunk", minimum=1, quick=32)
+    calibration_chunks: int = option(4, "chunks the similarity and ablation scores are measured on", minimum=1, quick=2)
+    held_out_chunks: int = option(8, "chunks the pruned models are evaluated on", minimum=1, quick=2)
     skip_first: int = option(0, "tokens at the start of each chunk left out of similarity (1 = BOS)", minimum=0)
     last_token: bool = option(False, "similarity at the last token of each chunk only")
     divergence: Literal[DIVERGENCES] = option(  # type: ignore[valid-type]
         "kl", "output change for ablation/greedy: kl = KL(P_full || P_dropped); js = Jensen-Shannon")
-    task_prompts: int = option(32, "prompts per evaluation task (ioi, capitals, greater_than)", minimum=1)
-    gen_tokens: int = option(32, "new tokens per generation-speed measurement (0: no speed)", minimum=0)
+    task_prompts: int = option(32, "prompts per evaluation task (ioi, capitals, greater_than)", minimum=1, quick=2)
+    gen_tokens: int = option(32, "new tokens per generation-speed measurement (0: no speed)", minimum=0, quick=2)
     seed: int = option(0, "seed of the chunks, the tasks and the random baseline")
     batch_size: int = option(8, "sequences per forward pass", minimum=1)
     progress: bool = option(True, "show progress bars")
@@ -70,9 +70,9 @@ class CalibrationSettings(Config):
 class RedundancyConfig(CalibrationSettings):
     """``interp redundancy``: similarity and ablation importance of every unit, and pruning curves."""
 
-    max_drop: int | None = option(None, "curves for k = 0..K units dropped (default n_layers // 3)", minimum=0)
+    max_drop: int | None = option(None, "curves for k = 0..K units dropped (default n_layers // 3)", minimum=0, quick=1)
     methods: tuple[str, ...] = option(tuple(DROP_METHODS), f"drop methods that get a pruning curve, from {', '.join(DROP_METHODS)}")
-    random_seeds: int = option(3, "random-baseline curves", minimum=0)
+    random_seeds: int = option(3, "random-baseline curves", minimum=0, quick=1)
     ablation: bool = option(True, "the one-forward-per-unit ablation scores")
     curves: bool = option(True, "pruning curves (else importance scores only)")
 
@@ -138,7 +138,7 @@ class DropConfig(CalibrationSettings):
     random: int = option(0, "drop K random attention sublayers", minimum=0)
     iterative: bool = option(False, "--attn re-scores after each drop")
     units: tuple[str, ...] = option((), "units to drop as well, e.g. L20.ATTN,L21.MLP,L5.BLOCK")
-    repeats: int = option(3, "generation timings per model (median)", minimum=1)
+    repeats: int = option(3, "generation timings per model (median)", minimum=1, quick=1)
 
     def validate(self) -> None:
         for name in self.units:

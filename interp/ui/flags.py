@@ -98,8 +98,38 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type[Config], *, s
         target.add_argument(*names, **kwargs)
 
 
+QUICK = "INTERP_QUICK"
+
+
+def quick_mode() -> bool:
+    """Whether ``INTERP_QUICK`` asks every command to run at a reduced size (tests of the docs'
+    commands, smoke tests): any value but empty or 0."""
+    import os
+
+    return os.environ.get(QUICK, "") not in ("", "0")
+
+
+def quick_caps(config: type[Config], values: dict) -> dict:
+    """``values`` with every size that declares a ``quick`` cap (``interp.analysis.option``)
+    lowered to it, each change announced on stderr; the config then validates and records the
+    values actually used."""
+    capped = dict(values)
+    for f in fields(config):
+        cap = f.metadata.get("quick")
+        if cap is None:
+            continue
+        value = capped.get(f.name, _default(f))
+        if value is None or value > cap:
+            print(f"interp: {QUICK}: {flag_name(f.name)} {value if value is not None else 'default'} -> {cap}",
+                  file=sys.stderr)
+            capped[f.name] = cap
+    return capped
+
+
 def config_from_args(config: type[Config], args: argparse.Namespace, **fixed: Any) -> Config:
-    """``config`` from the parsed flags (fields the command has no flag for keep their defaults)."""
+    """``config`` from the parsed flags (fields the command has no flag for keep their defaults;
+    sizes capped under ``INTERP_QUICK``). The full-size values are validated first, so a command
+    that is wrong at its own size fails in quick mode too."""
     hints = typing.get_type_hints(config)
     values = {}
     for name in config.field_names():
@@ -110,7 +140,10 @@ def config_from_args(config: type[Config], args: argparse.Namespace, **fixed: An
                 value = parse_list(value, typing.get_args(hint)[0], flag_name(name))
             values[name] = value
     values.update(fixed)
-    return config(**values)
+    if not quick_mode():
+        return config(**values)
+    config(**values)  # the command as written must be valid
+    return config(**quick_caps(config, values))
 
 
 def add_model_flags(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
