@@ -201,3 +201,112 @@ def test_a_failed_command_leaves_no_run_folder(tmp_path, capsys):
     out = tmp_path / "r"
     assert cli.main(BASE + ["--components", "L9.H0", "--out", str(out)]) == 2
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- shortcuts check themselves
+@pytest.fixture(scope="module")
+def llama():
+    import interp
+
+    return interp.load_model("random-llama")
+
+
+@pytest.fixture(scope="module")
+def mixed(llama):
+    from interp.tasks import Task
+
+    pairs = [{"clean": "The Eiffel Tower is in the city of", "corrupt": "The Colosseum is in the city of", "answer": " Paris",
+              "wrong_answer": " Rome"},
+             {"clean": "Big Ben is in", "corrupt": "Big Ben was in", "answer": " London", "wrong_answer": " Paris"}]
+    return Task.from_pairs(llama, "mixed", pairs, padding_side="right")
+
+
+def test_unembedding_only_the_read_positions_is_checked(llama, mixed, monkeypatch):
+    """Reading the last column of a right-padded batch instead of each row's own last token."""
+    from interp import corruption
+    from interp.patching import activation_patching
+    from interp.shortcuts import ShortcutError
+
+    monkeypatch.setattr(corruption, "logit_reads", lambda reads, width, start=0: {"logits_to_keep": 1})
+    with pytest.raises(ShortcutError, match="^unembedding only the positions the metric reads gives the metric"):
+        activation_patching(llama, mixed, "heads", progress=False)
+
+
+def test_the_first_difference_skip_is_checked(llama, mixed, monkeypatch):
+    """Claiming every row's inputs differ two positions later than they do."""
+    from interp import patching
+    from interp.shortcuts import ShortcutError
+
+    real = patching.first_differences
+    monkeypatch.setattr(patching, "first_differences", lambda target, source: real(target, source) + 2)
+    with pytest.raises(ShortcutError, match=r"^skipping L\d\.H\d@-\d, which comes before every row's first differing"):
+        patching.activation_patching(llama, mixed, "heads_pos", progress=False)
+
+
+def test_the_shared_prefix_of_atp_is_checked(llama, mixed, monkeypatch):
+    """A KV prefix built from the wrong rows."""
+    from interp.attribution import attribution_patching
+    from interp.corruption import RunInput
+    from interp.shortcuts import ShortcutError
+
+    real = RunInput.prefix_cache
+    monkeypatch.setattr(RunInput, "prefix_cache", lambda self, model, stop: real(
+        self.select(torch.arange(len(self.tokens) - 1, -1, -1)), model, stop))
+    with pytest.raises(ShortcutError, match=r"^starting both runs at position \d+ on a shared KV prefix and unembedding"):
+        attribution_patching(llama, mixed, "heads", method="atp", progress=False)
+
+
+def test_the_batched_graddrop_backward_is_checked(llama, mixed, monkeypatch):
+    from interp.attribution import attribution_patching, backward
+    from interp.shortcuts import ShortcutError
+
+    real = backward._grad
+    monkeypatch.setattr(backward, "_grad", lambda outputs, inputs, cotangents: [
+        g * (1.01 if len(cotangents) > 1 else 1.0) for g in real(outputs, inputs, cotangents)])
+    with pytest.raises(ShortcutError, match=r"^GradDrop's batched backward through layer \d gives the cotangent"):
+        attribution_patching(llama, mixed, "heads", method="atp*", progress=False)
+
+
+def test_the_diagnostics_shared_prefix_is_checked(llama, mixed, monkeypatch):
+    from interp.attribution import attribution_patching, diagnose, verification
+    from interp.shortcuts import ShortcutError
+
+    result = attribution_patching(llama, mixed, "heads", method="atp", progress=False)
+    real = verification.kv_prefix
+    monkeypatch.setattr(verification, "kv_prefix", lambda cache, position, rows=None: real(cache, position, rows.flip(0)))
+    with pytest.raises(ShortcutError, match=r"^the target run started at position \d+ on a shared KV prefix gives"):
+        diagnose(llama, mixed, result, samples=8, p=0.3, progress=False)
+
+
+def test_a_splice_without_its_error_term_is_caught(llama, monkeypatch):
+    from circuits.dictionary import DictionaryConfig, SparseDictionary
+    from circuits.dictionary_evaluation import spliced
+    from interp.shortcuts import ShortcutError
+    from interp.splicing import Splice
+
+    dictionary = SparseDictionary(DictionaryConfig(d_in=64, d_sae=32, k=4, kind="sae", site="L1.RESID_POST"))
+    with spliced(llama, dictionary, error_term=True):  # the real splice passes its check
+        pass
+
+    def without_error(self, spec, reads):  # the host rebuilt from the reconstruction alone
+        return lambda original, inputs: self.decode(self.encode(inputs.float()), inputs.float()).to(original.dtype)
+    monkeypatch.setattr(Splice, "finish", without_error)
+    with pytest.raises(ShortcutError, match=r"^splicing a dictionary at L1.RESID_POST with its error term"):
+        with spliced(llama, dictionary, error_term=True):
+            pass
+
+
+def test_verification_uses_the_analysis_seed_not_the_tasks(llama):
+    """A result records the analysis' seed (its Gaussian noise), not the task's: verifying with the
+    recorded settings patches exactly what the estimate was made of."""
+    from interp import tasks
+    from interp.attribution import attribution_patching, verify_top
+    from interp.patching import activation_patching
+
+    task = tasks.ioi(llama, n_prompts=3, seed=1)
+    result = attribution_patching(llama, task, "heads", method="atp", corruption="gaussian", seed=0, progress=False)
+    assert result.settings["seed"] == 0 and result.settings["task_seed"] == 1
+    verify_top(llama, task, result, 3, progress=False)
+    names = result.extra["verification"]["components"]
+    direct = activation_patching(llama, task, "heads", components=names, corruption="gaussian", seed=0, progress=False)
+    assert result.extra["verification"]["exact"] == pytest.approx(direct.scores.tolist(), abs=1e-6)

@@ -62,7 +62,8 @@ def test_several_token_answers_are_their_teacher_forced_log_probability(random_l
             logits = plain(torch.tensor([prompt_ids + answer_ids])).logits[0].double().log_softmax(-1)
         return sum(logits[len(prompt_ids) - 1 + k, token].item() for k, token in enumerate(answer_ids))
 
-    logits = random_llama.forward(task_run(task).spec()).logits
+    with torch.no_grad():
+        logits = random_llama.forward(task_run(task).spec()).logits
     for name, expected in [("logit_diff", [log_probability(p["clean"], p["answer"]) - log_probability(p["clean"], p["wrong_answer"])
                                            for p in pairs]),
                            ("prob", [np.exp(log_probability(p["clean"], p["answer"])) for p in pairs])]:
@@ -79,7 +80,8 @@ def test_single_token_answers_keep_the_plain_logit_difference(random_llama):
     task = Task.from_pairs(random_llama, "x", pairs)
     assert not task.multi_token and task.n_rows == 2
     metric_of, _ = metrics.task_metric("logit_diff", random_llama, task)
-    values = task.fold(metric_of(random_llama.forward(task_run(task).spec()).logits))
+    with torch.no_grad():
+        values = task.fold(metric_of(random_llama.forward(task_run(task).spec()).logits))
     for value, pair in zip(values, pairs):
         logits = random_llama.run(random_llama.to_tokens(pair["clean"]))[0, -1]
         answer, wrong = random_llama.to_single_token(pair["answer"]), random_llama.to_single_token(pair["wrong_answer"])
