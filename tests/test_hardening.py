@@ -203,6 +203,21 @@ def test_a_failed_command_leaves_no_run_folder(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_bug_keeps_its_traceback_and_says_it_is_one(tmp_path, capsys, monkeypatch):
+    import interp.patching_analysis
+    from interp.shortcuts import ShortcutError
+
+    def broken(*args, **kwargs):
+        raise ShortcutError("a shortcut disagrees")
+    monkeypatch.setattr(interp.patching_analysis, "run_patching", broken)
+    out = tmp_path / "r"
+    with pytest.raises(ShortcutError, match="a shortcut disagrees"):
+        cli.main(BASE + ["--out", str(out)])
+    err = capsys.readouterr().err
+    assert "interp: internal error (ShortcutError): a bug in interp, not in your input" in err and "transformers " in err
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- shortcuts check themselves
 @pytest.fixture(scope="module")
 def llama():

@@ -220,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interp: interrupted; no result was written", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: its traceback follows, said to be one
+        from interp import shortcuts
+
+        print(f"interp: internal error ({type(exc).__name__}): a bug in interp, not in your input; please report the "
+              f"command line and the traceback below ({shortcuts.versions()})", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":
