@@ -6,21 +6,32 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-_COLORS = {"positive": "#2166ac", "negative": "#b2182b"}
+from interp.ui import colors
+
 _DASH = {"q": "dot", "k": "dash", "v": "solid", "mlp": "solid", "logits": "solid"}
-_METHOD_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"]
+_METHOD_COLORS = colors.QUALITATIVE
 
 
 def _add_edges(figure: go.Figure, lines: list[tuple], max_width: float) -> None:
     """Lines (x0, y0, x1, y1, value, hover text, dash): width and opacity ~ |value| / max |value|,
-    blue positive, red negative."""
+    red positive, blue negative (:mod:`interp.ui.colors`)."""
     largest = max([abs(line[4]) for line in lines] or [1.0]) or 1.0
     for x0, y0, x1, y1, value, text, dash in lines:
         figure.add_trace(go.Scatter(
             x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, hoverinfo="text", text=text,
-            line={"width": 0.5 + max_width * abs(value) / largest, "color": _COLORS["positive" if value >= 0 else "negative"],
+            line={"width": 0.5 + max_width * abs(value) / largest, "color": colors.sign_color(value),
                   "dash": dash},
             opacity=0.3 + 0.6 * abs(value) / largest))
+
+
+def _edge_legend(figure: go.Figure, dashes: dict[str, str], meaning: str) -> None:
+    """Legend entries (no data) that explain edge colour, width and dashing."""
+    for name, color in ((f"edge + ({meaning})", colors.POSITIVE), ("edge - (the opposite)", colors.NEGATIVE)):
+        figure.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, line={"color": color, "width": 3},
+                                    legendgroup="edges", legendgrouptitle_text="edges (width ~ |score|)"))
+    for name, dash in dashes.items():
+        figure.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, line={"color": "#555", "dash": dash},
+                                    legendgroup="edges"))
 
 
 def _add_nodes(figure: go.Figure, nodes: list[dict], places: dict, styles: dict, hover, size, labels: bool) -> None:
@@ -33,6 +44,7 @@ def _add_nodes(figure: go.Figure, nodes: list[dict], places: dict, styles: dict,
         figure.add_trace(go.Scatter(
             x=[places[n["id"]][0] for n in chosen], y=[places[n["id"]][1] for n in chosen],
             mode="markers+text" if labels else "markers", name=kind, textposition="top center",
+            legendgroup="nodes", legendgrouptitle_text="nodes",
             text=[n["id"] for n in chosen] if labels else None,
             marker={"symbol": symbol, "color": color, "line": {"width": 1, "color": "#333"}, "size": [size(n) for n in chosen]},
             hovertext=[hover(n) for n in chosen], hoverinfo="text"))
@@ -49,7 +61,7 @@ def _node_position(node: dict, n_heads: int) -> tuple[float, float]:
 
 def circuit_graph_figure(graph: dict, max_width: float = 8.0) -> go.Figure:
     """Draw a circuit graph (``circuits.circuit_selection.circuit_graph`` JSON). Edge width ~ |score|,
-    blue = positive score (patching the edge moves the metric toward the corrupt run), red = negative;
+    red = positive score (patching the edge moves the metric toward the corrupt run), blue = negative;
     line style = the input it enters: dotted query, dashed key, solid value/MLP/logits. Hover shows
     the edge and its score."""
     n_heads = graph["n_heads"]
@@ -59,14 +71,15 @@ def circuit_graph_figure(graph: dict, max_width: float = 8.0) -> go.Figure:
              for edge in graph["edges"] for target in edge["into"] if target in positions]
     figure = go.Figure()
     _add_edges(figure, lines, max_width)
-    styles = {"embed": ("square", "#444444"), "head": ("circle", "#f4a582"), "mlp": ("diamond", "#92c5de"),
-              "logits": ("square", "#444444")}
+    styles = {kind: colors.NODE_KINDS[kind] for kind in ("embed", "head", "mlp", "logits")}
+    _edge_legend(figure, {"into a query (dotted)": "dot", "into a key (dashed)": "dash", "into a value, MLP or logits": "solid"},
+                 "patching it moves the metric toward corrupt")
     _add_nodes(figure, graph["nodes"], positions, styles,
                lambda n: f"{n['id']}: node score {n['score']:.4f}" if n["score"] is not None else n["id"], lambda n: 18, True)
     title = (f"{graph.get('method', '')} circuit · {graph.get('task', '')} · {graph.get('model', '')}: "
              f"{graph['n_edges']} edges (top {graph.get('top_n', '?')}), faithfulness {graph.get('faithfulness', float('nan')):.3f}")
     figure.update_layout(title=title, template="plotly_white", height=max(450, 40 * graph["n_layers"] + 200),
-                         xaxis={"visible": False}, yaxis={"title": "layer", "dtick": 1}, legend_title="node")
+                         xaxis={"visible": False}, yaxis={"title": "layer", "dtick": 1})
     return figure
 
 
@@ -91,7 +104,7 @@ def feature_graph_figure(graph: dict, max_width: float = 6.0) -> go.Figure:
     """Draw a transcoder attribution graph (``circuits.transcoder_circuits.attribution_graph``):
     x = token position, y = layer (embeddings at the bottom, the target on top); features are
     circles, attention heads triangles just below their layer's features, error nodes grey diamonds;
-    edge width ~ |weight|, blue positive, red negative."""
+    edge width ~ |weight|, red positive (the source raises its target), blue negative."""
     n_layers = graph["n_layers"]
 
     def position(node: dict) -> tuple[float, float]:
@@ -105,12 +118,15 @@ def feature_graph_figure(graph: dict, max_width: float = 6.0) -> go.Figure:
              for edge in graph["edges"] if edge["source"] in places and edge["target"] in places]
     figure = go.Figure()
     _add_edges(figure, lines, max_width)
-    styles = {"embed": ("square", "#444444"), "feature": ("circle", "#f4a582"), "error": ("diamond", "#bbbbbb"),
-              "head": ("triangle-up", "#7570b3"), "target": ("star", "#1b9e77")}
+    styles = {kind: colors.NODE_KINDS[kind] for kind in ("embed", "feature", "error", "target")}
+    styles["head"] = ("triangle-up", colors.NODE_KINDS["head"][1])
+    _edge_legend(figure, {}, "the source raises its target")
     _add_nodes(figure, graph["nodes"], places, styles,
                lambda n: n["id"] + (f" act {n['activation']:.3f}" if n["activation"] is not None else "")
                + (f" o.dT/do {n['value']:.3f}" if n.get("value") is not None else "") + f" influence {n['influence']:.3f}",
                lambda n: 22 if n["kind"] == "target" else 10 + 20 * min(1.0, abs(n["influence"]) * 3), False)
+    figure.add_annotation(text="node size ~ influence on the target", xref="paper", yref="paper", x=1.0, y=-0.12,
+                          showarrow=False, font={"size": 11, "color": "#555"})
     tokens = graph.get("tokens", [])
     figure.update_layout(
         title=f"attribution graph of {graph['target']} · {graph['model']} ({len(graph['nodes'])} nodes, {len(graph['edges'])} edges)",

@@ -1,37 +1,68 @@
-"""Plotly figures shared by the CLI, notebooks and the app: diverging heatmaps centred at 0."""
+"""Plotly figures shared by the CLI, notebooks and the app, in the one colour language of
+:mod:`interp.ui.colors`: signed effects on the diverging scale (red positive, blue negative),
+non-negative quantities on the sequential one."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from interp.results import Result
+from interp.ui import colors
 
-_SCALE = "RdBu"
+PLOTLY_BUNDLE = "plotly.min.js"  # written once per run folder; every page of the folder loads it
+# the views of a layer x head (x position) grid: how a position-resolved sweep stays readable
+VIEWS = ("auto", "multiples", "position", "top", "grid")
 
 
 def write_figures(path, figures: list[go.Figure], title: str = "interp") -> None:
-    """Write several figures into one self-contained UTF-8 HTML page (plotly.js inlined once)."""
-    parts = [figure.to_html(include_plotlyjs=k == 0, full_html=False) for k, figure in enumerate(figures)]
+    """Write several figures into one UTF-8 HTML page that loads plotly.js from ``plotly.min.js``
+    beside it (written once per folder, so the pages of a run folder share one bundle and open
+    offline)."""
+    path = Path(path)
+    bundle = path.parent / PLOTLY_BUNDLE
+    if not bundle.is_file():
+        from plotly.offline import get_plotlyjs
+
+        bundle.write_text(get_plotlyjs(), encoding="utf-8")
+    parts = [figure.to_html(include_plotlyjs=False, full_html=False) for figure in figures]
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write(f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head><body>\n')
+        handle.write(f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
+                     f'<script src="{PLOTLY_BUNDLE}"></script></head><body>\n')
         handle.write("\n".join(parts))
         handle.write("\n</body></html>\n")
 
 
 def heatmap(values: np.ndarray, x_labels: list[str], y_labels: list[str], title: str,
-            x_title: str, y_title: str, value_name: str = "effect") -> go.Figure:
-    """A [rows, cols] heatmap with a diverging colour scale centred at 0."""
+            x_title: str, y_title: str, value_name: str = "effect", scale: str = "signed",
+            natural: float | None = None) -> go.Figure:
+    """A [rows, cols] heatmap. ``scale="signed"``: the diverging scale centred at 0, on
+    [-natural, natural] or the symmetric robust range; ``"sequential"``: white to dark on
+    [0, natural] or [0, max]."""
     values = np.asarray(values, dtype=float)
-    bound = float(np.nanmax(np.abs(values))) if values.size else 1.0
     figure = go.Figure(go.Heatmap(
-        z=values, x=x_labels, y=y_labels, colorscale=_SCALE, reversescale=True, zmid=0.0,
-        zmin=-bound, zmax=bound, colorbar={"title": value_name},
-        hovertemplate=f"{y_title} %{{y}}<br>{x_title} %{{x}}<br>{value_name} %{{z:.4f}}<extra></extra>",
+        z=values, x=x_labels, y=y_labels, coloraxis="coloraxis",
+        hovertemplate=f"{y_title} %{{y}}<br>{x_title} %{{x}}<br>{value_name} %{{z:.4g}}<extra></extra>",
     ))
     figure.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, yaxis_autorange="reversed",
-                         height=max(350, 22 * len(y_labels) + 150), template="plotly_white")
+                         coloraxis=color_axis(values, value_name, scale, natural),
+                         height=max(350, min(22 * len(y_labels) + 150, 900)), template="plotly_white")
     return figure
+
+
+def color_axis(values: np.ndarray, title: str, scale: str = "signed", natural: float | None = None) -> dict:
+    """A plotly ``coloraxis`` in the colour language (see :mod:`interp.ui.colors`)."""
+    if scale == "sequential":
+        finite = np.asarray(values, dtype=float)
+        finite = finite[np.isfinite(finite)]
+        top = natural if natural is not None else (float(finite.max()) if finite.size and finite.max() > 0 else 1.0)
+        return {"colorscale": colors.SEQUENTIAL, "cmin": 0.0, "cmax": top, "colorbar": {"title": title}}
+    low, high = colors.signed_range(values, natural)
+    return {"colorscale": colors.DIVERGING, "cmin": low, "cmax": high, "cmid": 0.0,
+            "colorbar": {"title": f"{title}<br>(red +, blue -)"}}
 
 
 def position_labels(result: Result, n: int) -> list[str]:
@@ -44,35 +75,78 @@ def position_labels(result: Result, n: int) -> list[str]:
     return [str(i) for i in range(n)]
 
 
-def result_heatmap(result: Result, name: str = "scores") -> go.Figure:
-    """The standard picture of a patching-style result: layer x head, layer x position, ..."""
+def active_positions(grid: np.ndarray, limit: int = 6) -> list[int]:
+    """The positions of a [..., position] grid where any component has an effect (the positions
+    from the first one where a pair differs on), at most ``limit`` (those of the largest |effect|,
+    in order); the last position when no position has one."""
+    peak = np.nan_to_num(np.abs(grid)).reshape(-1, grid.shape[-1]).max(axis=0)
+    active = [int(i) for i in np.flatnonzero(peak > 0)]
+    if len(active) > limit:
+        active = sorted(sorted(active, key=lambda i: -peak[i])[:limit])
+    return active or [grid.shape[-1] - 1]
+
+
+def result_heatmap(result: Result, name: str = "scores", view: str = "auto", position: int | None = None,
+                   k: int = 40) -> go.Figure:
+    """The standard picture of a patching-style result: layer x head, layer x position, ...
+
+    A position-resolved grid of layers x heads (or groups) x positions has a ``view``:
+    ``multiples`` (the default: one layer x head panel per position where the pair differs, side
+    by side), ``position`` (one panel, at ``position``, default the last), ``top`` (the ``k``
+    components of largest |effect| as rows) or ``grid`` (every layer.head as a row: tall).
+    Normalized effects are drawn on [-1, 1]."""
+    if view not in VIEWS:
+        raise ValueError(f"view {view!r} is not one of {', '.join(VIEWS)}")
     grid = result.grid(name)
     if grid.ndim > len(result.shape):
         grid = grid.mean(axis=0)
     axes = result.axes
+    natural = 1.0 if name == "scores" and result.analysis in ("patching", "") else None
     title = f"{result.method} · {result.granularity} · {result.task} · {result.model} ({result.metric}, normalized)"
-    if "layer" not in axes:  # latents of spliced dictionaries, or an explicit list of components
-        return _top_components(result, grid, title)
+    if "layer" not in axes or view == "top":  # latents of spliced dictionaries, a list of components, or top-k
+        return _top_components(result, grid, title, k, natural)
     layers = result.settings.get("layers") or list(range(result.shape[axes.index("layer")]))
     layer_labels = [f"L{l}" for l in layers]
     if axes == ["layer"]:
-        return heatmap(grid[:, None], ["all"], layer_labels, title, "", "layer")
+        return heatmap(grid[:, None], ["all"], layer_labels, title, "", "layer", natural=natural)
     if axes == ["layer", "position"]:
-        return heatmap(grid, position_labels(result, grid.shape[1]), layer_labels, title, "position", "layer")
+        return heatmap(grid, position_labels(result, grid.shape[1]), layer_labels, title, "position", "layer", natural=natural)
     if axes == ["kind", "layer", "position"]:
         kinds = ["resid_pre", "attn_out", "mlp_out"]
-        rows = [f"{k} L{l}" for k in kinds for l in layers]
-        return heatmap(grid.reshape(-1, grid.shape[-1]), position_labels(result, grid.shape[-1]), rows,
-                       title, "position", "component")
+        return _multiples([grid[i] for i in range(grid.shape[0])], kinds, position_labels(result, grid.shape[-1]),
+                          layer_labels, title, "position", "layer", natural)
     if len(axes) == 3:  # layer x head/group x position
-        rows = [f"L{l}.{axes[1][0].upper()}{i}" for l in layers for i in range(grid.shape[1])]
-        return heatmap(grid.reshape(-1, grid.shape[-1]), position_labels(result, grid.shape[-1]), rows,
-                       title, "position", axes[1])
+        unit = axes[1]
+        columns = position_labels(result, grid.shape[-1])
+        if view == "grid":
+            rows = [f"L{l}.{unit[0].upper()}{i}" for l in layers for i in range(grid.shape[1])]
+            return heatmap(grid.reshape(-1, grid.shape[-1]), columns, rows, title, "position", unit, natural=natural)
+        chosen = [grid.shape[-1] - 1 if position is None else position] if view == "position" else active_positions(grid)
+        units = [str(i) for i in range(grid.shape[1])]
+        return _multiples([grid[:, :, p] for p in chosen], [f"@ {columns[p]}" for p in chosen], units, layer_labels,
+                          title, unit, "layer", natural)
     index_labels = [str(i) for i in range(grid.shape[1])]
-    return heatmap(grid, index_labels, layer_labels, title, axes[1], "layer")
+    return heatmap(grid, index_labels, layer_labels, title, axes[1], "layer", natural=natural)
 
 
-def _top_components(result: Result, grid: np.ndarray, title: str, k: int = 40) -> go.Figure:
+def _multiples(panels: list[np.ndarray], names: list[str], x_labels: list[str], y_labels: list[str], title: str,
+               x_title: str, y_title: str, natural: float | None) -> go.Figure:
+    """Heatmaps side by side on one shared colour axis and row labels (small multiples)."""
+    figure = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, subplot_titles=names,
+                           horizontal_spacing=min(0.02, 0.2 / max(1, len(panels))))
+    for i, (panel, name) in enumerate(zip(panels, names)):
+        figure.add_trace(go.Heatmap(z=panel, x=x_labels, y=y_labels, coloraxis="coloraxis", name=name,
+                                    hovertemplate=f"{name}<br>{y_title} %{{y}}<br>{x_title} %{{x}}<br>effect %{{z:.4g}}"
+                                                  "<extra></extra>"), row=1, col=i + 1)
+        figure.update_xaxes(title_text=x_title, row=1, col=i + 1)
+    figure.update_yaxes(autorange="reversed", title_text=y_title, row=1, col=1)
+    values = np.stack(panels) if panels else np.zeros(1)
+    figure.update_layout(title=title, template="plotly_white", coloraxis=color_axis(values, "effect", natural=natural),
+                         height=max(350, min(18 * len(y_labels) + 180, 900)))
+    return figure
+
+
+def _top_components(result: Result, grid: np.ndarray, title: str, k: int = 40, natural: float | None = None) -> go.Figure:
     """The ``k`` components with the largest |effect| (by position where the grid has positions):
     a sweep over thousands of latents, most of them silent, reads best as its top rows."""
     positional = result.axes[-1] == "position"
@@ -82,28 +156,42 @@ def _top_components(result: Result, grid: np.ndarray, title: str, k: int = 40) -
     else:
         rows = grid.reshape(-1, 1)
         names = list(result.components)
-    top = np.argsort(-np.nanmax(np.abs(rows), axis=1), kind="stable")[:k]
+    top = np.argsort(-np.nan_to_num(np.abs(rows)).max(axis=1), kind="stable")[:k]
     columns = position_labels(result, rows.shape[1]) if positional else ["all positions"]
     return heatmap(rows[top], columns, [names[i] for i in top], f"{title}: top {len(top)}",
-                   "position" if positional else "", "component")
+                   "position" if positional else "", "component", natural=natural)
 
 
 def importance_figure(result: Result) -> go.Figure:
     """Per-layer importance (1 - cos) of attention, MLP and blocks from a redundancy run."""
     grid = result.grid()
     layers = list(range(grid.shape[1]))
-    figure = go.Figure([go.Bar(name=kind, x=layers, y=grid[i], hovertemplate=f"{kind} L%{{x}}: %{{y:.4f}}<extra></extra>")
+    figure = go.Figure([go.Bar(name=kind, x=layers, y=grid[i], marker_color=colors.QUALITATIVE[i % len(colors.QUALITATIVE)],
+                               hovertemplate=f"{kind} L%{{x}}: %{{y:.4f}}<extra></extra>")
                         for i, kind in enumerate(result.settings.get("unit_kinds", ["attn", "mlp", "block"]))])
     figure.update_layout(title=f"layer importance (1 - cos similarity) · {result.model} · {result.task}",
                          xaxis_title="layer", yaxis_title="importance (1 - cos)", yaxis_type="log",
                          barmode="group", template="plotly_white")
+    return integer_ticks(figure, len(layers))
+
+
+def integer_ticks(figure: go.Figure, n: int, axis: str = "x") -> go.Figure:
+    """Ticks at integers only on every ``axis`` axis of ``figure`` (layers, counts, k), about 15 at most."""
+    spacing = max(1, int(np.ceil(n / 15)))
+    (figure.update_xaxes if axis == "x" else figure.update_yaxes)(tickmode="linear", tick0=0, dtick=spacing)
     return figure
+
+
+# metrics with natural bounds: drawn on them
+_BOUNDED = {"ioi_accuracy": (0.0, 1.0), "capitals_accuracy": (0.0, 1.0), "greater_than_accuracy": (0.0, 1.0)}
 
 
 def pruning_curves_figure(curves: dict, metric: str = "perplexity", title: str = "") -> go.Figure:
     """``metric`` after dropping k units, one line per method (random seeds thin grey, their mean
-    dashed), with the generation speed-up of the attention curve on a second axis."""
+    dashed). Generation speed is not drawn here: each k is timed once, and a single timing is not
+    a measurement (``interp drop`` times the intact and pruned models repeatedly)."""
     figure = go.Figure()
+    named = 0
     for curve in curves["curves"]:
         values = [p.get(metric) for p in curve["points"]]
         k = list(range(len(values)))
@@ -112,24 +200,22 @@ def pruning_curves_figure(curves: dict, metric: str = "perplexity", title: str =
                                         legendgroup="random", showlegend=False))
         else:
             figure.add_trace(go.Scatter(x=k, y=values, mode="lines+markers", name=curve["name"],
+                                        line={"color": colors.QUALITATIVE[named % len(colors.QUALITATIVE)]},
                                         customdata=[[", ".join(p["dropped"][-1:])] for p in curve["points"]],
                                         hovertemplate="k=%{x}: %{y:.4g}<br>last dropped: %{customdata[0]}<extra>"
                                         + curve["name"] + "</extra>"))
+            named += 1
     random = [c for c in curves["curves"] if c["method"] == "random"]
     if random:
         mean = np.mean([[p.get(metric) for p in c["points"]] for c in random], axis=0)
         figure.add_trace(go.Scatter(x=list(range(len(mean))), y=mean, mode="lines", name=f"random (mean of {len(random)})",
                                     line={"color": "grey", "dash": "dash"}))
-    attn = next((c for c in curves["curves"] if c["name"] == "attn"), None)
-    full_speed = curves["full"].get("generation_tokens_per_s")
-    if attn is not None and full_speed:
-        speedup = [p.get("generation_tokens_per_s", np.nan) / full_speed for p in attn["points"]]
-        figure.add_trace(go.Scatter(x=list(range(len(speedup))), y=speedup, mode="lines", yaxis="y2",
-                                    name="generation speed-up (attn)", line={"color": "black", "dash": "dot"}))
-        figure.update_layout(yaxis2={"title": "generation speed-up (x)", "overlaying": "y", "side": "right"})
     figure.update_layout(title=title or f"{metric} after dropping k units", xaxis_title="k (units dropped)",
                          yaxis_title=metric, yaxis_type="log" if metric == "perplexity" else "linear",
-                         template="plotly_white", legend={"x": 1.08})
+                         template="plotly_white")
+    integer_ticks(figure, max((len(c["points"]) for c in curves["curves"]), default=1))
+    if metric in _BOUNDED:
+        figure.update_yaxes(range=list(_BOUNDED[metric]))
     return figure
 
 
@@ -140,11 +226,13 @@ def bigram_figures(result: Result) -> list[go.Figure]:
     grid = result.grid()
     layers = [f"L{l}" for l in range(grid.shape[0])]
     figures = [heatmap(grid, result.extra["matrix_types"], layers,
-                       f"kept fraction per weight matrix · {result.model} · lambda {lam:g}", "matrix", "layer", "kept")]
+                       f"kept fraction per weight matrix · {result.model} · lambda {lam:g}", "matrix", "layer", "kept",
+                       scale="sequential", natural=1.0)]
     by_layer = result.arrays["kept_by_layer"][0]
-    bars = go.Figure([go.Bar(name=name, x=layers, y=by_layer[:, i]) for i, name in enumerate(("attention", "MLP"))])
+    bars = go.Figure([go.Bar(name=name, x=layers, y=by_layer[:, i], marker_color=colors.QUALITATIVE[i])
+                      for i, name in enumerate(("attention", "MLP"))])
     bars.update_layout(title="kept fraction by layer", xaxis_title="layer", yaxis_title="kept fraction",
-                       barmode="group", template="plotly_white")
+                       yaxis_range=[0, 1], barmode="group", template="plotly_white")
     figures.append(bars)
     model_s, bigram_s = result.arrays["subnetwork_surprisal"], result.arrays["bigram_surprisal"]
     finite = np.isfinite(bigram_s)
@@ -154,12 +242,17 @@ def bigram_figures(result: Result) -> list[go.Figure]:
                           xaxis_title="bigram surprisal (nats)", yaxis_title="subnetwork surprisal (nats)",
                           template="plotly_white")
     figures.append(scatter)
-    if "history_loss" in result.arrays:
-        curve = go.Figure([go.Scatter(y=result.arrays["history_cross_entropy"], name="cross-entropy to target"),
-                           go.Scatter(x=result.arrays["history_checked_steps"], y=result.arrays["history_kept"],
-                                      name="kept (> 0.9)", yaxis="y2")])
-        curve.update_layout(title="training", xaxis_title="step", yaxis_title="nats",
-                            yaxis2={"title": "fraction", "overlaying": "y", "side": "right"}, template="plotly_white")
+    if "history_loss" in result.arrays:  # two plots, one quantity each: no secondary axis
+        curve = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                              subplot_titles=("cross-entropy to the target (nats)", "fraction of weights kept (mask > 0.9)"))
+        ce = result.arrays["history_cross_entropy"]
+        curve.add_trace(go.Scatter(x=np.arange(len(ce)), y=ce, name="cross-entropy", line={"color": colors.QUALITATIVE[0]}),
+                        row=1, col=1)
+        curve.add_trace(go.Scatter(x=result.arrays["history_checked_steps"], y=result.arrays["history_kept"], name="kept",
+                                   line={"color": colors.QUALITATIVE[1]}), row=2, col=1)
+        curve.update_yaxes(range=[0, 1], row=2, col=1)
+        curve.update_xaxes(title_text="step", row=2, col=1)
+        curve.update_layout(title="training", template="plotly_white", showlegend=False, height=520)
         figures.append(curve)
     if "residual_to_final" in result.arrays:
         stages = ["embed"] + [f"after L{l}" for l in range(grid.shape[0])]
@@ -178,20 +271,55 @@ def patching_figures(result: Result) -> list[go.Figure]:
 
 
 def probe_figures(result: Result) -> list[go.Figure]:
-    """Probe accuracy per layer with its interval, the control task and the selectivity."""
+    """Probe accuracy per layer with its interval, the control task and the selectivity (the
+    probe's accuracy minus the control task's), on the accuracy scale."""
     layers = list(range(len(result.scores)))
     accuracy, arrays = result.scores, result.arrays
     figure = go.Figure([
-        go.Scatter(x=layers, y=accuracy, name="probe accuracy", mode="lines+markers",
+        go.Scatter(x=layers, y=accuracy, name="probe accuracy (95% interval)", mode="lines+markers",
+                   line={"color": colors.QUALITATIVE[0]},
                    error_y={"type": "data", "symmetric": False, "array": arrays["ci_high"] - accuracy,
                             "arrayminus": accuracy - arrays["ci_low"]}),
-        go.Scatter(x=layers, y=arrays["control_accuracy"], name="control task", mode="lines+markers"),
-        go.Scatter(x=layers, y=arrays["selectivity"], name="selectivity", mode="lines"),
+        go.Scatter(x=layers, y=arrays["control_accuracy"], name="control task", mode="lines+markers",
+                   line={"color": colors.QUALITATIVE[7]}),
+        go.Scatter(x=layers, y=arrays["selectivity"], name="selectivity (probe - control)", mode="lines",
+                   line={"color": colors.QUALITATIVE[2], "dash": "dash"}),
     ])
-    figure.add_hline(y=result.extra["chance"], line_dash="dot", annotation_text="chance")
-    figure.update_layout(title=f"linear probes · {result.task} · {result.model}",
+    figure.add_hline(y=result.extra["chance"], line_dash="dot", line_color="#888", annotation_text="chance")
+    low = min(0.0, float(np.nanmin(arrays["selectivity"])) - 0.05) if len(layers) else 0.0
+    figure.update_layout(title=f"linear probes · {result.task} · {result.model}", yaxis_range=[low, 1.02],
                          xaxis_title="layer (residual stream leaving it)", yaxis_title="accuracy", template="plotly_white")
-    return [figure]
+    return [integer_ticks(figure, len(layers))]
+
+
+def drop_figures(result: Result) -> list[go.Figure]:
+    """The intact and the pruned model side by side: one bar pair per measure (each on its own
+    axis), and the generation speed of every repeat (points) with its median, when timed."""
+    full, dropped = result.extra["full"], result.extra["dropped"]
+    keys = [k for k in full if isinstance(full[k], (int, float)) and isinstance(dropped.get(k), (int, float))]
+    figure = make_subplots(rows=1, cols=max(1, len(keys)), subplot_titles=[k.replace("_", " ") for k in keys])
+    for i, key in enumerate(keys):
+        figure.add_trace(go.Bar(x=["intact", "pruned"], y=[full[key], dropped[key]], showlegend=False,
+                                marker_color=[colors.QUALITATIVE[7], colors.QUALITATIVE[1]],
+                                hovertemplate=f"{key} %{{x}}: %{{y:.4g}}<extra></extra>"), row=1, col=i + 1)
+        if key in _BOUNDED:
+            figure.update_yaxes(range=list(_BOUNDED[key]), row=1, col=i + 1)
+    figure.update_layout(title=f"intact vs pruned ({len(result.components)} units dropped: {', '.join(result.components)})",
+                         template="plotly_white", height=380)
+    figures = [figure]
+    timings = (result.extra.get("speed") or {}).get("timings")
+    if timings:
+        speed = go.Figure()
+        for i, (name, values) in enumerate(timings.items()):
+            label = "intact" if name == "full" else "pruned"
+            speed.add_trace(go.Box(y=values, name=label, boxpoints="all", marker_color=colors.QUALITATIVE[7 if i == 0 else 1],
+                                   hovertemplate=f"{label}: %{{y:.1f}} tokens/s<extra></extra>"))
+        ratio = result.extra["speed"]["generation_speedup"]
+        speed.update_layout(title=f"greedy generation, {len(next(iter(timings.values())))} timings each: median speed-up "
+                                  f"{ratio:.2f}x", yaxis_title="new tokens / s", template="plotly_white", showlegend=False,
+                            height=380)
+        figures.append(speed)
+    return figures
 
 
 def redundancy_figures(result: Result) -> list[go.Figure]:
@@ -202,12 +330,19 @@ def redundancy_figures(result: Result) -> list[go.Figure]:
 
 
 def dictionary_figures(result: Result) -> list[go.Figure]:
-    """A dictionary run's latent density and, for a training run, its training curves."""
-    figures = [go.Figure(go.Histogram(x=result.arrays["log10_frequency"], nbinsx=50)).update_layout(
-        title=f"latent density · {result.task} · {result.model}", xaxis_title="log10 firing frequency",
-        yaxis_title="latents", template="plotly_white")]
+    """A dictionary run's latent density and, for a training run, its training curves (one plot per
+    quantity, bounded ones on their bounds)."""
+    figures = [go.Figure(go.Histogram(x=result.arrays["log10_frequency"], nbinsx=50, marker_color=colors.QUALITATIVE[2]))
+               .update_layout(title=f"latent density · {result.task} · {result.model}", xaxis_title="log10 firing frequency",
+                              yaxis_title="latents", template="plotly_white")]
     if "history_step" in result.arrays:
-        for key in ("mse", "l0", "explained_variance", "dead_fraction"):
-            figures.append(go.Figure(go.Scatter(x=result.arrays["history_step"], y=result.arrays[f"history_{key}"])).update_layout(
-                title=key.replace("_", " "), xaxis_title="step", template="plotly_white", height=300))
+        names = {"mse": "reconstruction MSE", "l0": "L0 (latents firing per token)", "explained_variance": "explained variance",
+                 "dead_fraction": "dead fraction"}
+        for i, (key, name) in enumerate(names.items()):
+            figure = go.Figure(go.Scatter(x=result.arrays["history_step"], y=result.arrays[f"history_{key}"],
+                                          line={"color": colors.QUALITATIVE[i]}))
+            figure.update_layout(title=name, xaxis_title="step", template="plotly_white", height=300)
+            if key == "dead_fraction":
+                figure.update_yaxes(range=[0, 1])
+            figures.append(figure)
     return figures
