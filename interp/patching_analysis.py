@@ -9,6 +9,8 @@ bound in its payload when asked for.
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,6 +79,7 @@ class PatchingPayload:
 def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConfig()) -> Result:
     """The patching analysis: :func:`activation_patching` or ``attribution_patching`` (then
     ``verify_top`` and ``diagnose`` as asked) with ``config``'s settings."""
+    began = time.perf_counter()
     reference = config.mean_reference(model, task)
     shared = dict(config.contrast(), noise_std=config.noise_std, layers=list(config.layers) if config.layers else None,
                   batch_size=config.batch_size, progress=config.progress, positions=config.positions, reference=reference,
@@ -88,11 +91,15 @@ def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConf
 
         result = attribution_patching(model, task, config.granularity, method=config.method,
                                       grad_drop=config.grad_drop if config.method == "atp*" else False, **shared)
+        result.timings = {"ranking": result.wall_seconds}
         if config.verify_top:
             verify_top(model, task, result, config.verify_top, progress=config.progress, reference=reference)
+            result.timings["verification"] = result.extra["verification"]["seconds"]
         if config.diagnose:
             diagnose(model, task, result, samples=config.diagnose_samples, p=config.diagnose_p,
                      confidence=config.confidence, seed=config.seed, reference=reference)
+            result.timings["diagnostic"] = result.extra["diagnostic"]["seconds"]
+    result.wall_seconds = time.perf_counter() - began  # the whole analysis; its parts in ``timings``
     result.analysis = "patching"
     return result
 

@@ -49,7 +49,7 @@ _JSON_TYPES: dict[str, tuple] = {
     "components": (list,), "scores": (list,), "shape": (list,), "axes": (list,), "tokens": (list,),
     "position_labels": (list,), "settings": (dict,), "extra": (dict,), "versions": (dict,),
     "clean_metric": _NUMBER + (type(None),), "corrupt_metric": _NUMBER + (type(None),), "wall_seconds": _NUMBER,
-    "n_forward_passes": (int,), "n_backward_passes": (int,),
+    "n_forward_passes": (int,), "n_backward_passes": (int,), "timings": (dict,),
 }
 
 
@@ -89,6 +89,9 @@ class Result:
     # one label per position of a position-resolved grid ("3: ' Mary'", "-1: ' to'", "IO"); empty
     # when the grid has no position axis (older run folders: labels come from ``tokens``)
     position_labels: list[str] = field(default_factory=list)
+    # the parts of ``wall_seconds`` in seconds (patching: ranking, verification, diagnostic; a CLI
+    # run adds "loading and setup"), so the total is the whole command
+    timings: dict[str, float] = field(default_factory=dict)
 
     def grid(self, name: str = "scores") -> np.ndarray:
         """``scores`` (or a named array) folded to ``shape``."""
@@ -181,6 +184,8 @@ class Result:
                 raise ResultError(f"{path}: field {name!r} must be {kinds}, got {type(value).__name__}")
         if not all(isinstance(name, str) for name in data["components"]):
             raise ResultError(f"{path}: 'components' must be a list of names")
+        if not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in data.get("timings", {}).values()):
+            raise ResultError(f"{path}: 'timings' must map names to seconds")
         try:
             data["scores"] = np.asarray(data["scores"], dtype=np.float64)
         except (TypeError, ValueError):

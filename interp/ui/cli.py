@@ -24,7 +24,7 @@ from interp.ui.cli_edges import add_command as add_edges_command
 from interp.ui.cli_probe import add_command as add_probe_command
 from interp.ui.cli_dictionaries import add_commands as add_dictionary_commands
 from interp.ui.cli_redundancy import add_commands as add_redundancy_commands
-from interp.ui.flags import analysis_command, check_out, config_from_args, load, save_run
+from interp.ui.flags import analysis_command, check_out, config_from_args, load, save_run, start_clock
 
 # Errors that are the user's input, reported as one line (never a traceback).
 _USER_ERRORS = (ValueError, FileNotFoundError, NotImplementedError, KeyError)  # DictionaryError, EdgeError, ... are ValueErrors
@@ -209,6 +209,7 @@ def _run_generic(analysis, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    start_clock()
     try:
         if getattr(args, "out", None):
             check_out(Path(args.out))

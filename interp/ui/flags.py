@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import types
 import typing
 from dataclasses import MISSING, fields
@@ -200,11 +201,26 @@ def check_out(out: Path) -> None:
         raise ConfigError(f"--out {out}: cannot write in {ancestor} ({exc.strerror})") from None
 
 
+_command_started: float | None = None
+
+
+def start_clock() -> None:
+    """Mark the start of a command: :func:`save_run` makes the result's ``wall_seconds`` the
+    whole command (loading the model and inputs included, in ``timings["loading and setup"]``)."""
+    global _command_started
+    _command_started = time.perf_counter()
+
+
 def save_run(result, out: Path) -> list[Path]:
     """Save ``result`` into the run folder ``out`` with its analysis' figures (``Analysis.html_name``);
     returns what was written."""
     from interp.ui.figures import write_figures
 
+    if _command_started is not None:
+        total = time.perf_counter() - _command_started
+        parts = dict(result.timings) or {"analysis": result.wall_seconds}
+        result.timings = {"loading and setup": max(0.0, total - sum(parts.values())), **parts}
+        result.wall_seconds = total
     result.save(out)
     written = [out / "result.json"] + [out / name for name in result.documents]
     analysis = analysis_of(result)
