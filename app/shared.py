@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from interp.results import Result, ResultError
@@ -33,6 +34,7 @@ class RunEntry:
     path: Path
     result: Result | None = None
     problem: str | None = None
+    name: str = ""  # the folder relative to the runs folder ("sae-l6/dictionary-eval")
 
     @property
     def page(self) -> str | None:
@@ -55,20 +57,34 @@ def _load(path: str, stamp: float) -> Result:
     return Result.load(path)
 
 
-def list_runs(root: Path) -> list[RunEntry]:
-    """Every folder directly under ``root`` (newest first), read or with the reason it cannot be."""
+def list_runs(root: Path, depth: int = 3) -> list[RunEntry]:
+    """Every run folder under ``root`` (newest first), nested ones too (``sae-l6/dictionary-eval``,
+    up to ``depth`` levels), read or with the reason it cannot be; a top-level folder that holds
+    no run at all is listed with that reason."""
     if not root.is_dir():
         return []
     entries = []
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
-    for folder in folders:
+
+    def visit(folder: Path, level: int) -> bool:
         marker = folder / "result.json"
-        try:
-            entries.append(RunEntry(folder, _load(str(folder), marker.stat().st_mtime if marker.exists() else 0.0)))
-        except ResultError as exc:
-            entries.append(RunEntry(folder, problem=str(exc)))
-    return entries
+        found = False
+        if marker.exists():
+            try:
+                entries.append(RunEntry(folder, _load(str(folder), marker.stat().st_mtime)))
+            except ResultError as exc:
+                entries.append(RunEntry(folder, problem=str(exc)))
+            found = True
+        if level < depth:
+            for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                found = visit(child, level + 1) or found
+        return found
+
+    for folder in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not visit(folder, 1):
+            entries.append(RunEntry(folder, problem=f"{folder.name} holds no result.json (not an interp run folder)"))
+    for entry in entries:
+        entry.name = entry.path.relative_to(root).as_posix()
+    return sorted(entries, key=lambda e: e.path.stat().st_mtime, reverse=True)
 
 
 def pick_run(page: str) -> Result | None:
@@ -79,7 +95,7 @@ def pick_run(page: str) -> Result | None:
         st.info(f"No {page.lower()} runs in `{root}`. Run an analysis (see the Runs page) or choose another folder "
                 "in the sidebar.")
         return None
-    names = [e.path.name for e in entries]
+    names = [e.name for e in entries]
     wanted = st.session_state.get("selected_run")
     index = names.index(wanted) if wanted in names else 0
     name = st.selectbox("run", names, index=index)
@@ -87,9 +103,14 @@ def pick_run(page: str) -> Result | None:
     return entries[names.index(name)].result
 
 
+def runs_root() -> Path:
+    """The runs folder :func:`pick_run` listed."""
+    return Path(st.session_state["runs_dir"]).expanduser()
+
+
 def selected_folder() -> Path:
     """The folder of the run :func:`pick_run` returned."""
-    return Path(st.session_state["runs_dir"]).expanduser() / st.session_state["selected_run"]
+    return runs_root() / st.session_state["selected_run"]
 
 
 def run_file(folder: Path, name: object) -> Path:
@@ -118,6 +139,60 @@ def load_model(spec: str, backend: str = "transformer_lens"):
 def model_lock(spec: str, backend: str = "transformer_lens") -> threading.Lock:
     """The lock that serializes every browser session's runs of the shared :func:`load_model`."""
     return threading.Lock()
+
+
+def _stretch(function) -> dict:
+    """The keyword that makes ``function`` fill the page's width on this Streamlit: ``width="stretch"``
+    where it exists (``use_container_width`` is deprecated there), else ``use_container_width``."""
+    import inspect
+
+    width = inspect.signature(function).parameters.get("width")
+    return {"width": "stretch"} if width is not None and isinstance(width.default, str) else {"use_container_width": True}
+
+
+def chart(figure) -> None:
+    """A plotly figure at the page's width."""
+    st.plotly_chart(figure, **_stretch(st.plotly_chart))
+
+
+def tidy(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """A table for reading: floats rounded to ``digits`` significant digits, float noise below 1e-9
+    read as 0 (never -0.000000000000003),
+    missing values left empty (never "None"), lists joined."""
+    frame = frame.copy()
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype == object:
+            if values.map(lambda v: isinstance(v, float) or v is None).all():  # numbers with gaps
+                frame[column] = pd.to_numeric(values, errors="coerce")
+            else:
+                frame[column] = values.map(lambda v: "" if v is None else ", ".join(map(str, v)) if isinstance(v, (list, tuple))
+                                           else v)
+                continue
+        if pd.api.types.is_float_dtype(frame[column]):
+            frame[column] = frame[column].map(lambda v: 0.0 if pd.notna(v) and abs(v) < 1e-9
+                                              else float(f"{v:.{digits}g}") if pd.notna(v) else v)
+    return frame
+
+
+def table(frame: pd.DataFrame, page_size: int = 0, key: str = "", height: int | None = None, **kwargs) -> None:
+    """A sortable table at the page's width, tidied (:func:`tidy`); with ``page_size``, long tables
+    show one page at a time with a page picker (``key`` names it)."""
+    frame = tidy(frame)
+    if page_size and len(frame) > page_size:
+        pages = (len(frame) + page_size - 1) // page_size
+        page = st.number_input(f"page (of {pages}, {page_size} rows each)", 1, pages, 1, key=f"{key}-page")
+        frame = frame.iloc[(page - 1) * page_size: page * page_size]
+    options = {"hide_index": True, **kwargs}
+    if height is not None:
+        options["height"] = height
+    st.dataframe(frame, **options, **_stretch(st.dataframe))
+
+
+def timing_line(result: Result) -> str:
+    """``wall_seconds`` with its parts: "277.1 s (loading and setup 9.3 s, ranking 25.6 s, ...)"."""
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
+    return f"{result.wall_seconds:.1f} s" + (f" ({parts})" if parts else "")
 
 
 def header(title: str, caption: str) -> None:

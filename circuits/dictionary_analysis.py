@@ -246,11 +246,12 @@ def run_feature_graph(model: Model, transcoders: dict[int, SparseDictionary], pr
 
 register(Analysis(
     name="dictionary", command="sae train", inputs="corpus",
-    config=DictionaryTrainingConfig, run=run_training, methods=("sae", "transcoder"),
+    config=DictionaryTrainingConfig, run=run_training, methods=("sae", "transcoder"), page="Dictionary",
     payload=DictionaryPayload, figures="interp.ui.figures:dictionary_figures", figure_file="dictionary.html",
     summary="train a sparse autoencoder or transcoder on a model's activations and evaluate it on held-out text"))
 register(Analysis(
     name="dictionary-eval", command="sae eval", config=DictionaryEvalConfig, run=run_evaluation, payload=DictionaryPayload,
+    page="Dictionary",
     figures="interp.ui.figures:dictionary_figures", figure_file="dictionary.html",
     summary="held-out metrics of a saved dictionary (interp or SAELens format)"))
 register(Analysis(

@@ -200,4 +200,5 @@ register(Analysis(
     summary="similarity and ablation importance of every attention sublayer, MLP sublayer and block; pruning curves"))
 register(Analysis(
     name="drop", inputs="corpus", config=DropConfig, run=run_drop, methods=("drop",), page="Pruning", payload=DropPayload,
+    figures="interp.ui.figures:drop_figures",
     summary="the model with chosen layers dropped against the intact model: perplexity, tasks, generation speed"))

@@ -48,6 +48,6 @@ def run_probes(model: Model, data: ProbeDataset, config: ProbeConfig = ProbeConf
 
 
 register(Analysis(
-    name="probe", config=ProbeConfig, run=run_probes, methods=("probe",), payload=ProbePayload,
+    name="probe", config=ProbeConfig, run=run_probes, methods=("probe",), payload=ProbePayload, page="Probes",
     figures="interp.ui.figures:probe_figures",
     summary="linear probes per layer with grouped folds, a control task and selectivity"))

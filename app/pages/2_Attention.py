@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import streamlit as st  # noqa: E402
 
-from app.shared import default_model, header, load_model, model_lock  # noqa: E402
+from app.shared import chart, default_model, header, load_model, model_lock  # noqa: E402
 from interp.head_scores import attention_patterns, head_scores  # noqa: E402
 from interp.ui.figures import heatmap  # noqa: E402
 
@@ -38,12 +38,12 @@ def scores_of(spec: str):
 
 patterns, tokens = patterns_of(spec, prompt)
 labels = [f"{i}: {t!r}"[:20] for i, t in enumerate(tokens)]
-st.plotly_chart(heatmap(patterns[layer, head], labels, labels, f"attention pattern L{layer}.H{head}", "key (attended to)",
-                        "query", "attention"), use_container_width=True)
+chart(heatmap(patterns[layer, head], labels, labels, f"attention pattern L{layer}.H{head}", "key (attended to)",
+                        "query", "attention", scale="sequential", natural=1.0))
 
 scores = scores_of(spec)
 kind = st.radio("head score", list(scores), horizontal=True, format_func=lambda s: s.replace("_", "-"))
 grid = scores[kind]
-st.plotly_chart(heatmap(grid, [str(h) for h in range(grid.shape[1])], [f"L{l}" for l in range(grid.shape[0])],
+chart(heatmap(grid, [str(h) for h in range(grid.shape[1])], [f"L{l}" for l in range(grid.shape[0])],
                         f"{kind.replace('_', '-')} score per head (BOS + random tokens repeated once)", "head", "layer",
-                        "score"), use_container_width=True)
+                        "score", scale="sequential", natural=1.0))

@@ -8,8 +8,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import header, pick_run  # noqa: E402
-from interp.ui.figures import importance_figure, pruning_curves_figure  # noqa: E402
+from app.shared import chart, header, pick_run, table, timing_line  # noqa: E402
+from interp.ui.figures import drop_figures, importance_figure, pruning_curves_figure  # noqa: E402
 
 header("Pruning", "Which attention and MLP sublayers are redundant, and what dropping them costs.")
 result = pick_run("Pruning")
@@ -17,16 +17,16 @@ if result is None:
     st.stop()
 
 if result.method == "drop":
-    st.markdown(f"Dropped {len(result.components)} units from `{result.model}`: {', '.join(result.components)}")
+    st.markdown(f"Dropped {len(result.components)} units from `{result.model}`: {', '.join(result.components)} · "
+                f"{timing_line(result)}")
+    for figure in drop_figures(result):
+        chart(figure)
     full, dropped = result.extra["full"], result.extra["dropped"]
-    keys = [k for k in full if isinstance(full[k], float)]
-    st.dataframe(pd.DataFrame({"measure": keys, "full": [full[k] for k in keys], "dropped": [dropped[k] for k in keys]}),
-                 hide_index=True, use_container_width=True)
-    if result.extra.get("speed"):
-        st.json(result.extra["speed"])
+    keys = [k for k in full if isinstance(full[k], (int, float))]
+    table(pd.DataFrame({"measure": keys, "intact": [full[k] for k in keys], "pruned": [dropped.get(k) for k in keys]}))
     st.stop()
 
-st.plotly_chart(importance_figure(result), use_container_width=True)
+chart(importance_figure(result))
 curves = result.extra.get("curves")
 if not curves:
     st.info("This run has no pruning curves (it was run with --no-curves).")
@@ -39,10 +39,10 @@ for curve in named:
     point = curve["points"][min(k, len(curve["points"]) - 1)]
     rows.append({"method": curve["name"], "dropped at k": ", ".join(curve["dropped"][:k]) or "(none)",
                  "perplexity": point["perplexity"], "parameters dropped": point.get("parameters_dropped")})
-st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+table(pd.DataFrame(rows))
 metrics = [m for m in ("perplexity", "ioi_accuracy", "capitals_accuracy", "greater_than_accuracy") if m in curves["full"]]
 metric = st.selectbox("curve metric", metrics)
-st.plotly_chart(pruning_curves_figure(curves, metric), use_container_width=True)
+chart(pruning_curves_figure(curves, metric))
 findings = result.extra.get("findings") or {}
 for name, finding in findings.items():
     (st.success if finding["holds"] else st.warning)(f"{name.replace('_', ' ')}: {'holds' if finding['holds'] else 'does not hold'}")

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import default_model, header, load_model, model_lock  # noqa: E402
+from app.shared import chart, default_model, header, load_model, model_lock, table  # noqa: E402
 from interp.attribution import attribution_patching, verify_top  # noqa: E402
 from interp.ui.figures import result_heatmap  # noqa: E402
 from interp.tasks import Task  # noqa: E402
@@ -45,9 +45,9 @@ result = st.session_state.get("live_result")
 if result is not None:
     st.markdown(f"clean logit difference {result.clean_metric:.3f}, corrupt {result.corrupt_metric:.3f} · "
                 f"{result.n_forward_passes} forward / {result.n_backward_passes} backward passes · {result.wall_seconds:.2f} s")
-    st.plotly_chart(result_heatmap(result), use_container_width=True)
+    chart(result_heatmap(result))
     order = result.ranking()[:10]
-    table = pd.DataFrame({"head": [result.components[i] for i in order], "AtP* estimate": result.scores[order]})
+    top = pd.DataFrame({"head": [result.components[i] for i in order], "AtP* estimate": result.scores[order]})
     if "exact" in result.arrays:
-        table["exact"] = result.arrays["exact"][order]
-    st.dataframe(table, hide_index=True, use_container_width=True)
+        top["exact"] = result.arrays["exact"][order]
+    table(top)

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import header, pick_run, selected_folder  # noqa: E402
+from app.shared import chart, header, pick_run, selected_folder, table  # noqa: E402
 from circuits.circuit_selection import CircuitError, load_graph  # noqa: E402
 from circuits.edge_circuits import circuit_from_result  # noqa: E402
 from interp.ui.circuit_figures import circuit_graph_figure, faithfulness_figure  # noqa: E402
@@ -22,17 +22,16 @@ if result is None:
 st.markdown(f"**{result.model}** on **{result.task}** ({result.metric}: clean {result.clean_metric:.3f}, "
             f"corrupt {result.corrupt_metric:.3f}); {len(result.components):,} edges; methods: "
             f"{', '.join(result.extra['methods'])}")
-st.plotly_chart(faithfulness_figure(result.extra["curves"]), use_container_width=True)
+chart(faithfulness_figure(result.extra["curves"]))
 if "node_comparison" in result.extra:
     st.markdown("**Head ranking implied by the edges vs exact head patching**")
-    st.dataframe(pd.DataFrame(result.extra["node_comparison"]), hide_index=True, use_container_width=True)
+    table(pd.DataFrame(result.extra["node_comparison"]))
 
 if "ground_truth" in result.extra:
     truth = result.extra["ground_truth"]
     st.markdown(f"**Against the compiled circuit**: {len(truth['true_edges'])} true edges, "
                 f"{len(truth['inert_true_edges'])} inert under this corruption (no method can see them)")
-    st.dataframe(pd.DataFrame(truth["auc"]).T.rename_axis("edge ROC AUC").reset_index(), hide_index=True,
-                 use_container_width=True)
+    table(pd.DataFrame(truth["auc"]).T.rename_axis("edge ROC AUC").reset_index())
 
 method = st.radio("method", result.extra["methods"], horizontal=True)
 saved = result.extra["circuit"]["top_n"]
@@ -51,6 +50,6 @@ if graph is None:
     nearest = min(range(len(curve["sizes"])), key=lambda i: abs(curve["sizes"][i] - top_n))
     st.caption(f"Faithfulness is measured at the curve's sizes only; nearest: {curve['sizes'][nearest]} edges -> "
                f"{curve['faithfulness'][nearest]:.3f}.")
-st.plotly_chart(circuit_graph_figure(graph), use_container_width=True)
+chart(circuit_graph_figure(graph))
 edges = pd.DataFrame(graph["edges"]).sort_values("score", key=abs, ascending=False)
-st.dataframe(edges[["source", "target", "port", "score"]], hide_index=True, use_container_width=True)
+table(edges[["source", "target", "port", "score"]])

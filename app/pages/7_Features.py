@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import header, pick_run, run_file, selected_folder  # noqa: E402
+from app.shared import chart, header, pick_run, run_file, selected_folder, table  # noqa: E402
 from interp.ui.circuit_figures import feature_graph_figure  # noqa: E402
 
 header("Features", "Attribution graph of one prompt through transcoders (`interp transcoder circuit`): edges are direct "
@@ -36,12 +36,11 @@ shown = st.multiselect("node kinds", kinds, default=kinds)
 kept = {n["id"] for n in graph["nodes"] if n["kind"] in shown or n["kind"] == "target"}
 view = {**graph, "nodes": [n for n in graph["nodes"] if n["id"] in kept],
         "edges": [e for e in graph["edges"] if e["source"] in kept and e["target"] in kept]}
-st.plotly_chart(feature_graph_figure(view), use_container_width=True)
+chart(feature_graph_figure(view))
 nodes = pd.DataFrame(view["nodes"]).sort_values("influence", ascending=False)
 st.markdown("**Nodes** by influence on the target (share of |attribution| over all paths)")
-st.dataframe(nodes[["id", "kind", "layer", "position", "activation", "value", "influence", "attribution"]],
-             hide_index=True, use_container_width=True)
+table(nodes[["id", "kind", "layer", "position", "activation", "value", "influence", "attribution"]])
 if view["edges"]:
     st.markdown("**Edges** by |weight|")
     edges = pd.DataFrame(view["edges"]).sort_values("weight", key=abs, ascending=False)
-    st.dataframe(edges, hide_index=True, use_container_width=True)
+    table(edges)
