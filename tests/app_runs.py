@@ -24,6 +24,11 @@ RUNS = {
                     "eap", "--top-n", "5", "--sizes", "1,2,5"],
     "bigram": ["bigram", "--model", "toy-bigram", "--corpus", "toy-markov", "--steps", "10", "--batch-size", "4",
                "--seq-len", "64", "--lr", "0.01", "--held-out-chunks", "8"],
+    "drop": ["drop", "--model", "random-llama", "--chunk-length", "24", "--calibration-chunks", "2", "--held-out-chunks", "2",
+             "--task-prompts", "4", "--gen-tokens", "2", "--attn", "1", "--units", "L2.MLP", "--repeats", "2"],
+    "probe": ["probe", "--model", "random-llama", "--task", "ioi", "--n-prompts", "12", "--folds", "3"],
+    "sae": ["sae", "train", "--model", "random-llama", "--site", "L1.RESID_POST", "--k", "4", "--expansion", "2",
+            "--tokens", "2048", "--batch-tokens", "128", "--buffer-tokens", "512", "--chunk-length", "32", "--eval-chunks", "2"],
 }
 
 
@@ -31,6 +36,8 @@ def build_runs(root: Path) -> Path:
     """Write every fixture run under ``root``, plus one corrupt and one foreign folder."""
     for name, args in RUNS.items():
         assert cli.main(args + ["--out", str(root / name)]) == 0, name
+    assert cli.main(["sae", "eval", "--dictionary", str(root / "sae" / "dictionary"), "--model", "random-llama", "--chunk-length",
+                     "32", "--eval-chunks", "2", "--out", str(root / "sae" / "dictionary-eval")]) == 0  # nested, as by default
     transcoder = root.parent / f"{root.name}-transcoder"  # a random transcoder of random-llama's MLP 1, outside the runs
     save_dictionary(SparseDictionary(DictionaryConfig(d_in=64, d_sae=96, k=8, kind="transcoder", site="L1.MLP")), transcoder)
     assert cli.main(["patch", "--model", "random-llama", "--n-prompts", "4", "--dictionary", str(transcoder),

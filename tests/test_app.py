@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from interp.results import Result
+from interp.ui.figures import active_positions
 from tests.app_runs import build_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +20,13 @@ APP = "app/Home.py"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     return build_runs(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(autouse=True)
+def no_deprecation_warnings(caplog):
+    """No page may log a Streamlit deprecation warning."""
+    yield
+    assert not [r.getMessage() for r in caplog.records if "deprecat" in r.name or "deprecat" in r.getMessage().lower()]
 
 
 @pytest.fixture
@@ -54,9 +62,13 @@ def test_runs_page_lists_good_runs_and_explains_bad_folders(app_env):
     at = _run(APP)
     tables = at.dataframe
     listed = tables[0].value
-    assert sorted(listed["run"]) == ["bigram", "edges", "edges-tracr", "feature-graph", "features-atp-star", "heads-atp-star",
-                                     "heads-exact", "landmarks-heads-pos", "redundancy"]
-    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit", "Features"}
+    assert sorted(listed["run"]) == ["bigram", "drop", "edges", "edges-tracr", "feature-graph", "features-atp-star",
+                                     "heads-atp-star", "heads-exact", "landmarks-heads-pos", "probe", "redundancy", "sae",
+                                     "sae/dictionary-eval"]
+    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit", "Features", "Dictionary", "Probes"}
+    assert (listed["seconds"] > 0).all() and listed["seconds"].map(lambda v: v == float(f"{v:.4g}")).all()
+    next(t for t in at.text_input if t.label == "filter").set_value("sae").run()
+    assert sorted(at.dataframe[0].value["run"]) == ["sae", "sae/dictionary-eval"]
     reasons = dict(zip(tables[1].value["folder"], tables[1].value["reason"]))
     assert "not valid JSON" in reasons["corrupt"] and "no result.json" in reasons["notes"]
 
@@ -72,14 +84,27 @@ def test_patching_page_draws_the_run(app_env):
 
 
 def test_patching_page_labels_the_positions_of_a_mixed_length_task_from_the_end(app_env):
-    """Prompts of 9 to 14 tokens: columns are positions counted from each prompt's end, and a
-    prompt too short for a position is left out of its box (per-prompt NaN)."""
+    """Prompts of 9 to 14 tokens: panels are positions counted from each prompt's end (one layer x
+    head grid per position where the pairs differ), and a prompt too short for a position is left
+    out of its box (per-prompt NaN)."""
     at = _run("app/pages/1_Patching.py", selected_run="landmarks-heads-pos")
     result = Result.load(app_env / "landmarks-heads-pos")
     heat, spread = _figures(at)[:2]
-    assert list(heat["data"][0]["x"]) == result.position_labels and heat["data"][0]["x"][-1].startswith("-1: ")
+    grid = result.grid()  # [layer, head, position]
+    active = active_positions(grid)  # at most 6: those of the largest |effect|
+    assert active == [p for p in range(grid.shape[-1]) if np.abs(grid[..., p]).max() > 0] or len(active) == 6
+    panels = [trace for trace in heat["data"] if trace["type"] == "heatmap"]
+    assert [a["text"] for a in heat["layout"]["annotations"]] == [f"@ {result.position_labels[p]}" for p in active]
+    assert heat["layout"]["annotations"][-1]["text"].startswith("@ -1: ")
+    for trace, p in zip(panels, active):
+        assert np.allclose(_array(trace["z"]), grid[..., p])
+    assert heat["layout"]["coloraxis"]["cmin"] == -1 and heat["layout"]["coloraxis"]["cmax"] == 1
+    assert heat["layout"]["height"] <= 900  # fits a screen, with the table below
     assert np.isnan(result.arrays["per_prompt"]).any()
     assert spread["data"][0]["type"] == "box"
+    at.radio[0].set_value("every row (tall)").run()
+    tall = _figures(at)[0]["data"][0]
+    assert list(tall["x"]) == result.position_labels and _array(tall["z"]).shape == (grid.shape[0] * grid.shape[1], grid.shape[2])
 
 
 def test_patching_page_draws_the_top_latents_of_a_feature_run(app_env):
@@ -117,7 +142,39 @@ def test_bigram_page_shows_kept_fractions_and_ablations(app_env):
     heat = _figures(at)[0]["data"][0]
     assert _array(heat["z"]).shape == (2, 7)
     assert list(at.dataframe[1].value.index) == ["full", "subnetwork", "random", "complement"]
-    assert at.dataframe[0].value["kept"][0] == pytest.approx(result.extra["sweep"][0]["kept_fraction"])
+    assert at.dataframe[0].value["kept"][0] == pytest.approx(result.extra["sweep"][0]["kept_fraction"], rel=1e-3)  # 4 digits
+
+
+def test_pruning_page_draws_a_drop_run_side_by_side_with_its_timings(app_env):
+    at = _run("app/pages/3_Pruning.py", selected_run="drop")
+    result = Result.load(app_env / "drop")
+    bars, speed = _figures(at)[:2]
+    perplexity = next(t for t in bars["data"] if t["type"] == "bar" and t["hovertemplate"].startswith("perplexity "))
+    assert list(perplexity["x"]) == ["intact", "pruned"]
+    assert np.allclose(_array(perplexity["y"]), [result.extra["full"]["perplexity"], result.extra["dropped"]["perplexity"]])
+    assert [len(_array(t["y"])) for t in speed["data"]] == [2, 2]  # every timing drawn: its spread, not one number
+
+
+def test_dictionary_page_shows_metrics_and_a_feature_dashboard(app_env):
+    """A training run and its nested evaluation; the dashboard's top activation is the latent's
+    largest activation (checked in tests/test_feature_dashboard.py against brute force)."""
+    for run in ("sae", "sae/dictionary-eval"):
+        at = _run("app/pages/8_Dictionary.py", selected_run=run)
+        result = Result.load(app_env / run)
+        assert at.metric[0].value == f"{result.extra['metrics']['l0']:.3g}"
+        density = _figures(at)[0]["data"][0]
+        assert density["type"] == "histogram" and len(_array(density["x"])) == len(result.components)
+        assert "fires on" in at.markdown[-1].value or any("fires on" in m.value for m in at.markdown)
+        assert any("promotes" in m.value for m in at.markdown)
+
+
+def test_probes_page_draws_accuracy_with_intervals(app_env):
+    at = _run("app/pages/9_Probes.py", selected_run="probe")
+    result = Result.load(app_env / "probe")
+    accuracy = _figures(at)[0]["data"][0]
+    assert np.allclose(_array(accuracy["y"]), result.scores)
+    assert np.allclose(_array(accuracy["error_y"]["array"]), result.arrays["ci_high"] - result.scores)
+    assert list(at.dataframe[0].value["layer"]) == list(range(len(result.scores)))
 
 
 def test_circuit_page_draws_curves_and_the_saved_circuit_then_other_sizes(app_env):

@@ -16,7 +16,7 @@ from tests.app_runs import build_runs
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts" / "app"
-PAGES = ["", "Patching", "Attention", "Pruning", "Bigram", "Circuit", "Features", "Live"]
+PAGES = ["", "Patching", "Attention", "Pruning", "Bigram", "Circuit", "Features", "Live", "Dictionary", "Probes"]
 
 
 def _free_port() -> int:
@@ -28,13 +28,15 @@ def _free_port() -> int:
 SOCKETS = Path(__file__).resolve().parent / "socket_recorder"  # a sitecustomize that logs every connect and lookup
 
 
-def start_app(runs: Path, port: int, socket_log: Path, *extra: str) -> subprocess.Popen:
-    """``interp app`` as a user starts it, its socket calls recorded to ``socket_log``."""
+def start_app(runs: Path, port: int, socket_log: Path, *extra: str, output: Path | None = None) -> subprocess.Popen:
+    """``interp app`` as a user starts it, its socket calls recorded to ``socket_log`` (and what it
+    prints to ``output``)."""
     env = {**os.environ, "INTERP_SOCKET_LOG": str(socket_log),
            "PYTHONPATH": os.pathsep.join([str(SOCKETS), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-m", "interp.ui.cli", "app", "--runs", str(runs), "--port", str(port),
                              "--model", "toy-induction", *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(output, "w") if output else subprocess.DEVNULL)
 
 
 def wait_healthy(url: str) -> None:
@@ -80,11 +82,12 @@ def server(tmp_path_factory):
     runs = build_runs(tmp_path_factory.mktemp("runs"))
     port = _free_port()
     log = tmp_path_factory.mktemp("sockets") / "server.jsonl"
-    process = start_app(runs, port, log)
+    printed = log.parent / "server.log"
+    process = start_app(runs, port, log, output=printed)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url)
-        yield url, log
+        yield url, log, printed
     finally:
         process.terminate()
         process.wait(timeout=20)
@@ -103,7 +106,7 @@ def browser():
 
 @pytest.mark.parametrize("page_name", PAGES)
 def test_page_renders_in_chromium(server, browser, page_name):
-    url, _ = server
+    url = server[0]
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{url}/{page_name}", wait_until="networkidle", timeout=120_000)
     if page_name == "Live":
@@ -124,9 +127,17 @@ def test_page_renders_in_chromium(server, browser, page_name):
 def test_the_server_never_reached_beyond_this_machine(server):
     """After every page was browsed (and the Live page ran AtP*): every socket the server opened,
     every datagram and every address lookup stayed on this machine."""
-    _, log = server
+    log = server[1]
     assert log.exists() and '"loaded"' in log.read_text(), "the socket recorder was not loaded in the server"
     assert external(log) == []
+
+
+def test_no_page_logged_a_deprecation_warning_or_a_traceback(server):
+    """After every page was browsed: the server printed no deprecation warning (Streamlit's
+    ``use_container_width`` warned 62 times a session)."""
+    printed = server[2].read_text()
+    assert "deprecat" not in printed.lower(), [line for line in printed.splitlines() if "eprecat" in line][:3]
+    assert "Traceback" not in printed, printed[:2000]  # not even one Streamlit recovered from (a table it had to fix)
 
 
 def test_stopping_interp_app_by_its_process_id_stops_the_server(tmp_path):

@@ -91,7 +91,7 @@ def test_every_registered_analysis_has_a_page_and_figures_that_exist():
                                "dictionary-eval", "feature-graph"}
     assert REGISTERED is ANALYSES
     for analysis in ANALYSES.values():
-        assert analysis.page is None or analysis.page in PAGE_FILES, analysis.name
+        assert analysis.page in PAGE_FILES, analysis.name  # every analysis opens in a page
         if analysis.figures:
             module, _, function = analysis.figures.partition(":")
             assert callable(getattr(__import__(module, fromlist=[function]), function)), analysis.name

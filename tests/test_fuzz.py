@@ -141,7 +141,7 @@ def good_result(once):
 @given(drop=st.sets(st.sampled_from(["method", "scores", "components", "shape", "axes", "format", "format_version",
                                      "settings", "arrays", "clean_metric"]), max_size=3),
        replace=st.dictionaries(st.sampled_from(["method", "scores", "components", "shape", "axes", "format_version",
-                                                "settings", "extra", "clean_metric", "n_forward_passes", "tokens",
+                                                "settings", "extra", "clean_metric", "n_forward_passes", "tokens", "timings",
                                                 "position_labels", "arrays", "surprise"]), _JSON, max_size=3))
 def test_result_files(good_result, tmp_path_factory, drop, replace):
     """A run folder someone sent you: it reads, or it is a one-line ResultError (which the app lists
@@ -159,3 +159,4 @@ def test_result_files(good_result, tmp_path_factory, drop, replace):
         return
     assert len(result.scores) == len(result.components)
     result.grid()  # the pages fold scores into the grid
+    [f"{name}: {seconds:.1f} s" for name, seconds in result.timings.items()]  # and print the timings
