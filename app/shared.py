@@ -186,7 +186,9 @@ def table(frame: pd.DataFrame, page_size: int = 0, key: str = "", height: int | 
     options = {"hide_index": True, **kwargs}
     if height is not None:
         options["height"] = height
-    st.dataframe(frame, **options, **_stretch(st.dataframe))
+    numbers = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c])]  # shown to 4 digits, a gap for missing
+    shown = frame.style.format(lambda v: "" if pd.isna(v) else f"{v:.4g}", subset=numbers) if numbers else frame
+    st.dataframe(shown, **options, **_stretch(st.dataframe))
 
 
 def timing_line(result: Result) -> str:

@@ -52,4 +52,4 @@ if graph is None:
                f"{curve['faithfulness'][nearest]:.3f}.")
 chart(circuit_graph_figure(graph))
 edges = pd.DataFrame(graph["edges"]).sort_values("score", key=abs, ascending=False)
-table(edges[["source", "target", "port", "score"]])
+table(edges[["source", "target", "port", "score"]], page_size=100, key="edges")

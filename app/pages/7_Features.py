@@ -39,8 +39,8 @@ view = {**graph, "nodes": [n for n in graph["nodes"] if n["id"] in kept],
 chart(feature_graph_figure(view))
 nodes = pd.DataFrame(view["nodes"]).sort_values("influence", ascending=False)
 st.markdown("**Nodes** by influence on the target (share of |attribution| over all paths)")
-table(nodes[["id", "kind", "layer", "position", "activation", "value", "influence", "attribution"]])
+table(nodes[["id", "kind", "layer", "position", "activation", "value", "influence", "attribution"]], page_size=100, key="nodes")
 if view["edges"]:
     st.markdown("**Edges** by |weight|")
     edges = pd.DataFrame(view["edges"]).sort_values("weight", key=abs, ascending=False)
-    table(edges)
+    table(edges, page_size=100, key="edges")
