@@ -95,8 +95,11 @@ def faithfulness_figure(curves: list[dict], title: str = "") -> go.Figure:
         ))
     figure.add_hline(y=1.0, line_dash="dot", line_color="#888")
     figure.add_hline(y=0.0, line_dash="dot", line_color="#888")
+    sizes = sorted({int(size) for curve in curves for size in curve["sizes"]})
     figure.update_layout(title=title or "faithfulness vs circuit size", xaxis_title="edges in the circuit (top-n by |score|)",
                          yaxis_title="faithfulness", xaxis_type="log", template="plotly_white", height=420)
+    if sizes and len(sizes) <= 20:  # ticks at the sizes measured: whole numbers of edges
+        figure.update_xaxes(tickmode="array", tickvals=sizes, ticktext=[str(s) for s in sizes])
     return figure
 
 
@@ -125,7 +128,7 @@ def feature_graph_figure(graph: dict, max_width: float = 6.0) -> go.Figure:
                lambda n: n["id"] + (f" act {n['activation']:.3f}" if n["activation"] is not None else "")
                + (f" o.dT/do {n['value']:.3f}" if n.get("value") is not None else "") + f" influence {n['influence']:.3f}",
                lambda n: 22 if n["kind"] == "target" else 10 + 20 * min(1.0, abs(n["influence"]) * 3), False)
-    figure.add_annotation(text="node size ~ influence on the target", xref="paper", yref="paper", x=1.0, y=-0.12,
+    figure.add_annotation(text="node size ~ influence on the target", xref="paper", yref="paper", x=1.0, y=1.06,
                           showarrow=False, font={"size": 11, "color": "#555"})
     tokens = graph.get("tokens", [])
     figure.update_layout(

@@ -123,10 +123,11 @@ def _port(text: str) -> int:
 def app_command(home: Path, host: str, port: int) -> list[str]:
     """The Streamlit command ``interp app`` becomes: bound to ``host``, headless (no browser, no
     external-address lookup: an explicit address makes Streamlit print just that URL), no usage
-    statistics, no development mode."""
+    statistics, no development mode; widgets in a neutral purple, since red and blue mean signs
+    (``interp.ui.colors``)."""
     return [sys.executable, "-m", "streamlit", "run", str(home), "--server.address", host, "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false", "--global.developmentMode", "false",
-            "--client.toolbarMode", "viewer"]
+            "--client.toolbarMode", "viewer", "--theme.base", "light", "--theme.primaryColor", "#5e4fa2"]
 
 
 def _is_loopback(host: str) -> bool:

@@ -296,16 +296,21 @@ def drop_figures(result: Result) -> list[go.Figure]:
     """The intact and the pruned model side by side: one bar pair per measure (each on its own
     axis), and the generation speed of every repeat (points) with its median, when timed."""
     full, dropped = result.extra["full"], result.extra["dropped"]
-    keys = [k for k in full if isinstance(full[k], (int, float)) and isinstance(dropped.get(k), (int, float))]
-    figure = make_subplots(rows=1, cols=max(1, len(keys)), subplot_titles=[k.replace("_", " ") for k in keys])
+    keys = [k for k in full if isinstance(full[k], (int, float)) and isinstance(dropped.get(k), (int, float))
+            and not k.startswith(("n_", "parameters"))]  # measures, not the counts of what was dropped
+    columns = min(4, max(1, len(keys)))
+    rows = max(1, -(-len(keys) // columns))
+    figure = make_subplots(rows=rows, cols=columns, subplot_titles=[k.replace("_", " ") for k in keys],
+                           vertical_spacing=0.25 / rows, horizontal_spacing=0.08)
     for i, key in enumerate(keys):
+        row, col = i // columns + 1, i % columns + 1
         figure.add_trace(go.Bar(x=["intact", "pruned"], y=[full[key], dropped[key]], showlegend=False,
                                 marker_color=[colors.QUALITATIVE[7], colors.QUALITATIVE[1]],
-                                hovertemplate=f"{key} %{{x}}: %{{y:.4g}}<extra></extra>"), row=1, col=i + 1)
+                                hovertemplate=f"{key} %{{x}}: %{{y:.4g}}<extra></extra>"), row=row, col=col)
         if key in _BOUNDED:
-            figure.update_yaxes(range=list(_BOUNDED[key]), row=1, col=i + 1)
+            figure.update_yaxes(range=list(_BOUNDED[key]), row=row, col=col)
     figure.update_layout(title=f"intact vs pruned ({len(result.components)} units dropped: {', '.join(result.components)})",
-                         template="plotly_white", height=380)
+                         template="plotly_white", height=120 + 260 * rows)
     figures = [figure]
     timings = (result.extra.get("speed") or {}).get("timings")
     if timings:
