@@ -103,6 +103,22 @@ def test_run_folders_share_one_plotly_bundle_and_wall_seconds_cover_the_command(
     assert took - 1.0 <= result.wall_seconds <= took
 
 
+def test_the_command_s_wall_seconds_include_python_s_start_up(tmp_path):
+    """Run as a user runs it (a process): the reported time is the time the process took, to a
+    second, imports included."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import sys; from interp.ui.cli import main; sys.argv[1:] = " + repr(
+        ["patch", "--model", "random-llama", "--n-prompts", "2", "--no-progress", "--out", str(out)]) + "; sys.exit(main())"],
+        check=True, capture_output=True)
+    took = time.perf_counter() - began
+    result = Result.load(out)
+    assert took - 1.0 <= result.wall_seconds <= took and result.timings["loading and setup"] > 1.0  # torch's import
+
+
 def test_the_feature_dashboard_equals_brute_force(llama):
     """Top contexts: the largest activations of the latent, read here with plain PyTorch hooks on
     the decoder layer's output; logit effect: W_dec[latent] @ W_U^T; de-embedding: W_E @ W_enc."""
