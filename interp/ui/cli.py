@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     """The ``interp`` command (``argv`` None: the process's own arguments; then the process ends
     as soon as the command has: Python's teardown of torch and the model takes about a second that
     nobody needs, and its time would be missing from ``wall_seconds``)."""
+    if argv is None and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # a log or pipe keeps stdout's lines in order with stderr's
     code = _main(argv)
     if argv is None:
         sys.stdout.flush()
