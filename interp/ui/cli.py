@@ -89,9 +89,13 @@ def _spliced_folder(model, folder: str, error_term: bool):
 
 
 def _print_top(result) -> None:
+    """The ten most important components (a patching run: normalized effects), or, for a result
+    over ordered stages (the lens), every stage in order with its score."""
     exact = result.arrays.get("exact")
-    print("top components (normalized effect" + (", exact where verified):" if exact is not None else "):"))
-    for i in result.ranking()[:10]:
+    ordered = result.axes == ["stage"]
+    unit = "normalized effect" if result.analysis in ("patching", "") else result.metric
+    print(("per stage (" if ordered else "top components (") + unit + (", exact where verified):" if exact is not None else "):"))
+    for i in (range(len(result.components)) if ordered else result.ranking()[:10]):
         line = f"  {result.components[i]:<16} {result.scores[i]:+.4f}"
         if exact is not None and not np.isnan(exact[i]):
             line += f"   exact {exact[i]:+.4f}"

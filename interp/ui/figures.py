@@ -351,3 +351,26 @@ def dictionary_figures(result: Result) -> list[go.Figure]:
                 figure.update_yaxes(range=[0, 1])
             figures.append(figure)
     return figures
+
+
+def lens_figures(result: Result) -> list[go.Figure]:
+    """A logit-lens run: the first prompt's answer probability per stage and position (sequential,
+    on [0, 1], token labels), and per stage, averaged over the prompts at their last token, the
+    logit difference, then the KL to the final distribution and the entropy (one plot each)."""
+    stages = ["embed"] + [f"after L{name.split('.')[0][1:]}" for name in result.components[1:]]
+    probability = heatmap(result.arrays["first_probability"], result.position_labels, stages,
+                          f"P({result.extra['answer']!r}) under the logit lens · first prompt · {result.model}", "position",
+                          "residual stream", "probability", scale="sequential", natural=1.0)
+    figures = [probability]
+    for key, title, axis in (("scores", f"{result.metric} at the last token (mean over {result.settings['n_prompts']} prompts)",
+                              result.metric),
+                             ("kl_to_final", "KL(final || lens) at the last token", "nats"),
+                             ("entropy", "entropy of the lens distribution at the last token", "nats")):
+        values = result.scores if key == "scores" else result.arrays[key]
+        figure = go.Figure(go.Scatter(x=stages, y=values, mode="lines+markers", line={"color": colors.QUALITATIVE[0]},
+                                      hovertemplate="%{x}: %{y:.4g}<extra></extra>"))
+        figure.update_layout(title=title, xaxis_title="residual stream", yaxis_title=axis, template="plotly_white", height=340)
+        if key == "scores":
+            figure.add_hline(y=0, line_dash="dot", line_color="#888")
+        figures.append(figure)
+    return figures
