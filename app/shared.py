@@ -197,6 +197,16 @@ def timing_line(result: Result) -> str:
     return f"{result.wall_seconds:.1f} s" + (f" ({parts})" if parts else "")
 
 
+def open_run(title: str, caption: str) -> Result:
+    """A page that shows one run: its header, then the run picked among the runs it can show
+    (the page stops here with a hint when there is none)."""
+    header(title, caption)
+    result = pick_run(title)
+    if result is None:
+        st.stop()
+    return result
+
+
 def header(title: str, caption: str) -> None:
     st.set_page_config(page_title=f"interp · {title}", layout="wide")
     st.title(title)

@@ -26,6 +26,7 @@ RUNS = {
                "--seq-len", "64", "--lr", "0.01", "--held-out-chunks", "8"],
     "drop": ["drop", "--model", "random-llama", "--chunk-length", "24", "--calibration-chunks", "2", "--held-out-chunks", "2",
              "--task-prompts", "4", "--gen-tokens", "2", "--attn", "1", "--units", "L2.MLP", "--repeats", "2"],
+    "lens": ["lens", "--model", "random-llama", "--task", "ioi", "--n-prompts", "3"],
     "probe": ["probe", "--model", "random-llama", "--task", "ioi", "--n-prompts", "12", "--folds", "3"],
     "sae": ["sae", "train", "--model", "random-llama", "--site", "L1.RESID_POST", "--k", "4", "--expansion", "2",
             "--tokens", "2048", "--batch-tokens", "128", "--buffer-tokens", "512", "--chunk-length", "32", "--eval-chunks", "2"],

@@ -63,9 +63,9 @@ def test_runs_page_lists_good_runs_and_explains_bad_folders(app_env):
     tables = at.dataframe
     listed = tables[0].value
     assert sorted(listed["run"]) == ["bigram", "drop", "edges", "edges-tracr", "feature-graph", "features-atp-star",
-                                     "heads-atp-star", "heads-exact", "landmarks-heads-pos", "probe", "redundancy", "sae",
+                                     "heads-atp-star", "heads-exact", "landmarks-heads-pos", "lens", "probe", "redundancy", "sae",
                                      "sae/dictionary-eval"]
-    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit", "Features", "Dictionary", "Probes"}
+    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit", "Features", "Dictionary", "Probes", "Lens"}
     assert (listed["seconds"] > 0).all() and listed["seconds"].map(lambda v: v == float(f"{v:.4g}")).all()
     next(t for t in at.text_input if t.label == "filter").set_value("sae").run()
     assert sorted(at.dataframe[0].value["run"]) == ["sae", "sae/dictionary-eval"]
@@ -166,6 +166,17 @@ def test_dictionary_page_shows_metrics_and_a_feature_dashboard(app_env):
         assert density["type"] == "histogram" and len(_array(density["x"])) == len(result.components)
         assert "fires on" in at.markdown[-1].value or any("fires on" in m.value for m in at.markdown)
         assert any("promotes" in m.value for m in at.markdown)
+
+
+def test_lens_page_draws_the_stages_and_lists_top_tokens(app_env):
+    at = _run("app/pages/10_Lens.py", selected_run="lens")
+    result = Result.load(app_env / "lens")
+    probability, curve = _figures(at)[:2]
+    assert np.allclose(_array(probability["data"][0]["z"]), result.arrays["first_probability"])
+    assert probability["layout"]["coloraxis"]["cmin"] == 0 and probability["layout"]["coloraxis"]["cmax"] == 1
+    assert np.allclose(_array(curve["data"][0]["y"]), result.scores)
+    top = at.dataframe[0].value
+    assert list(top["probability"]) == pytest.approx([p for _, p in result.extra["top_tokens"][-1][-1]], rel=1e-3)
 
 
 def test_probes_page_draws_accuracy_with_intervals(app_env):

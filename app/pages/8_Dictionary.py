@@ -12,15 +12,13 @@ import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import (chart, header, load_model, model_lock, pick_run, run_file, runs_root, selected_folder, table,  # noqa: E402
+from app.shared import (chart, load_model, model_lock, open_run, run_file, runs_root, selected_folder, table,  # noqa: E402
                         timing_line)
 from interp.ui import colors  # noqa: E402
 from interp.ui.figures import dictionary_figures  # noqa: E402
 
-header("Dictionary", "A sparse autoencoder or transcoder: how well it reconstructs, how its latents fire, what one latent means.")
-result = pick_run("Dictionary")
-if result is None:
-    st.stop()
+result = open_run("Dictionary", "A sparse autoencoder or transcoder: how well it reconstructs, how its latents fire, "
+                               "what one latent means.")
 
 metrics = result.extra["metrics"]
 st.markdown(f"**{metrics.get('kind', result.method)} {metrics.get('architecture', '')}** at `{metrics.get('site', result.task)}` · "

@@ -8,13 +8,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import chart, header, pick_run, table, timing_line  # noqa: E402
+from app.shared import chart, open_run, table, timing_line  # noqa: E402
 from interp.ui.figures import probe_figures  # noqa: E402
 
-header("Probes", "Where a property is linearly readable from the residual stream, against a control task with random labels.")
-result = pick_run("Probes")
-if result is None:
-    st.stop()
+result = open_run("Probes", "Where a property is linearly readable from the residual stream, against a control task with random labels.")
 
 best = int(result.scores.argmax())
 st.markdown(f"**{result.task}** on `{result.model}` · best layer {best}: accuracy {result.scores[best]:.3f} "
