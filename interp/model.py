@@ -20,7 +20,7 @@ from interp.splicing import Splice, with_splices
 
 PatchValue = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 ComponentLike = Union[Component, str]
-TokensLike = Union[torch.Tensor, Tokens]
+TokensLike = Union[torch.Tensor, Tokens, str, Sequence[str]]  # ids, padded ids, or text (tokenized as tokenize does)
 
 
 class TokenizationError(ValueError):
@@ -281,9 +281,13 @@ class Model:
                 sites.add(self.validate(item).site)
         return sites
 
-    @staticmethod
-    def _ids_and_mask(tokens: TokensLike, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(ids, mask) of a tensor of ids (with an optional mask) or a :class:`Tokens`."""
+    def _ids_and_mask(self, tokens: TokensLike, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ids, mask) of a tensor of ids (with an optional mask), a :class:`Tokens`, or text (a
+        string or a list of strings, tokenized and left-padded as :meth:`tokenize` does)."""
+        if isinstance(tokens, str) or (isinstance(tokens, (list, tuple)) and tokens and all(isinstance(t, str) for t in tokens)):
+            if attention_mask is not None:
+                raise ValueError("text makes its own attention mask; give no attention_mask with it")
+            tokens = self.tokenize(tokens)
         if isinstance(tokens, Tokens):
             if attention_mask is not None:
                 raise ValueError("give the attention mask once: Tokens already carry theirs")
@@ -295,7 +299,8 @@ class Model:
     @torch.no_grad()
     def run(self, tokens: TokensLike, logits_to_keep: int = 0, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [batch, pos, d_vocab] (only the last ``logits_to_keep`` positions if > 0) of ids
-        [batch, pos] (``attention_mask`` [batch, pos]: True for real tokens) or of :class:`Tokens`."""
+        [batch, pos] (``attention_mask`` [batch, pos]: True for real tokens), of :class:`Tokens`,
+        or of text (``model.run("The capital of France is")``; several texts are left-padded)."""
         ids, mask = self._ids_and_mask(tokens, attention_mask)
         return self.forward(RunSpec(ids, logits_to_keep=logits_to_keep, attention_mask=mask)).logits
 

@@ -63,3 +63,20 @@ def test_unknown_component_in_patch(random_llama):
         with random_llama.patch({"L9.H0": torch.zeros(1)}):
             pass
     assert Component.parse("L0.H0").site == Site("z", 0)
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
+def test_run_and_run_with_cache_take_text(backend):
+    """Text is tokenized as tokenize does (several texts left-padded): the same logits and cache
+    as the ids; a mask given with text is refused."""
+    import interp
+
+    model = interp.load_model("random-llama", backend=backend)
+    texts = ["The Eiffel Tower is in", "Big Ben is in the city of"]
+    assert torch.equal(model.run(texts[0]), model.run(model.to_tokens(texts[0])))
+    batch = model.tokenize(texts)
+    logits, cache = model.run_with_cache(texts, ["L1.H0"])
+    expected, expected_cache = model.run_with_cache(batch, ["L1.H0"])
+    assert torch.equal(logits, expected) and torch.equal(cache["L1.H0"], expected_cache["L1.H0"])
+    with pytest.raises(ValueError, match="text makes its own attention mask"):
+        model.run(texts, attention_mask=batch.mask)
