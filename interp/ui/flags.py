@@ -222,9 +222,10 @@ def _process_age() -> float:
             fields = handle.read().rsplit(")", 1)[1].split()
         with open("/proc/uptime") as handle:
             uptime = float(handle.read().split()[0])
-        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: start time in clock ticks
+        age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time in clock ticks
     except (OSError, ValueError, IndexError):
         return 0.0
+    return age if 0.0 <= age <= 600.0 else 0.0  # main() runs seconds after start; anything else is a clock it cannot read
 
 
 def save_run(result, out: Path) -> list[Path]:
