@@ -26,6 +26,7 @@ RUNS = {
                "--seq-len", "64", "--lr", "0.01", "--held-out-chunks", "8"],
     "drop": ["drop", "--model", "random-llama", "--chunk-length", "24", "--calibration-chunks", "2", "--held-out-chunks", "2",
              "--task-prompts", "4", "--gen-tokens", "2", "--attn", "1", "--units", "L2.MLP", "--repeats", "2"],
+    "dla": ["dla", "--model", "random-llama", "--task", "ioi", "--n-prompts", "3"],
     "lens": ["lens", "--model", "random-llama", "--task", "ioi", "--n-prompts", "3"],
     "probe": ["probe", "--model", "random-llama", "--task", "ioi", "--n-prompts", "12", "--folds", "3"],
     "sae": ["sae", "train", "--model", "random-llama", "--site", "L1.RESID_POST", "--k", "4", "--expansion", "2",

@@ -62,10 +62,10 @@ def test_runs_page_lists_good_runs_and_explains_bad_folders(app_env):
     at = _run(APP)
     tables = at.dataframe
     listed = tables[0].value
-    assert sorted(listed["run"]) == ["bigram", "drop", "edges", "edges-tracr", "feature-graph", "features-atp-star",
+    assert sorted(listed["run"]) == ["bigram", "dla", "drop", "edges", "edges-tracr", "feature-graph", "features-atp-star",
                                      "heads-atp-star", "heads-exact", "landmarks-heads-pos", "lens", "probe", "redundancy", "sae",
                                      "sae/dictionary-eval"]
-    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit", "Features", "Dictionary", "Probes", "Lens"}
+    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit", "Features", "Dictionary", "Probes", "Lens", "DLA"}
     assert (listed["seconds"] > 0).all() and listed["seconds"].map(lambda v: v == float(f"{v:.4g}")).all()
     next(t for t in at.text_input if t.label == "filter").set_value("sae").run()
     assert sorted(at.dataframe[0].value["run"]) == ["sae", "sae/dictionary-eval"]
@@ -177,6 +177,16 @@ def test_lens_page_draws_the_stages_and_lists_top_tokens(app_env):
     assert np.allclose(_array(curve["data"][0]["y"]), result.scores)
     top = at.dataframe[0].value
     assert list(top["probability"]) == pytest.approx([p for _, p in result.extra["top_tokens"][-1][-1]], rel=1e-3)
+
+
+def test_dla_page_draws_heads_and_the_largest_parts(app_env):
+    at = _run("app/pages/11_DLA.py", selected_run="dla")
+    result = Result.load(app_env / "dla")
+    heads, bars = _figures(at)[:2]
+    assert np.allclose(_array(heads["data"][0]["z"]), result.grid())
+    assert heads["layout"]["coloraxis"]["cmid"] == 0
+    assert len(_array(bars["data"][0]["x"])) == min(20, len(result.components) + 2 * result.shape[0] + 3)
+    assert f"{result.extra['total']:.4f}" in at.markdown[0].value
 
 
 def test_probes_page_draws_accuracy_with_intervals(app_env):

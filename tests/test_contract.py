@@ -88,7 +88,7 @@ def test_every_registered_analysis_has_a_page_and_figures_that_exist():
     from app.shared import PAGE_FILES
 
     assert set(REGISTERED) >= {"patching", "redundancy", "drop", "bigram", "edges", "probe", "dictionary",
-                               "dictionary-eval", "feature-graph", "lens"}
+                               "dictionary-eval", "feature-graph", "lens", "dla"}
     assert REGISTERED is ANALYSES
     for analysis in ANALYSES.values():
         assert analysis.page in PAGE_FILES, analysis.name  # every analysis opens in a page

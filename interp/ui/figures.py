@@ -374,3 +374,25 @@ def lens_figures(result: Result) -> list[go.Figure]:
             figure.add_hline(y=0, line_dash="dot", line_color="#888")
         figures.append(figure)
     return figures
+
+
+def dla_figures(result: Result) -> list[go.Figure]:
+    """A DLA run: each head's contribution (layer x head, signed, robust symmetric range) and the
+    largest parts of every kind as bars in the same colours."""
+    grid = result.grid()
+    heads = heatmap(grid, [str(h) for h in range(grid.shape[1])], [f"L{l}" for l in range(grid.shape[0])],
+                    f"direct logit attribution of each head · {result.task} · {result.model} ({result.metric}, logits)",
+                    "head", "layer", "logits")
+    parts = {name: float(v) for name, v in zip(result.components, result.scores)}
+    parts.update({f"L{l}.MLP": float(v) for l, v in enumerate(result.arrays["mlp"])})
+    parts.update({f"L{l}.ATTN_BIAS": float(v) for l, v in enumerate(result.arrays["attn_bias"])})
+    parts.update({"EMBED": result.extra["embed"], "FINAL_NORM_BIAS": result.extra["final_norm_bias"],
+                  "UNEMBED_BIAS": result.extra["unembed_bias"]})
+    top = sorted(parts, key=lambda name: -abs(parts[name]))[:20]
+    bars = go.Figure(go.Bar(x=[parts[n] for n in top][::-1], y=top[::-1], orientation="h",
+                            marker_color=[colors.sign_color(parts[n]) for n in top][::-1],
+                            hovertemplate="%{y}: %{x:.4g}<extra></extra>"))
+    bars.update_layout(title=f"the 20 largest parts (they sum to {result.extra['total']:.4g}; the model's value "
+                             f"{result.extra['logit_diff']:.4g}); red raises the logit difference, blue lowers it",
+                       xaxis_title="contribution (logits)", template="plotly_white", height=600)
+    return [heads, bars]

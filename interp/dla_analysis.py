@@ -1,0 +1,73 @@
+"""The direct-logit-attribution analysis (``interp dla``): what each head, MLP and bias writes
+directly into the answer's logit difference (:mod:`interp.dla`), averaged over a task's prompts.
+
+``scores`` are the heads' contributions as a layer x head grid; arrays ``mlp`` and ``attn_bias``
+[n_layers] hold the MLPs' and attention biases'; the payload holds the embeddings', the final
+norm's and unembedding's biases, the frozen-scale total (the sum of every part) and the model's
+own logit difference, which equal each other (checked on every prompt).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from interp.analysis import Analysis, Config, ConfigError, option, register
+from interp.dla import direct_logit_attribution
+from interp.model import Model
+from interp.results import Result
+from interp.tasks import Task
+
+
+@dataclass(frozen=True)
+class DLAConfig(Config):
+    """``interp dla``: direct logit attribution at each prompt's last token."""
+
+    progress: bool = option(True, "show progress bars")
+
+
+@dataclass
+class DLAPayload:
+    """Contributions that are not per head or per layer, and the checked totals (means over the
+    prompts, in logits)."""
+
+    embed: float
+    final_norm_bias: float
+    unembed_bias: float
+    total: float
+    logit_diff: float
+
+
+def run_dla(model: Model, task: Task, config: DLAConfig = DLAConfig()) -> Result:
+    """Direct logit attribution over ``task`` (see module doc); answers of several tokens are refused."""
+    if task.multi_token:
+        raise ConfigError(f"direct logit attribution reads one answer token; task {task.name!r} has answers of several tokens")
+    start = time.perf_counter()
+    n, heads = model.config.n_layers, model.config.n_heads
+    found = []
+    for i, ids in enumerate(task.prompt_ids):
+        wrong = task.wrong_ids[i][0] if task.wrong_ids else None
+        found.append(direct_logit_attribution(model, ids, task.answer_ids[i][0], wrong))
+    mean = {name: float(np.mean([a.parts[name] for a in found])) for name in found[0].parts}
+    names = [f"L{layer}.H{h}" for layer in range(n) for h in range(heads)]
+    payload = DLAPayload(mean["EMBED"], mean["FINAL_NORM_BIAS"], mean["UNEMBED_BIAS"],
+                         float(np.mean([a.total for a in found])), float(np.mean([a.logit_diff for a in found])))
+    return Result(
+        method="dla", analysis="dla", model=model.config.name, task=task.name,
+        metric="logit_diff" if task.wrong_ids else "logit", granularity="heads", components=names,
+        scores=np.array([mean[name] for name in names]), shape=[n, heads], axes=["layer", "head"],
+        clean_metric=payload.logit_diff, wall_seconds=time.perf_counter() - start, n_forward_passes=len(found),
+        settings={"n_prompts": len(found), "frozen_norm_scale": True},
+        arrays={"mlp": np.array([mean[f"L{layer}.MLP"] for layer in range(n)]),
+                "attn_bias": np.array([mean[f"L{layer}.ATTN_BIAS"] for layer in range(n)]),
+                "per_prompt": np.array([[a.parts[name] for name in names] for a in found])},
+        extra=vars(payload),
+    )
+
+
+register(Analysis(
+    name="dla", inputs="task", config=DLAConfig, run=run_dla, methods=("dla",), page="DLA", payload=DLAPayload,
+    figures="interp.ui.figures:dla_figures", figure_file="dla.html",
+    summary="direct logit attribution: what each head, MLP and bias writes into the answer's logit difference"))
