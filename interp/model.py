@@ -37,16 +37,76 @@ def component_index(component: Component, ndim: int) -> tuple:
     return tuple(index)
 
 
-def component_edit(component: Component, value: PatchValue) -> Edit:
-    """An edit that replaces (tensor) or transforms (callable) one component's slice."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class ComponentEdit:
+    """An edit that replaces (tensor) or transforms (callable) one component's slice.
 
-    def edit(activation: torch.Tensor) -> torch.Tensor:
+    ``offset`` is the absolute position of the activation's first position (0 for a full
+    forward; during cached generation each step's activation holds only its new positions, and
+    :meth:`Model.generate` shifts every edit to that step with :meth:`at`). A shifted edit at one
+    position applies only in the step that computes that position.
+    """
+
+    component: Component
+    value: PatchValue
+    offset: int | None = None  # None: not shifted (a full forward; the position indexes directly)
+    prompt_length: int = 0  # with an offset: what a negative position counts back from
+
+    def at(self, offset: int, prompt_length: int) -> "ComponentEdit":
+        """The edit for an activation whose first position is ``offset``, in a generation from a
+        prompt of ``prompt_length`` positions (a negative position counts back from the prompt's
+        end, once, not from each step's newest token)."""
+        return dataclasses.replace(self, offset=offset, prompt_length=prompt_length)
+
+    def __call__(self, activation: torch.Tensor) -> torch.Tensor:
+        component = self.component
+        if self.offset is not None and isinstance(component.position, int):
+            absolute = component.position + (self.prompt_length if component.position < 0 else 0)
+            local = absolute - self.offset
+            if not 0 <= local < activation.shape[POSITION_AXIS[component.kind]]:
+                return activation  # that position is computed in another step
+            component = component.at(local)
         index = component_index(component, activation.dim())
         patched = activation.clone()
+        value = self.value
         patched[index] = value(activation[index]) if callable(value) else value.to(activation.dtype)
         return patched
 
-    return edit
+
+def component_edit(component: Component, value: PatchValue) -> Edit:
+    """An edit that replaces (tensor) or transforms (callable) one component's slice."""
+    return ComponentEdit(component, value)
+
+
+def _check_sampling(new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+    """One line naming a generation option that is out of range."""
+    import math
+
+    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 0:
+        raise ValueError(f"new_tokens must be a whole number >= 0, got {new_tokens!r}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: no cut), got {top_k!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def _next_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """The next token [batch] of the last position's logits [batch, d_vocab]."""
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k:
+        cut = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < cut, float("-inf"))
+    if top_p < 1:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # probability of the tokens ranked above
+        logits = logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before >= top_p),
+                                    float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
 class ActivationCache(Mapping):
@@ -204,15 +264,21 @@ class Model:
                         f"{self.config.name}, {self.backend.name} backend", what="the logits")
 
     # ------------------------------------------------------------------ running
-    def forward(self, spec: RunSpec, resume: Resume | None = None) -> RunOutput:
+    def forward(self, spec: RunSpec, resume: Resume | None = None,
+                window: tuple[int, int] | None = None) -> RunOutput:
         """Low-level forward; edits from active ``patch`` contexts are applied first, and
-        spliced dictionaries run at their hosts."""
+        spliced dictionaries run at their hosts. ``window`` = (offset, prompt length): the
+        positions run are ``offset``, ``offset + 1``, ... of a generation from a prompt of that
+        length, and every component edit is shifted to them (:meth:`ComponentEdit.at`)."""
         if self.padding_problem and spec.attention_mask is not None and not bool(spec.attention_mask.all()):
             raise PaddingError(self.padding_problem)
-        if self._active_edits:
+        if self._active_edits or window is not None:
             merged = {site: list(edits) for site, edits in self._active_edits.items()}
             for site, edits in spec.edits.items():
                 merged.setdefault(site, []).extend(edits)
+            if window is not None:
+                merged = {site: [e.at(*window) if isinstance(e, ComponentEdit) else e for e in edits]
+                          for site, edits in merged.items()}
             spec = dataclasses.replace(spec, edits=merged)  # the caller's spec stays as it was
         virtual_reads: dict[Site, torch.Tensor] = {}
         if self._splices:
@@ -259,17 +325,61 @@ class Model:
         return set(self._active_edits) | {splice.host for splice in self._splices.values()}
 
     @torch.no_grad()
-    def generate(self, tokens: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        """Greedy generation of exactly ``new_tokens`` tokens with the KV cache: ids [batch, pos + new_tokens].
+    def generate(self, tokens: TokensLike, new_tokens: int, patches: Mapping[ComponentLike, PatchValue] | None = None,
+                 *, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int | None = None, use_cache: bool = True,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Exactly ``new_tokens`` tokens after each prompt: ids [batch, pos + new_tokens].
 
-        Runs the Hugging Face ``generate`` (layers dropped with ``interp.layer_dropping.dropped``
-        stay dropped); ``patch`` edits do not reach it, so it refuses to run inside one.
+        ``tokens`` are ids [batch, pos] (padded on the left, ``attention_mask`` marking real
+        tokens), :class:`Tokens` or text (several texts are left-padded). Every edit reaches every
+        decoded token: ``patches`` (as :meth:`patch` takes them), the edits of enclosing
+        ``model.patch`` blocks, spliced dictionaries and dropped layers. An edit at all positions
+        applies to the new positions too; an edit at one position applies once, in the step that
+        computes it (a negative position counts back from the prompt's end). With ``use_cache``
+        (the default) each step runs only the newest token over the KV cache of the edited earlier
+        positions; ``use_cache=False`` reruns the whole sequence every step, which gives the same
+        tokens for any edit that acts on each position by itself (a test checks it).
+
+        Greedy unless ``do_sample``; then the logits are divided by ``temperature``, cut to the
+        ``top_k`` most likely (0: all) and to the smallest set holding ``top_p`` of the
+        probability, and sampled with a generator seeded by ``seed``.
         """
-        if self._active_edits:
-            raise ValueError("generate does not apply patch edits; call it outside a model.patch(...) block")
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        return self.hf_model.generate(tokens, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                      use_cache=True, pad_token_id=pad, attention_mask=torch.ones_like(tokens))
+        ids, mask = self._ids_and_mask(tokens, attention_mask)
+        _check_sampling(new_tokens, temperature, top_k, top_p)
+        if mask is None:
+            mask = torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+        elif not bool(mask[:, -1].all()):
+            raise PaddingError("generation appends after each row's last column, which is padding in some rows: "
+                               "pad the prompts on the left (model.tokenize(texts) does)")
+        mask = mask.bool()
+        generator = None
+        if do_sample:
+            generator = torch.Generator(device=ids.device)
+            generator.manual_seed(0 if seed is None else seed)
+        prompt_length = ids.shape[1]
+        cache = None
+        with self.patch(patches or {}):
+            for _ in range(new_tokens):
+                if use_cache:
+                    new = ids if cache is None else ids[:, -1:]
+                    spec = RunSpec(new, logits_to_keep=1, past_key_values=cache, return_cache=True, attention_mask=mask)
+                else:
+                    spec = RunSpec(ids, logits_to_keep=1, attention_mask=mask)
+                out = self.forward(spec, window=(ids.shape[1] - spec.input_ids.shape[1], prompt_length))
+                cache = out.past_key_values
+                step = _next_token(out.logits[:, -1].float(), do_sample, temperature, top_k, top_p, generator)
+                ids = torch.cat([ids, step[:, None]], dim=1)
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        return ids
+
+    def generate_text(self, text: Union[str, Sequence[str]], new_tokens: int, patches: Mapping[ComponentLike, PatchValue] | None = None,
+                      **options) -> list[str]:
+        """The text each prompt continues with (:meth:`generate`'s options), decoded without
+        special tokens."""
+        ids = self.generate(text, new_tokens, patches, **options)
+        return [self.tokenizer.decode(row[-new_tokens:].tolist(), skip_special_tokens=True) if new_tokens else ""
+                for row in ids]
 
     def _sites(self, components: Sequence[Union[ComponentLike, Site]]) -> set[Site]:
         sites = set()

@@ -99,13 +99,6 @@ def test_generation_with_dropped_attention_uses_a_correct_kv_cache(family, units
     assert torch.equal(cached, recomputed)
 
 
-def test_generate_refuses_active_patches(random_llama):
-    tokens = random_llama.to_tokens("hello there")
-    with random_llama.patch({"L0.ATTN": lambda x: x}):
-        with pytest.raises(ValueError, match="generate does not apply patch edits"):
-            random_llama.generate(tokens, 2)
-
-
 def test_parameter_count(random_llama):
     layer = random_llama.hf_model.model.layers[1]._original_component
     attn = sum(p.numel() for p in layer.self_attn.parameters()) + layer.input_layernorm.weight.numel()
