@@ -187,7 +187,7 @@ class TaskOptions(Config):
     """The prompts of a clean-vs-corrupt analysis: a built-in task, a file or folder of prompts, a
     template, or a Hugging Face dataset."""
 
-    task: str = option("ioi", "ioi | capitals | greater_than | landmarks | induction | pairs.jsonl | pairs.csv | "
+    task: str = option("ioi", "ioi | capitals | greater_than | landmarks | induction | sentiment | pairs.jsonl | pairs.csv | "
                               "a folder of them | template.json | hf:<dataset>[:<split>]")
     n_prompts: int = option(16, "prompts (built-in tasks and templates draw this many; files and datasets give their "
                                 "first this many)", minimum=1, quick=2)
@@ -296,6 +296,7 @@ class Analysis:
     # command line gives an analysis without a hand-written command ``interp <name>`` from it
     inputs: Literal["task", "corpus"] | None = None
     command: str | None = None  # the CLI command that runs it (default: ``interp <name>``)
+    default_input: str | None = None  # the command's default --task / --corpus (None: the options' own default)
 
     @property
     def cli_command(self) -> str:

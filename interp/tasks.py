@@ -486,8 +486,18 @@ def tracr(model: "Model", n_prompts: int = 16, seed: int = 0, **options) -> Task
     return Task.from_pairs(model, f"tracr-{program.name}", pairs, {"n_prompts": n_prompts, "seed": seed}, **options)
 
 
-GENERATORS = {"ioi": ioi, "capitals": capitals, "greater_than": greater_than, "landmarks": landmarks, "induction": induction,
-              "tracr": tracr}
+def sentiment(model: "Model", n_prompts: int = 16, seed: int = 0, **options) -> Task:
+    """A neutral description whose next word judges it: " great" against " terrible" (no corrupt
+    prompt: for steering and ablations). Named position THING."""
+    from interp.templates import sentiment_template
+
+    if not _single_tokens(model, [" great", " terrible"]):
+        raise TaskError(f"the sentiment task needs ' great' and ' terrible' to be single tokens of {model.config.name}")
+    return Task.from_template(model, sentiment_template(), n_prompts, seed, **options)
+
+
+GENERATORS = {"ioi": ioi, "sentiment": sentiment, "capitals": capitals, "greater_than": greater_than,
+              "landmarks": landmarks, "induction": induction, "tracr": tracr}
 
 
 def get_task(model: "Model", name_or_path: str, n_prompts: int = 16, seed: int = 0, *, padding_side: str = "left",

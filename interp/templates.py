@@ -245,3 +245,15 @@ def greater_than_template(digit_level: bool) -> PromptTemplate:
     return PromptTemplate("greater_than", ("The war lasted from the year 17{Y[yy]:YY} to the year 17",), "{Y[answer]}",
                           {"Y": records}, corrupt=("The war lasted from the year 1701 to the year 17",),
                           wrong_answer="{Y[wrong]}")
+
+
+_THINGS = ["the movie", "the new restaurant", "the concert", "the museum", "the play", "the game", "the show",
+           "the hotel", "the book", "the exhibition", "the festival", "the lecture"]
+
+
+def sentiment_template(things=_THINGS) -> PromptTemplate:
+    """A neutral description whose next word judges it: answer " great" against " terrible"; no
+    corrupt prompt (a task for steering and ablations). Named position THING."""
+    clean = ("I watched {THING:THING} yesterday. Honestly, it was", "My friend told me about {THING:THING}. I think it is",
+             "We went to {THING:THING} last week, and it was", "Everyone is talking about {THING:THING}. In my opinion it is")
+    return PromptTemplate("sentiment", clean, " great", {"THING": list(things)}, wrong_answer=" terrible")

@@ -142,11 +142,6 @@ def probe_layers(activations: np.ndarray, labels: np.ndarray, groups: np.ndarray
 def remove_direction(direction: torch.Tensor | np.ndarray):
     """A ``model.patch`` value that projects a unit direction out of an activation [..., d_model]:
     ``model.patch({"L5.RESID_POST": remove_direction(scores.directions[5])})``."""
-    unit = torch.as_tensor(np.asarray(direction), dtype=torch.float32)
-    unit = unit / unit.norm().clamp_min(1e-12)
+    from interp.steering import steering_edit
 
-    def edit(activation: torch.Tensor) -> torch.Tensor:
-        u = unit.to(activation.device, activation.dtype)
-        return activation - (activation @ u)[..., None] * u
-
-    return edit
+    return steering_edit(torch.as_tensor(np.asarray(direction), dtype=torch.float32), 1.0, "project_out")

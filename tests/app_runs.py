@@ -28,6 +28,8 @@ RUNS = {
              "--task-prompts", "4", "--gen-tokens", "2", "--attn", "1", "--units", "L2.MLP", "--repeats", "2"],
     "dla": ["dla", "--model", "random-llama", "--task", "ioi", "--n-prompts", "3"],
     "lens": ["lens", "--model", "random-llama", "--task", "ioi", "--n-prompts", "3"],
+    "steer": ["steer", "--model", "random-llama", "--task", "ioi", "--n-prompts", "3", "--new-tokens", "3",
+              "--neutral-chunks", "2", "--neutral-length", "16", "--coefficients=-2,0,2"],
     "probe": ["probe", "--model", "random-llama", "--task", "ioi", "--n-prompts", "12", "--folds", "3"],
     "sae": ["sae", "train", "--model", "random-llama", "--site", "L1.RESID_POST", "--k", "4", "--expansion", "2",
             "--tokens", "2048", "--batch-tokens", "128", "--buffer-tokens", "512", "--chunk-length", "32", "--eval-chunks", "2"],

@@ -64,8 +64,9 @@ def test_runs_page_lists_good_runs_and_explains_bad_folders(app_env):
     listed = tables[0].value
     assert sorted(listed["run"]) == ["bigram", "dla", "drop", "edges", "edges-tracr", "feature-graph", "features-atp-star",
                                      "heads-atp-star", "heads-exact", "landmarks-heads-pos", "lens", "probe", "redundancy", "sae",
-                                     "sae/dictionary-eval"]
-    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit", "Features", "Dictionary", "Probes", "Lens", "DLA"}
+                                     "sae/dictionary-eval", "steer"]
+    assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit", "Features", "Dictionary", "Probes", "Lens", "DLA",
+                                  "Steering"}
     assert (listed["seconds"] > 0).all() and listed["seconds"].map(lambda v: v == float(f"{v:.4g}")).all()
     next(t for t in at.text_input if t.label == "filter").set_value("sae").run()
     assert sorted(at.dataframe[0].value["run"]) == ["sae", "sae/dictionary-eval"]
@@ -187,6 +188,20 @@ def test_dla_page_draws_heads_and_the_largest_parts(app_env):
     assert heads["layout"]["coloraxis"]["cmid"] == 0
     assert len(_array(bars["data"][0]["x"])) == min(20, len(result.components) + 2 * result.shape[0] + 3)
     assert f"{result.extra['total']:.4f}" in at.markdown[0].value
+
+
+def test_steering_page_draws_the_sweep_and_generates_both_texts(app_env):
+    at = _run("app/pages/12_Steering.py", selected_run="steer")
+    result = Result.load(app_env / "steer")
+    change, kl, texts = _figures(at)[:3]
+    assert _array(change["data"][0]["x"]).tolist() == [-2.0, 0.0, 2.0]
+    assert np.allclose(_array(change["data"][0]["y"]), result.scores)
+    assert np.allclose(_array(kl["data"][0]["y"]), result.arrays["kl_neutral"])
+    assert texts["data"][0]["cells"]["values"][1] == [result.extra["unsteered"][0]] + [row[0] for row in result.extra["steered"]]
+    next(t for t in at.text_input if t.label == "prompt").set_value("t5 t9 t3").run()
+    at.button[0].click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("plain model" in m.value for m in at.markdown) and any("coefficient 4" in m.value for m in at.markdown)
 
 
 def test_probes_page_draws_accuracy_with_intervals(app_env):

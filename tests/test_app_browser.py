@@ -16,7 +16,7 @@ from tests.app_runs import build_runs
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts" / "app"
-PAGES = ["", "Patching", "Attention", "Pruning", "Bigram", "Circuit", "Features", "Live", "Dictionary", "Probes", "Lens", "DLA"]
+PAGES = ["", "Patching", "Attention", "Pruning", "Bigram", "Circuit", "Features", "Live", "Dictionary", "Probes", "Lens", "DLA", "Steering"]
 
 
 def _free_port() -> int:

@@ -90,15 +90,21 @@ def _spliced_folder(model, folder: str, error_term: bool):
 
 def _print_top(result) -> None:
     """The ten most important components (a patching run: normalized effects), or, for a result
-    over ordered stages (the lens), every stage in order with its score."""
-    exact = result.arrays.get("exact")
-    ordered = result.axes == ["stage"]
+    over an ordered axis (the lens' stages, steering's coefficients), every row in order with its
+    score (and a steering row's KL on neutral text)."""
+    exact, kl = result.arrays.get("exact"), result.arrays.get("kl_neutral")
+    ordered = result.axes in (["stage"], ["coefficient"])
     unit = "normalized effect" if result.analysis in ("patching", "") else result.metric
-    print(("per stage (" if ordered else "top components (") + unit + (", exact where verified):" if exact is not None else "):"))
+    if result.axes == ["coefficient"]:
+        unit = f"change of {result.metric}; KL on neutral text, nats/token"
+    print((f"per {result.axes[0]} (" if ordered else "top components (") + unit
+          + (", exact where verified):" if exact is not None else "):"))
     for i in (range(len(result.components)) if ordered else result.ranking()[:10]):
         line = f"  {result.components[i]:<16} {result.scores[i]:+.4f}"
         if exact is not None and not np.isnan(exact[i]):
             line += f"   exact {exact[i]:+.4f}"
+        if kl is not None:
+            line += f"   KL {kl[i]:.4f}"
         print(line)
 
 
@@ -192,6 +198,8 @@ def add_generic_command(subparsers, analysis) -> None:
                          out_help=f"run folder (default runs/<input>-{analysis.name})")
     if "seed" not in analysis.config.field_names():
         p.add_argument("--seed", type=int, default=0, help="seed of the prompts or the corpus chunks")
+    if analysis.default_input is not None:
+        p.set_defaults(**{analysis.inputs: analysis.default_input})
 
 
 def _run_generic(analysis, args: argparse.Namespace) -> int:

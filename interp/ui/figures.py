@@ -396,3 +396,31 @@ def dla_figures(result: Result) -> list[go.Figure]:
                              f"{result.extra['logit_diff']:.4g}); red raises the logit difference, blue lowers it",
                        xaxis_title="contribution (logits)", template="plotly_white", height=600)
     return [heads, bars]
+
+
+def steering_figures(result: Result) -> list[go.Figure]:
+    """A steering run: the task's logit-difference change and the KL on neutral text against the
+    coefficient (one plot each), and the generated texts (a row per coefficient, the plain model's
+    first)."""
+    x = [float(c) for c in result.settings["coefficients"]] if result.components[0] != "fixed" else result.components
+    figures = []
+    for values, title, axis in ((result.scores, f"change of the {result.task} logit difference (plain model: "
+                                                f"{result.clean_metric:.3g}) · {result.settings['site']} · {result.model}",
+                                 "Δ logit difference"),
+                                (result.arrays["kl_neutral"], f"side effect: KL(plain || steered) on {result.settings['neutral']}",
+                                 "nats per token")):
+        figure = go.Figure(go.Scatter(x=x, y=values, mode="lines+markers", line={"color": colors.QUALITATIVE[0]},
+                                      hovertemplate="coefficient %{x}: %{y:.4g}<extra></extra>"))
+        figure.update_layout(title=title, xaxis_title="coefficient", yaxis_title=axis, template="plotly_white", height=340)
+        if axis != "nats per token":
+            figure.add_hline(y=0, line_dash="dot", line_color="#888")
+        figures.append(figure)
+    prompts = result.extra["prompts"]
+    rows = ["plain"] + list(result.components)
+    texts = [result.extra["unsteered"]] + list(result.extra["steered"])
+    columns = [rows] + [[row[p] for row in texts] for p in range(len(prompts))]
+    table = go.Figure(go.Table(header={"values": ["coefficient"] + [repr(p) for p in prompts], "align": "left"},
+                               cells={"values": columns, "align": "left"}, columnwidth=[1] + [4] * len(prompts)))
+    table.update_layout(title=f"generated text ({result.settings['new_tokens']} tokens, "
+                              f"{'sampled' if result.settings['do_sample'] else 'greedy'})", height=120 + 60 * len(rows))
+    return figures + [table]
