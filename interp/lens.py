@@ -44,13 +44,16 @@ def unembed(model: Model, residual: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def lens_logits(model: Model, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
+def lens_logits(model: Model, tokens: Tokens, tuned=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(lens logits [n_stages, batch, pos, d_vocab], the model's logits [batch, pos, d_vocab]) of
-    ``tokens``; raises :class:`~interp.shortcuts.ShortcutError` unless the last stage reproduces
-    the model's logits (to 1e-4 of their size)."""
+    ``tokens``, each stage decoded directly (the logit lens) or through its translator of a
+    :class:`~interp.tuned_lens.TunedLens` (``tuned``); raises
+    :class:`~interp.shortcuts.ShortcutError` unless the last stage reproduces the model's logits
+    (to 1e-4 of their size)."""
     names = stages(model)
     logits, cache = model.run_with_cache(tokens, names)
-    lens = torch.stack([unembed(model, cache[name]) for name in names])
+    lens = torch.stack([unembed(model, cache[name] if tuned is None else tuned.translate(i, cache[name]))
+                        for i, name in enumerate(names)])
     real = tokens.mask if tokens.mask is not None else torch.ones(tokens.ids.shape, dtype=torch.bool)
     shortcuts.check("the logit lens's decoding of the last residual stream", lens[-1][real.to(lens.device)],
                     logits.float()[real.to(logits.device)], f"{model.config.name}, {len(names)} stages",

@@ -29,6 +29,8 @@ class LensConfig(Config):
     """``interp lens``: the logit lens over a task's prompts."""
 
     top_k: int = option(5, "tokens listed per stage and position for the first prompt", minimum=1, maximum=50)
+    tuned: str | None = option(None, "a tuned-lens folder (interp tuned-lens writes one in its run folder): decode "
+                                     "each stage through its translator instead of directly")
     progress: bool = option(True, "show progress bars")
 
 
@@ -56,11 +58,16 @@ def run_lens(model: Model, task: Task, config: LensConfig = LensConfig()) -> Res
         raise ConfigError(f"the lens reads one answer token; task {task.name!r} has answers of several tokens")
     start = time.perf_counter()
     names = stages(model)
+    tuned = None
+    if config.tuned is not None:
+        from interp.tuned_lens import TunedLens
+
+        tuned = TunedLens.load(config.tuned, model)
     per_prompt = {key: [] for key in ("logit_diff", "probability", "rank", "kl_to_final", "entropy")}
     first = {}
     for i, ids in enumerate(task.prompt_ids):
         tokens = Tokens(torch.tensor([ids], device=model.device))
-        lens, _ = lens_logits(model, tokens)  # [stage, 1, pos, vocab]
+        lens, _ = lens_logits(model, tokens, tuned)  # [stage, 1, pos, vocab]
         log_p = lens[:, 0].log_softmax(-1)  # [stage, pos, vocab]
         answer = task.answer_ids[i][0]
         wrong = task.wrong_ids[i][0] if task.wrong_ids else None
@@ -82,10 +89,10 @@ def run_lens(model: Model, task: Task, config: LensConfig = LensConfig()) -> Res
     labels = [f"{p}: {t!r}"[:24] for p, t in enumerate(tokens)]
     n = len(names)
     return Result(
-        method="logit-lens", analysis="lens", model=model.config.name, task=task.name,
+        method="logit-lens" if tuned is None else "tuned-lens", analysis="lens", model=model.config.name, task=task.name,
         metric="logit_diff" if task.wrong_ids else "logit", granularity="stages", components=names,
         scores=mean["logit_diff"], shape=[n], axes=["stage"], wall_seconds=time.perf_counter() - start,
-        n_forward_passes=len(task.prompt_ids), settings={"top_k": config.top_k, "n_prompts": len(task.prompt_ids)},
+        n_forward_passes=len(task.prompt_ids), settings={"top_k": config.top_k, "n_prompts": len(task.prompt_ids), "tuned": config.tuned},
         tokens=tokens, position_labels=labels,
         arrays={"probability": mean["probability"], "rank": mean["rank"], "kl_to_final": mean["kl_to_final"],
                 "entropy": mean["entropy"],
@@ -96,6 +103,6 @@ def run_lens(model: Model, task: Task, config: LensConfig = LensConfig()) -> Res
 
 
 register(Analysis(
-    name="lens", inputs="task", config=LensConfig, run=run_lens, methods=("logit-lens",), page="Lens", payload=LensPayload,
+    name="lens", inputs="task", config=LensConfig, run=run_lens, methods=("logit-lens", "tuned-lens"), page="Lens", payload=LensPayload,
     figures="interp.ui.figures:lens_figures", figure_file="lens.html",
     summary="the logit lens: what the residual stream before and after each layer predicts at every position"))

@@ -30,6 +30,8 @@ RUNS = {
     "lens": ["lens", "--model", "random-llama", "--task", "ioi", "--n-prompts", "3"],
     "steer": ["steer", "--model", "random-llama", "--task", "ioi", "--n-prompts", "3", "--new-tokens", "3",
               "--neutral-chunks", "2", "--neutral-length", "16", "--coefficients=-2,0,2"],
+    "tuned-lens": ["tuned-lens", "--model", "random-llama", "--train-chunks", "6", "--held-out-chunks", "2",
+                   "--chunk-length", "16"],
     "probe": ["probe", "--model", "random-llama", "--task", "ioi", "--n-prompts", "12", "--folds", "3"],
     "sae": ["sae", "train", "--model", "random-llama", "--site", "L1.RESID_POST", "--k", "4", "--expansion", "2",
             "--tokens", "2048", "--batch-tokens", "128", "--buffer-tokens", "512", "--chunk-length", "32", "--eval-chunks", "2"],

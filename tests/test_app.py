@@ -64,7 +64,7 @@ def test_runs_page_lists_good_runs_and_explains_bad_folders(app_env):
     listed = tables[0].value
     assert sorted(listed["run"]) == ["bigram", "dla", "drop", "edges", "edges-tracr", "feature-graph", "features-atp-star",
                                      "heads-atp-star", "heads-exact", "landmarks-heads-pos", "lens", "probe", "redundancy", "sae",
-                                     "sae/dictionary-eval", "steer"]
+                                     "sae/dictionary-eval", "steer", "tuned-lens"]
     assert set(listed["page"]) == {"Patching", "Pruning", "Bigram", "Circuit", "Features", "Dictionary", "Probes", "Lens", "DLA",
                                   "Steering"}
     assert (listed["seconds"] > 0).all() and listed["seconds"].map(lambda v: v == float(f"{v:.4g}")).all()
@@ -178,6 +178,15 @@ def test_lens_page_draws_the_stages_and_lists_top_tokens(app_env):
     assert np.allclose(_array(curve["data"][0]["y"]), result.scores)
     top = at.dataframe[0].value
     assert list(top["probability"]) == pytest.approx([p for _, p in result.extra["top_tokens"][-1][-1]], rel=1e-3)
+
+
+def test_lens_page_draws_a_tuned_lens_fit(app_env):
+    at = _run("app/pages/10_Lens.py", selected_run="tuned-lens")
+    result = Result.load(app_env / "tuned-lens")
+    logit, tuned = _figures(at)[0]["data"]
+    assert np.allclose(_array(tuned["y"]), np.maximum(result.scores, 1e-6))
+    assert np.allclose(_array(logit["y"]), np.maximum(result.arrays["kl_logit_lens"], 1e-6))
+    assert list(at.dataframe[0].value["tuned lens KL"]) == pytest.approx(list(result.scores), rel=1e-3, abs=1e-9)
 
 
 def test_dla_page_draws_heads_and_the_largest_parts(app_env):

@@ -9,12 +9,22 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from app.shared import chart, open_run, table, timing_line  # noqa: E402
-from interp.ui.figures import lens_figures  # noqa: E402
+from interp.ui.figures import lens_figures, tuned_lens_figures  # noqa: E402
 
-result = open_run("Lens", "Each stage of the residual stream decoded with the final norm and the unembedding; the last stage is the "
-               "model's own output.")
+result = open_run("Lens", "Each stage of the residual stream decoded with the final norm and the unembedding (the logit "
+                          "lens), or first through its translator (the tuned lens); the last stage is the model's own output.")
 
-st.markdown(f"**{result.task}** on `{result.model}` · answer {result.extra['answer']!r}"
+if result.analysis == "tuned-lens":  # a fit: the KL table, logit against tuned lens
+    st.markdown(f"tuned lens of `{result.model}` fitted on {result.extra['train_tokens']} tokens of {result.task} · "
+                f"`interp lens --tuned <this run folder>` decodes through it · {timing_line(result)}")
+    for figure in tuned_lens_figures(result):
+        chart(figure)
+    table(pd.DataFrame({"stage": result.components, "logit lens KL": result.arrays["kl_logit_lens"],
+                        "tuned lens KL": result.scores}), key="kl")
+    st.stop()
+
+kind = "tuned" if result.method == "tuned-lens" else "logit"
+st.markdown(f"**{result.task}** on `{result.model}` · {kind} lens · answer {result.extra['answer']!r}"
             + (f" vs {result.extra['wrong_answer']!r}" if result.extra.get("wrong_answer") else "")
             + f" · {result.settings['n_prompts']} prompts · {timing_line(result)}")
 for figure in lens_figures(result):

@@ -92,19 +92,23 @@ def _print_top(result) -> None:
     """The ten most important components (a patching run: normalized effects), or, for a result
     over an ordered axis (the lens' stages, steering's coefficients), every row in order with its
     score (and a steering row's KL on neutral text)."""
-    exact, kl = result.arrays.get("exact"), result.arrays.get("kl_neutral")
+    exact = result.arrays.get("exact")
+    beside = [(label, result.arrays[name]) for name, label in (("kl_neutral", "KL"), ("kl_logit_lens", "logit lens"))
+              if name in result.arrays]  # columns printed beside the score
     ordered = result.axes in (["stage"], ["coefficient"])
     unit = "normalized effect" if result.analysis in ("patching", "") else result.metric
     if result.axes == ["coefficient"]:
         unit = f"change of {result.metric}; KL on neutral text, nats/token"
+    elif result.analysis == "tuned-lens":
+        unit = "tuned lens held-out KL, nats/token; the logit lens's beside it"
     print((f"per {result.axes[0]} (" if ordered else "top components (") + unit
           + (", exact where verified):" if exact is not None else "):"))
     for i in (range(len(result.components)) if ordered else result.ranking()[:10]):
         line = f"  {result.components[i]:<16} {result.scores[i]:+.4f}"
         if exact is not None and not np.isnan(exact[i]):
             line += f"   exact {exact[i]:+.4f}"
-        if kl is not None:
-            line += f"   KL {kl[i]:.4f}"
+        for label, values in beside:
+            line += f"   {label} {values[i]:.4f}"
         print(line)
 
 

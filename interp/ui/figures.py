@@ -424,3 +424,17 @@ def steering_figures(result: Result) -> list[go.Figure]:
     table.update_layout(title=f"generated text ({result.settings['new_tokens']} tokens, "
                               f"{'sampled' if result.settings['do_sample'] else 'greedy'})", height=120 + 60 * len(rows))
     return figures + [table]
+
+
+def tuned_lens_figures(result: Result) -> list[go.Figure]:
+    """A tuned-lens fit: held-out KL(final || stage) per stage of the logit and the tuned lens, on
+    one axis (the same quantity, nats per token; log scale, since the embeddings' KL is large)."""
+    stages = ["embed"] + [f"after L{name.split('.')[0][1:]}" for name in result.components[1:]]
+    figure = go.Figure()
+    for k, (name, values) in enumerate((("logit lens", result.arrays["kl_logit_lens"]), ("tuned lens", result.scores))):
+        figure.add_trace(go.Scatter(x=stages, y=np.maximum(values, 1e-6), name=name, mode="lines+markers",
+                                    line={"color": colors.QUALITATIVE[k]}, hovertemplate="%{x}: %{y:.4g} nats<extra></extra>"))
+    figure.update_layout(title=f"held-out KL(final || lens) · {result.extra['held_out_tokens']} tokens of {result.task} · "
+                               f"{result.model}", xaxis_title="residual stream", yaxis_title="nats per token (log)",
+                         yaxis_type="log", template="plotly_white", height=380)
+    return [figure]
