@@ -10,6 +10,11 @@ d = W_U[answer] - W_U[wrong] (or W_U[answer] alone), and the parts plus the norm
 unembedding's biases sum to the model's logit difference before any post-processing of logits
 (Gemma-2's soft-capping). Freezing s is what makes the split linear: the true effect of removing a
 part would also change s.
+
+Where the attention output passes a norm before the residual add (Gemma-2/3, OLMo-2), that norm's
+scale is frozen at the clean run as well: the attention output enters it as o = sum_h z_h W_O^h +
+b_O, and the write post(o) = L_post(o) / s_o + b_post splits into each head's L_post(z_h W_O^h) /
+s_o and the rest (``ATTN_BIAS``). An MLP's normed output is one part as it is.
 """
 
 from __future__ import annotations
@@ -33,18 +38,27 @@ class Attribution:
     parts: dict[str, float]
     total: float
     logit_diff: float
+    neurons: torch.Tensor | None = None  # [n_layers, d_mlp]: each MLP neuron's part of its layer's L<l>.MLP
 
 
 @torch.no_grad()
-def direct_logit_attribution(model: Model, ids: list[int], answer: int, wrong: int | None = None) -> Attribution:
+def direct_logit_attribution(model: Model, ids: list[int], answer: int, wrong: int | None = None,
+                             neurons: bool = False) -> Attribution:
     """The direct logit attribution of one prompt's last position (see module doc); raises a
-    one-line error for families whose sublayers do not write additively, and
-    :class:`~interp.shortcuts.ShortcutError` if the parts do not sum to the model's value."""
+    one-line error for families whose residual stream is not the sum of its writes, and
+    :class:`~interp.shortcuts.ShortcutError` if the parts do not sum to the model's value.
+
+    ``neurons``: also split each MLP's part into its neurons' a_n W_out[:, n] (through the MLP's
+    output norm with its scale frozen, where it has one); with the output bias they are checked
+    to sum to the MLP's part. Mixture-of-experts MLPs are refused in one line."""
     sublayers = Sublayers(model)
-    sublayers.require_additive_writes("direct logit attribution")
+    sublayers.require_additive_writes("direct logit attribution", post_norms=True)
+    post_normed = model.layout.attn_post_norm is not None
     n = model.config.n_layers
-    sites = [Site("resid_pre", 0), Site("resid_post", n - 1)] + [Site(kind, layer) for layer in range(n)
-                                                               for kind in ("z", "attn_out", "mlp_out")]
+    if neurons:
+        sublayers.require_dense_mlp("direct logit attribution to neurons")
+    kinds = ("z", "attn_out", "mlp_out") + (("mlp_post",) if neurons else ())
+    sites = [Site("resid_pre", 0), Site("resid_post", n - 1)] + [Site(kind, layer) for layer in range(n) for kind in kinds]
     _, cache = model.run_with_cache(torch.tensor([ids], device=model.device), sites)
 
     def last(site: Site) -> torch.Tensor:
@@ -59,13 +73,25 @@ def direct_logit_attribution(model: Model, ids: list[int], answer: int, wrong: i
     def project(vector: torch.Tensor) -> float:
         return float((sublayers.norm_linear_part("final", None, vector.float()).double() / scale) @ direction)
 
+    def project_rows(vectors: torch.Tensor) -> torch.Tensor:
+        return (sublayers.norm_linear_part("final", None, vectors.float()).double() / scale) @ direction
+
     parts = {"EMBED": project(last(Site("resid_pre", 0)))}
+    per_neuron: list[torch.Tensor] = []
     for layer in range(n):
-        writes = sublayers.head_outputs(layer, last(Site("z", layer)).float()[None])[0].double()  # [n_heads, d_model]
+        writes = sublayers.head_outputs(layer, last(Site("z", layer)).float()[None], before_post_norm=True)[0].double()
+        if post_normed:  # [n_heads, d_model] through the attention's output norm, its scale frozen
+            bias = sublayers.output_bias(layer)
+            entering = writes.sum(0) + (bias.double() if bias is not None else 0)
+            frozen = sublayers.norm_scale("attn_post", layer, entering.float()).double()
+            writes = sublayers.norm_linear_part("attn_post", layer, writes.float()).double() / frozen
         for h in range(model.config.n_heads):
             parts[f"L{layer}.H{h}"] = project(writes[h])
         parts[f"L{layer}.ATTN_BIAS"] = project(last(Site("attn_out", layer)) - writes.sum(0))
         parts[f"L{layer}.MLP"] = project(last(Site("mlp_out", layer)))
+        if neurons:
+            per_neuron.append(_neuron_parts(sublayers, layer, last(Site("mlp_post", layer)), project_rows,
+                                            parts[f"L{layer}.MLP"], model.config.name))
     norm = sublayers.norm("final")
     norm_bias = getattr(norm, "bias", None)
     parts["FINAL_NORM_BIAS"] = float(norm_bias.double() @ direction) if norm_bias is not None else 0.0
@@ -77,4 +103,23 @@ def direct_logit_attribution(model: Model, ids: list[int], answer: int, wrong: i
     value = float(logits[answer] - (logits[wrong] if wrong is not None else 0))
     shortcuts.check("direct logit attribution's parts (residual = embeddings + heads + biases + MLPs)",
                     torch.tensor([total]), torch.tensor([value]), model.config.name, rtol=1e-5, what="a sum")
-    return Attribution(parts, total, value)
+    return Attribution(parts, total, value, torch.stack(per_neuron) if neurons else None)
+
+
+def _neuron_parts(sublayers: Sublayers, layer: int, activation: torch.Tensor, project_rows, mlp_part: float,
+                  name: str) -> torch.Tensor:
+    """Each neuron's part [d_mlp] of layer ``layer``'s MLP part, checked: with the output bias's
+    they sum to ``mlp_part``."""
+    writes = sublayers.neuron_outputs(layer, activation.float()).double()  # [d_mlp, d_model]
+    bias = sublayers.mlp_output_bias(layer)
+    bias = bias.double() if bias is not None else torch.zeros(writes.shape[-1], dtype=torch.float64)
+    if sublayers.layout.mlp_post_norm is not None:  # through the output norm, its scale frozen
+        frozen = sublayers.norm_scale("mlp_post", layer, (writes.sum(0) + bias).float()).double()
+        linear = sublayers.norm_linear_part("mlp_post", layer, torch.cat([writes, bias[None]]).float()).double() / frozen
+        post_bias = getattr(sublayers.norm("mlp_post", layer), "bias", None)
+        writes, bias = linear[:-1], linear[-1] + (post_bias.double() if post_bias is not None else 0)
+    found = project_rows(writes)
+    rest = float(project_rows(bias[None])[0])
+    shortcuts.check(f"direct logit attribution's neurons of L{layer}.MLP (their parts and the output bias's)",
+                    torch.tensor([float(found.sum()) + rest]), torch.tensor([mlp_part]), name, rtol=1e-5, what="a sum")
+    return found

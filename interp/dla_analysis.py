@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from interp.analysis import Analysis, Config, ConfigError, option, register
 from interp.dla import direct_logit_attribution
@@ -25,6 +26,8 @@ from interp.tasks import Task
 class DLAConfig(Config):
     """``interp dla``: direct logit attribution at each prompt's last token."""
 
+    neurons: int = option(0, "also split every MLP into its neurons and list the N largest (array neurons: every "
+                              "neuron's mean part; 0: no split)", minimum=0)
     progress: bool = option(True, "show progress bars")
 
 
@@ -38,6 +41,7 @@ class DLAPayload:
     unembed_bias: float
     total: float
     logit_diff: float
+    top_neurons: list | None = None  # [[L<l>.N<n>, mean part], ...], largest |part| first (--neurons)
 
 
 def run_dla(model: Model, task: Task, config: DLAConfig = DLAConfig()) -> Result:
@@ -49,20 +53,27 @@ def run_dla(model: Model, task: Task, config: DLAConfig = DLAConfig()) -> Result
     found = []
     for i, ids in enumerate(task.prompt_ids):
         wrong = task.wrong_ids[i][0] if task.wrong_ids else None
-        found.append(direct_logit_attribution(model, ids, task.answer_ids[i][0], wrong))
+        found.append(direct_logit_attribution(model, ids, task.answer_ids[i][0], wrong, neurons=config.neurons > 0))
     mean = {name: float(np.mean([a.parts[name] for a in found])) for name in found[0].parts}
     names = [f"L{layer}.H{h}" for layer in range(n) for h in range(heads)]
     payload = DLAPayload(mean["EMBED"], mean["FINAL_NORM_BIAS"], mean["UNEMBED_BIAS"],
                          float(np.mean([a.total for a in found])), float(np.mean([a.logit_diff for a in found])))
+    extra_arrays = {}
+    if config.neurons:
+        per_neuron = torch.stack([a.neurons for a in found]).mean(0).numpy()  # [n_layers, d_mlp]
+        order = np.argsort(-np.abs(per_neuron), axis=None, kind="stable")[:config.neurons]
+        payload.top_neurons = [[f"L{k // per_neuron.shape[1]}.N{k % per_neuron.shape[1]}", float(per_neuron.flat[k])]
+                               for k in order]
+        extra_arrays["neurons"] = per_neuron
     return Result(
         method="dla", analysis="dla", model=model.config.name, task=task.name,
         metric="logit_diff" if task.wrong_ids else "logit", granularity="heads", components=names,
         scores=np.array([mean[name] for name in names]), shape=[n, heads], axes=["layer", "head"],
         clean_metric=payload.logit_diff, wall_seconds=time.perf_counter() - start, n_forward_passes=len(found),
-        settings={"n_prompts": len(found), "frozen_norm_scale": True},
+        settings={"n_prompts": len(found), "frozen_norm_scale": True, "neurons": config.neurons},
         arrays={"mlp": np.array([mean[f"L{layer}.MLP"] for layer in range(n)]),
                 "attn_bias": np.array([mean[f"L{layer}.ATTN_BIAS"] for layer in range(n)]),
-                "per_prompt": np.array([[a.parts[name] for name in names] for a in found])},
+                "per_prompt": np.array([[a.parts[name] for name in names] for a in found]), **extra_arrays},
         extra=vars(payload),
     )
 

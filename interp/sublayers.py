@@ -43,13 +43,15 @@ class Sublayers:
     def _leaf(self, layer: int, path: str) -> torch.nn.Module:
         return unwrapped(get_path(self._layers[layer], path))
 
-    def require_additive_writes(self, analysis: str) -> None:
+    def require_additive_writes(self, analysis: str, post_norms: bool = False) -> None:
         """Raise a one-line error if sublayer outputs are normed before they join the residual
-        stream (Gemma-2/3, OLMo-2): ``analysis`` decomposes the residual stream into linear
-        per-head and per-MLP writes, which such norms do not have."""
+        stream (Gemma-2/3, OLMo-2; allowed with ``post_norms``, for an analysis that freezes
+        those norms' scales): ``analysis`` decomposes the residual stream into linear per-head
+        and per-MLP writes, which such norms do not have; or if the residual stream is not the
+        sum of the sublayers' outputs."""
         normed = [name for name, path in (("attention", self.layout.attn_post_norm), ("MLP", self.layout.mlp_post_norm)) if path]
         prefix = f"{analysis} does not apply to {self.config.name} ({self.config.architecture}): its "
-        if normed:
+        if normed and not post_norms:
             raise UnsupportedArchitectureError(
                 prefix + f"{' and '.join(normed)} outputs pass through a norm before the residual add, so heads and MLPs "
                 "do not write to the residual stream linearly")
@@ -73,13 +75,15 @@ class Sublayers:
                 f"their weights, and this model's MLPs are mixtures of {self.layout.n_experts} experts")
 
     def norm(self, which: str, layer: int | None = None) -> torch.nn.Module:
-        """The pre-norm of ``which`` ("attn" or "mlp") at ``layer``, or the final norm ("final");
-        an identity where the family has no such pre-norm (OLMo-2)."""
+        """The pre-norm of ``which`` ("attn" or "mlp") at ``layer``, the norm a sublayer's output
+        passes before the residual add ("attn_post", "mlp_post"), or the final norm ("final");
+        an identity where the family has no such norm (OLMo-2's pre-norms, most post-norms)."""
         if which == "final":
             return unwrapped(get_path(self._root, self.layout.final_norm))
-        paths = {"attn": self.layout.attn_norm, "mlp": self.layout.mlp_norm}
+        paths = {"attn": self.layout.attn_norm, "mlp": self.layout.mlp_norm, "attn_post": self.layout.attn_post_norm,
+                 "mlp_post": self.layout.mlp_post_norm}
         if which not in paths:
-            raise ValueError(f"unknown norm {which!r}; known: attn, mlp, final")
+            raise ValueError(f"unknown norm {which!r}; known: {', '.join(paths)}, final")
         return torch.nn.Identity() if paths[which] is None else self._leaf(layer, paths[which])
 
     def norm_gain(self, which: str, layer: int | None = None) -> torch.Tensor:
@@ -89,6 +93,23 @@ class Sublayers:
         if weight is None:
             return torch.ones(self.config.d_model)
         return (weight + 1 if "Gemma" in type(norm).__name__ else weight).detach().float()
+
+    def neuron_outputs(self, layer: int, activations: torch.Tensor) -> torch.Tensor:
+        """Each MLP neuron's write, a_n W_out[:, n], without the output bias: activations
+        [..., d_mlp] (the input of the MLP's output projection) -> [..., d_mlp, d_model]."""
+        self.require_dense_mlp("per-neuron writes")
+        weight = _linear_weight(self._leaf(layer, self.layout.mlp_out_proj))  # [d_model, d_mlp]
+        return activations[..., :, None] * weight.T.to(activations.dtype)
+
+    def mlp_output_bias(self, layer: int) -> torch.Tensor | None:
+        """The MLP output projection's bias [d_model] (None where it has none)."""
+        bias = getattr(self._leaf(layer, self.layout.mlp_out_proj), "bias", None)
+        return None if bias is None else bias.detach()
+
+    def output_bias(self, layer: int) -> torch.Tensor | None:
+        """The attention output projection's bias [d_model] (None where it has none)."""
+        bias = getattr(self._leaf(layer, self.layout.z_proj), "bias", None)
+        return None if bias is None else bias.detach()
 
     def norm_centres(self, which: str, layer: int | None = None) -> bool:
         """Whether the norm subtracts the mean first (a LayerNorm; an RMSNorm does not)."""
@@ -189,10 +210,13 @@ class Sublayers:
 
         return {Site("resid_pre", layer): keep("resid"), Site("attn_out", layer): keep("attn"), Site("mlp_out", layer): swap}
 
-    def head_outputs(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+    def head_outputs(self, layer: int, z: torch.Tensor, before_post_norm: bool = False) -> torch.Tensor:
         """Each head's write into the residual stream, z_h W_O^h without the output bias:
-        z [..., pos, n_heads, d_head] -> [..., pos, n_heads, d_model]."""
-        self.require_additive_writes("per-head writes")
+        z [..., pos, n_heads, d_head] -> [..., pos, n_heads, d_model]. Families whose attention
+        output is normed before the residual add have no such write; ``before_post_norm`` asks
+        for z_h W_O^h there anyway (what enters that norm)."""
+        if not before_post_norm:
+            self.require_additive_writes("per-head writes")
         c = self.config
         weight = _linear_weight(self._leaf(layer, self.layout.z_proj)).unflatten(1, (c.n_heads, c.d_head))
         return torch.einsum("...hd,mhd->...hm", z, weight.to(z.dtype))

@@ -1,6 +1,6 @@
 """Direct logit attribution: the parts sum to the frozen-scale logit difference (which is the
-model's own) on every family whose sublayers write additively; one head's part equals its output
-through W_O projected by hand; other families are one line."""
+model's own) on every family of the matrix; one head's part equals its output through W_O
+projected by hand, on Llama and through Gemma-2's frozen attention output norm."""
 
 from __future__ import annotations
 
@@ -8,33 +8,65 @@ import pytest
 import torch
 
 import interp
-from interp.architectures import UnsupportedArchitectureError
 from interp.dla import direct_logit_attribution
 from interp.dla_analysis import DLAConfig, run_dla
 from interp.tasks import Task
 from interp.ui import cli
 
-ADDITIVE = ["gpt2", "neox", "llama", "llama3", "gemma", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen2moe", "olmoe"]
-NORMED = ["gemma2", "gemma3", "olmo2"]
+FAMILIES = ["gpt2", "neox", "llama", "llama3", "gemma", "mistral", "qwen2", "qwen3", "phi3", "mixtral", "qwen2moe", "olmoe",
+            "gemma2", "gemma3", "olmo2"]
 TEXT = "The Eiffel Tower is in the city of"
 
 
-@pytest.mark.parametrize("family", ADDITIVE)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_the_parts_sum_to_the_models_logit_difference(family):
     model = interp.load_model(f"random-{family}")
     ids = model.tokenizer(TEXT)["input_ids"]
     found = direct_logit_attribution(model, ids, 100, 200)
     assert found.total == pytest.approx(found.logit_diff, abs=1e-5)
     logits = model.run(torch.tensor([ids]))[0, -1].double()
+    cap = getattr(model.hf_model.config, "final_logit_softcapping", None)
+    if cap:  # DLA is in raw logits, before Gemma-2's soft-capping: undo it
+        logits = cap * torch.atanh(logits / cap)
     assert found.logit_diff == pytest.approx((logits[100] - logits[200]).item(), abs=1e-4)
     assert len([p for p in found.parts if ".H" in p]) == model.config.n_layers * model.config.n_heads
 
 
-@pytest.mark.parametrize("family", NORMED)
-def test_families_with_normed_sublayer_outputs_are_one_line(family):
-    model = interp.load_model(f"random-{family}")
-    with pytest.raises(UnsupportedArchitectureError, match="direct logit attribution does not apply"):
-        direct_logit_attribution(model, model.tokenizer(TEXT)["input_ids"], 100, 200)
+def test_the_family_list_is_the_whole_matrix():
+    from interp.toy_models import RANDOM_FAMILIES
+
+    assert set(FAMILIES) == set(RANDOM_FAMILIES)
+
+
+def test_a_gemma2_heads_part_goes_through_the_frozen_attention_output_norm():
+    """Gemma-2: head 0 of layer 1 writes W_O's slice of its z; the attention output norm divides
+    by the rms of the whole attention output o (frozen), multiplies by 1 + w; then the final norm
+    with the scale of the clean final residual, onto W_U[a] - W_U[b]."""
+    model = interp.load_model("random-gemma2")
+    hf = model.hf_model
+    ids = torch.tensor([model.tokenizer(TEXT)["input_ids"]])
+    seen = {}
+    layer = hf.model.layers[1]
+    hooks = [(layer.self_attn.o_proj, "z"), (layer.post_attention_layernorm, "o"), (hf.model.norm, "final")]
+    handles = [module.register_forward_pre_hook(lambda m, args, key=key: seen.update({key: args[0][0, -1].detach()}))
+               for module, key in hooks]
+    with torch.no_grad():
+        hf(ids)
+    for handle in handles:
+        handle.remove()
+
+    def rms(x, norm):
+        return torch.sqrt(x.double().pow(2).mean() + norm.eps)
+
+    d_head = model.config.d_head
+    write = layer.self_attn.o_proj.weight[:, :d_head].double() @ seen["z"][:d_head].double()
+    post = layer.post_attention_layernorm
+    written = (1 + post.weight.double()) * write / rms(seen["o"], post)
+    final = hf.model.norm
+    direction = hf.lm_head.weight[100].double() - hf.lm_head.weight[200].double()
+    expected = (((1 + final.weight.double()) * written / rms(seen["final"], final)) @ direction).item()
+    found = direct_logit_attribution(model, ids[0].tolist(), 100, 200)
+    assert found.parts["L1.H0"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
 def test_one_heads_part_is_its_output_projected_by_hand():
@@ -77,5 +109,40 @@ def test_the_analysis_averages_prompts_and_the_command_writes_its_folder(tmp_pat
     assert cli.main(["dla", "--model", "random-llama", "--task", "ioi", "--n-prompts", "2", "--no-progress",
                      "--out", str(out)]) == 0
     assert (out / "dla.html").is_file()
-    assert cli.main(["dla", "--model", "random-gemma2", "--task", "ioi", "--n-prompts", "2", "--out", str(tmp_path / "x")]) == 2
-    assert "direct logit attribution does not apply to random-gemma2" in capsys.readouterr().err
+    assert cli.main(["dla", "--model", "random-gemma2", "--task", "ioi", "--n-prompts", "2", "--no-progress",
+                     "--out", str(tmp_path / "gemma2")]) == 0
+    rows = tmp_path / "long.jsonl"
+    rows.write_text('{"clean": "The capital of France is", "corrupt": "The capital of Spain is", "answer": " Paris France", '
+                    '"wrong_answer": " Madrid"}\n')
+    assert cli.main(["dla", "--model", "random-llama", "--task", str(rows), "--out", str(tmp_path / "x")]) == 2
+    assert "direct logit attribution reads one answer token" in capsys.readouterr().err
+
+
+def test_a_neurons_part_is_its_activation_times_its_output_row_projected_by_hand():
+    """Llama: neuron 7 of layer 1 writes act * W_down[:, 7]; the neurons' parts sum to the MLP's
+    (checked inside); the analysis lists the largest and keeps every neuron's mean."""
+    model = interp.load_model("random-llama")
+    hf = model.hf_model
+    ids = torch.tensor([model.tokenizer(TEXT)["input_ids"]])
+    seen = {}
+    down = hf.model.layers[1].mlp.down_proj
+    handles = [down.register_forward_pre_hook(lambda m, args: seen.update(a=args[0][0, -1].detach())),
+               hf.model.norm.register_forward_pre_hook(lambda m, args: seen.update(final=args[0][0, -1].detach()))]
+    with torch.no_grad():
+        hf(ids)
+    for handle in handles:
+        handle.remove()
+    norm = hf.model.norm
+    rms = torch.sqrt(seen["final"].double().pow(2).mean() + norm.variance_epsilon)
+    direction = hf.lm_head.weight[100].double() - hf.lm_head.weight[200].double()
+    write = seen["a"][7].double() * down.weight[:, 7].double()
+    expected = ((norm.weight.double() * write / rms) @ direction).item()
+    found = direct_logit_attribution(model, ids[0].tolist(), 100, 200, neurons=True)
+    assert found.neurons[1, 7].item() == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert found.neurons.sum(1).numpy() == pytest.approx([found.parts[f"L{l}.MLP"] for l in range(3)], abs=1e-5)
+    task = Task.from_pairs(model, "one", [{"clean": TEXT, "corrupt": TEXT, "answer": " Paris", "wrong_answer": " Rome"}])
+    result = run_dla(model, task, DLAConfig(neurons=5, progress=False))
+    top = result.extra["top_neurons"]
+    assert len(top) == 5 and abs(top[0][1]) == pytest.approx(float(abs(result.arrays["neurons"]).max()))
+    with pytest.raises(ValueError, match="mixtures of"):
+        direct_logit_attribution(interp.load_model("random-mixtral"), ids[0].tolist(), 100, 200, neurons=True)

@@ -395,7 +395,15 @@ def dla_figures(result: Result) -> list[go.Figure]:
     bars.update_layout(title=f"the 20 largest parts (they sum to {result.extra['total']:.4g}; the model's value "
                              f"{result.extra['logit_diff']:.4g}); red raises the logit difference, blue lowers it",
                        xaxis_title="contribution (logits)", template="plotly_white", height=600)
-    return [heads, bars]
+    top_neurons = result.extra.get("top_neurons")
+    if not top_neurons:
+        return [heads, bars]
+    names, values = [n for n, _ in top_neurons][::-1], [v for _, v in top_neurons][::-1]
+    neurons = go.Figure(go.Bar(x=values, y=names, orientation="h", marker_color=[colors.sign_color(v) for v in values],
+                               hovertemplate="%{y}: %{x:.4g}<extra></extra>"))
+    neurons.update_layout(title=f"the {len(names)} largest MLP neurons (each a share of its layer's MLP part)",
+                          xaxis_title="contribution (logits)", template="plotly_white", height=200 + 18 * len(names))
+    return [heads, bars, neurons]
 
 
 def steering_figures(result: Result) -> list[go.Figure]:
