@@ -7,7 +7,8 @@ A vector comes from
   the site's activation over the positive set minus that over the negative set, each text reduced
   to the mean over its tokens (``reduce="mean"``) or to its last token (``"last"``);
 * a linear probe's direction (a ``probe`` run folder, the probe of the site's residual stream);
-* a dictionary latent's decoder row (a dictionary folder and a latent): what the latent writes.
+* a dictionary latent's decoder row (``circuits.steering_analysis.feature_vector``): what the
+  latent writes.
 
 :func:`steering_edit` turns a vector and a coefficient into a ``model.patch`` value: ``add`` adds
 ``coefficient * vector`` (the vector as it is: a contrast keeps its own norm, a probe direction has
@@ -129,27 +130,6 @@ def probe_vector(model: Model, folder: str | Path, site: str | Component) -> tor
     if not torch.isfinite(direction).all() or direction.norm() == 0:
         raise SteeringError(f"the layer-{layer} probe of {folder} has no direction (only a binary probe has one)")
     return direction
-
-
-def feature_vector(model: Model, folder: str | Path, latent: int) -> tuple[torch.Tensor, str]:
-    """(decoder row [d_model] of ``latent``, the site the dictionary writes: an SAE's own site, a
-    transcoder's MLP output) of a dictionary folder trained on this model."""
-    from circuits.dictionary import DictionaryError
-    from circuits.dictionary_io import load_dictionary
-
-    try:
-        dictionary = load_dictionary(folder)
-    except DictionaryError as exc:
-        raise SteeringError(str(exc)) from None
-    config = dictionary.config
-    if config.model_name and config.model_name != model.config.name:
-        raise SteeringError(f"the dictionary in {folder} was trained on {config.model_name!r}, not {model.config.name!r}")
-    if config.d_out != model.config.d_model:
-        raise SteeringError(f"the dictionary in {folder} writes {config.d_out} dimensions; {model.config.name} has "
-                            f"d_model {model.config.d_model}")
-    if not 0 <= latent < config.d_sae:
-        raise SteeringError(f"latent {latent} is out of range: the dictionary in {folder} has {config.d_sae} latents")
-    return dictionary.W_dec[latent].detach().float().clone(), config.site
 
 
 def check_coefficient(coefficient: float) -> float:

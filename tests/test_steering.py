@@ -12,8 +12,8 @@ import interp
 from circuits.dictionary import DictionaryConfig, SparseDictionary
 from circuits.dictionary_io import save_dictionary
 from interp import metrics
-from interp.steering import SteeringError, contrast_vector, feature_vector, read_texts, steering_edit, steering_site
-from interp.steering_analysis import SteerConfig, run_steering
+from circuits.steering_analysis import SteerConfig, feature_vector, run_steering
+from interp.steering import SteeringError, contrast_vector, read_texts, steering_edit, steering_site
 from interp.tasks import Task
 from interp.ui import cli
 

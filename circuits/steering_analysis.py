@@ -15,7 +15,8 @@ value), and
   the steered one on neutral text (a corpus), in nats per token (``kl_neutral``).
 
 The vector comes from contrastive prompt sets (the default: the bundled sentiment sets, so the
-default task is ``sentiment``), a probe run or a dictionary latent (:mod:`interp.steering`).
+default task is ``sentiment``), a probe run (:mod:`interp.steering`) or a dictionary latent's decoder
+row (:func:`feature_vector`).
 """
 
 from __future__ import annotations
@@ -24,17 +25,20 @@ import math
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
+from circuits.dictionary import DictionaryError
+from circuits.dictionary_io import load_dictionary
+from circuits.dictionary_evaluation import spliced
 from interp.analysis import Analysis, Config, ConfigError, note, option, register
 from interp.metrics import measure
 from interp.model import Model
 from interp.results import Result
-from interp.steering import (SteeringError, contrast_vector, feature_vector, probe_vector, read_texts, steering_edit,
-                             steering_site)
+from interp.steering import SteeringError, contrast_vector, probe_vector, read_texts, steering_edit, steering_site
 from interp.tasks import Task
 
 
@@ -136,6 +140,24 @@ def _vector(model: Model, config: SteerConfig) -> tuple[torch.Tensor | None, str
                            site, config.reduce), site
 
 
+def feature_vector(model: Model, folder: str | Path, latent: int) -> tuple[torch.Tensor, str]:
+    """(decoder row [d_model] of ``latent``, the site the dictionary writes: an SAE's own site, a
+    transcoder's MLP output) of a dictionary folder trained on this model."""
+    try:
+        dictionary = load_dictionary(folder)
+    except DictionaryError as exc:
+        raise SteeringError(str(exc)) from None
+    config = dictionary.config
+    if config.model_name and config.model_name != model.config.name:
+        raise SteeringError(f"the dictionary in {folder} was trained on {config.model_name!r}, not {model.config.name!r}")
+    if config.d_out != model.config.d_model:
+        raise SteeringError(f"the dictionary in {folder} writes {config.d_out} dimensions; {model.config.name} has "
+                            f"d_model {model.config.d_model}")
+    if not 0 <= latent < config.d_sae:
+        raise SteeringError(f"latent {latent} is out of range: the dictionary in {folder} has {config.d_sae} latents")
+    return dictionary.W_dec[latent].detach().float().clone(), config.site
+
+
 @torch.no_grad()
 def _kl_neutral(model: Model, tokens: torch.Tensor, plain: torch.Tensor) -> float:
     """Mean KL(plain || this run) per token in nats on ``tokens`` (plain log-probabilities given)."""
@@ -161,9 +183,6 @@ def run_steering(model: Model, task: Task, config: SteerConfig = SteerConfig()) 
     fixed = {name: torch.zeros(()) for name in config.ablate or ()}
     with ExitStack() as stack:
         if config.dictionary:
-            from circuits.dictionary_evaluation import spliced
-            from circuits.dictionary_io import load_dictionary
-
             stack.enter_context(spliced(model, load_dictionary(config.dictionary), error_term=True))
         fixed.update({name: torch.tensor(value) for name, value in config.clamps().items()})
         for name in fixed:
@@ -219,4 +238,4 @@ register(Analysis(
     summary="steering: a vector added for a sweep of coefficients; generated text, a task's logit difference and "
             "the KL on neutral text"))
 
-__all__ = ["SteerConfig", "SteerPayload", "SteeringError", "run_steering"]
+__all__ = ["SteerConfig", "SteerPayload", "SteeringError", "feature_vector", "run_steering"]
