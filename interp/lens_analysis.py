@@ -31,6 +31,7 @@ class LensConfig(Config):
     top_k: int = option(5, "tokens listed per stage and position for the first prompt", minimum=1, maximum=50)
     tuned: str | None = option(None, "a tuned-lens folder (interp tuned-lens writes one in its run folder): decode "
                                      "each stage through its translator instead of directly")
+    sublayers: bool = option(False, "also decode after each attention sublayer, before the layer's MLP")
     progress: bool = option(True, "show progress bars")
 
 
@@ -57,7 +58,7 @@ def run_lens(model: Model, task: Task, config: LensConfig = LensConfig()) -> Res
     if task.multi_token:
         raise ConfigError(f"the lens reads one answer token; task {task.name!r} has answers of several tokens")
     start = time.perf_counter()
-    names = stages(model)
+    names = stages(model, config.sublayers)
     tuned = None
     if config.tuned is not None:
         from interp.tuned_lens import TunedLens
@@ -67,7 +68,7 @@ def run_lens(model: Model, task: Task, config: LensConfig = LensConfig()) -> Res
     first = {}
     for i, ids in enumerate(task.prompt_ids):
         tokens = Tokens(torch.tensor([ids], device=model.device))
-        lens, _ = lens_logits(model, tokens, tuned)  # [stage, 1, pos, vocab]
+        lens, _ = lens_logits(model, tokens, tuned, config.sublayers)  # [stage, 1, pos, vocab]
         log_p = lens[:, 0].log_softmax(-1)  # [stage, pos, vocab]
         answer = task.answer_ids[i][0]
         wrong = task.wrong_ids[i][0] if task.wrong_ids else None
@@ -92,7 +93,8 @@ def run_lens(model: Model, task: Task, config: LensConfig = LensConfig()) -> Res
         method="logit-lens" if tuned is None else "tuned-lens", analysis="lens", model=model.config.name, task=task.name,
         metric="logit_diff" if task.wrong_ids else "logit", granularity="stages", components=names,
         scores=mean["logit_diff"], shape=[n], axes=["stage"], wall_seconds=time.perf_counter() - start,
-        n_forward_passes=len(task.prompt_ids), settings={"top_k": config.top_k, "n_prompts": len(task.prompt_ids), "tuned": config.tuned},
+        n_forward_passes=len(task.prompt_ids), settings={"top_k": config.top_k, "n_prompts": len(task.prompt_ids), "tuned": config.tuned,
+                  "sublayers": config.sublayers},
         tokens=tokens, position_labels=labels,
         arrays={"probability": mean["probability"], "rank": mean["rank"], "kl_to_final": mean["kl_to_final"],
                 "entropy": mean["entropy"],

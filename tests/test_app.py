@@ -172,8 +172,9 @@ def test_dictionary_page_shows_metrics_and_a_feature_dashboard(app_env):
 def test_lens_page_draws_the_stages_and_lists_top_tokens(app_env):
     at = _run("app/pages/10_Lens.py", selected_run="lens")
     result = Result.load(app_env / "lens")
-    probability, curve = _figures(at)[:2]
+    probability, rank, curve = _figures(at)[:3]
     assert np.allclose(_array(probability["data"][0]["z"]), result.arrays["first_probability"])
+    assert np.allclose(_array(rank["data"][0]["z"]), np.log10(result.arrays["first_rank"] + 1))
     assert probability["layout"]["coloraxis"]["cmin"] == 0 and probability["layout"]["coloraxis"]["cmax"] == 1
     assert np.allclose(_array(curve["data"][0]["y"]), result.scores)
     top = at.dataframe[0].value

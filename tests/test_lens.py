@@ -4,6 +4,8 @@ hooks; the analysis' numbers equal the task metric; a broken decoding is caught.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -101,3 +103,31 @@ def test_the_command_writes_a_run_folder_and_refuses_several_token_answers(tmp_p
                     '"wrong_answer": " Madrid"}\n')
     assert cli.main(["lens", "--model", "random-llama", "--task", str(rows), "--out", str(tmp_path / "x")]) == 2
     assert "the lens reads one answer token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "olmo2"])
+def test_the_stage_after_each_attention_is_resid_mid(family):
+    """With sublayers, the stage between a layer's attention and its MLP decodes the layer's
+    resid_mid as TransformerLens' bridge hooks it (blocks.<l>.hook_resid_mid)."""
+    model = interp.load_model(f"random-{family}", backend="transformer_lens")
+    tokens = model.tokenize(TEXTS)
+    lens, logits = lens_logits(model, tokens, sublayers=True)
+    names = stages(model, sublayers=True)
+    assert names[:3] == ["L0.RESID_PRE", "L0.RESID_MID", "L0.RESID_POST"] and len(names) == 2 * model.config.n_layers + 1
+    _, cache = model.run_with_cache(tokens, ["L1.RESID_MID"])
+    real = tokens.mask
+    torch.testing.assert_close(lens[names.index("L1.RESID_MID")][real], unembed(model, cache["L1.RESID_MID"])[real],
+                               atol=1e-4, rtol=1e-4)
+    plain, _ = lens_logits(model, tokens)
+    torch.testing.assert_close(lens[[names.index(n) for n in stages(model)]], plain)
+
+
+def test_sublayer_stages_are_refused_where_attention_and_mlp_run_in_parallel(tmp_path, capsys):
+    model = interp.load_model("random-neox")
+    assert model.config.parallel_attn_mlp
+    with pytest.raises(ValueError, match="runs attention and MLP in parallel"):
+        lens_logits(model, model.tokenize(TEXTS[0]), sublayers=True)
+    assert cli.main(["lens", "--model", "random-llama", "--task", "ioi", "--n-prompts", "2", "--sublayers", "--no-progress",
+                     "--out", str(tmp_path / "mid")]) == 0
+    data = json.loads((tmp_path / "mid" / "result.json").read_text())
+    assert len(data["components"]) == 7 and data["components"][1] == "L0.RESID_MID"

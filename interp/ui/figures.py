@@ -357,11 +357,17 @@ def lens_figures(result: Result) -> list[go.Figure]:
     """A logit-lens run: the first prompt's answer probability per stage and position (sequential,
     on [0, 1], token labels), and per stage, averaged over the prompts at their last token, the
     logit difference, then the KL to the final distribution and the entropy (one plot each)."""
-    stages = ["embed"] + [f"after L{name.split('.')[0][1:]}" for name in result.components[1:]]
+    from interp.lens import stage_label
+
+    stages = [stage_label(name) for name in result.components]
+    kind = "tuned" if result.method == "tuned-lens" else "logit"
     probability = heatmap(result.arrays["first_probability"], result.position_labels, stages,
-                          f"P({result.extra['answer']!r}) under the logit lens · first prompt · {result.model}", "position",
+                          f"P({result.extra['answer']!r}) under the {kind} lens · first prompt · {result.model}", "position",
                           "residual stream", "probability", scale="sequential", natural=1.0)
-    figures = [probability]
+    rank = heatmap(np.log10(result.arrays["first_rank"] + 1), result.position_labels, stages,
+                   f"rank of {result.extra['answer']!r} (log10(rank + 1); 0: the top token) · first prompt", "position",
+                   "residual stream", "log10(rank + 1)", scale="sequential")
+    figures = [probability, rank]
     for key, title, axis in (("scores", f"{result.metric} at the last token (mean over {result.settings['n_prompts']} prompts)",
                               result.metric),
                              ("kl_to_final", "KL(final || lens) at the last token", "nats"),
@@ -437,7 +443,9 @@ def steering_figures(result: Result) -> list[go.Figure]:
 def tuned_lens_figures(result: Result) -> list[go.Figure]:
     """A tuned-lens fit: held-out KL(final || stage) per stage of the logit and the tuned lens, on
     one axis (the same quantity, nats per token; log scale, since the embeddings' KL is large)."""
-    stages = ["embed"] + [f"after L{name.split('.')[0][1:]}" for name in result.components[1:]]
+    from interp.lens import stage_label
+
+    stages = [stage_label(name) for name in result.components]
     figure = go.Figure()
     for k, (name, values) in enumerate((("logit lens", result.arrays["kl_logit_lens"]), ("tuned lens", result.scores))):
         figure.add_trace(go.Scatter(x=stages, y=np.maximum(values, 1e-6), name=name, mode="lines+markers",
