@@ -150,6 +150,9 @@ class ModelOptions(Config):
                                          "transformer_lens runs TransformerLens' bridge")
     device: str = option("cpu", "torch device, e.g. cpu, cuda, cuda:1, mps")
     dtype: DType = option("float32", "weights' dtype")
+    attention: Literal["eager", "auto", "sdpa"] = option("eager", "attention implementation: eager, auto (SDPA where the "
+                                                                  "family and backend allow it, else eager) or sdpa; runs "
+                                                                  "that read attention probabilities run eager")
 
     def validate(self) -> None:
         check_device(self.device)
@@ -160,7 +163,8 @@ class ModelOptions(Config):
 
         from interp.loading import load_model
 
-        return load_model(self.model, backend=self.backend, device=self.device, dtype=getattr(torch, self.dtype))
+        return load_model(self.model, backend=self.backend, device=self.device, dtype=getattr(torch, self.dtype),
+                          attention=self.attention)
 
 
 def check_device(device: str) -> None:

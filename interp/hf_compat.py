@@ -248,6 +248,27 @@ def check_kv_cache(model, n_tokens: int = 6) -> None:
 
 
 @torch.no_grad()
+def check_attention(model, n_tokens: int = 6) -> None:
+    """Raise :class:`~interp.shortcuts.ShortcutError` unless the model's attention implementation
+    (SDPA) gives the eager implementation's logits, on a batch with a left-padded row."""
+    from interp import shortcuts
+    from interp.backends.base import RunSpec
+
+    if model.attention == "eager":
+        return
+    vocab = model.config.d_vocab
+    steps = torch.arange(n_tokens, device=model.device)
+    tokens = torch.stack([steps * 7919 + 11, steps * 104729 + 5]) % max(vocab - 1, 1) + 1
+    mask = torch.ones(tokens.shape, dtype=torch.bool, device=model.device)
+    mask[1, :2] = False
+    fast = model.forward(RunSpec(tokens, attention_mask=mask)).logits
+    with model.eager_attention():
+        eager = model.forward(RunSpec(tokens, attention_mask=mask)).logits
+    shortcuts.check(f"{model.attention} attention", fast[mask], eager[mask], _versions_line(model.config.name),
+                    what="the logits")
+
+
+@torch.no_grad()
 def check_padding(model, n_tokens: int = 6) -> str | None:
     """None when a padded row gives the logits of its tokens alone, left- and right-padded, through
     the model's backend; else one line saying what differed (with the installed versions). Padding

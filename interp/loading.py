@@ -194,8 +194,24 @@ def _derived_weights(hf_model: torch.nn.Module) -> set[str]:
     return {name for name, parameter in hf_model.named_parameters() if parameter is output.weight} | {"lm_head.weight"}
 
 
+ATTENTION = ("auto", "eager", "sdpa")
+
+
+def _fast_attention(hf_model: torch.nn.Module, spec: str, required: bool) -> str:
+    """Switch ``hf_model`` to SDPA and return "sdpa"; "eager" where the family has none (an error
+    when ``required``)."""
+    try:
+        hf_model.set_attn_implementation("sdpa")
+    except (ValueError, ImportError, AttributeError) as exc:
+        if required:
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            raise ModelLoadError(f"{spec} cannot run SDPA attention here: {reason[:200]}") from None
+        return "eager"
+    return "sdpa"
+
+
 def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu",
-               dtype: torch.dtype = torch.float32, remote: bool = False) -> Model:
+               dtype: torch.dtype = torch.float32, remote: bool = False, attention: str = "eager") -> Model:
     """Load a causal LM and wrap it in a :class:`~interp.model.Model`.
 
     Args:
@@ -207,6 +223,11 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
             ``resid_mid`` and transcoder attribution graphs). Both give the same numbers.
         device: torch device string. dtype: weights' dtype.
         remote: nnsight only: run traces on NDIF (needs an API key; see the README).
+        attention: ``"eager"`` (the default), ``"auto"`` (PyTorch's scaled-dot-product attention
+            where the family and backend allow it, else eager) or ``"sdpa"``. A run that reads or
+            edits attention probabilities runs eager either way; SDPA is checked against eager at
+            load (it differs from eager by float rounding, about 1e-6 relative). TransformerLens'
+            bridge runs its own attention, so that backend is always eager.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -214,6 +235,10 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
         raise ModelLoadError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if remote and backend != "nnsight":
         raise ModelLoadError("remote=True needs backend='nnsight'")
+    if attention not in ATTENTION:
+        raise ModelLoadError(f"unknown attention implementation {attention!r}; known: {', '.join(ATTENTION)}")
+    if attention == "sdpa" and backend == "transformer_lens":
+        raise ModelLoadError("attention='sdpa' needs backend='nnsight': TransformerLens' bridge runs its own attention")
     from interp.analysis import check_device
 
     check_device(device)
@@ -251,6 +276,9 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
             runner = NNsightBackend(hf_model, tokenizer, config, layout, remote=remote)
     unembed_contiguously(hf_model)  # after the backend: TransformerBridge wraps the unembedding in place
     model = Model(runner, tokenizer, config, layout, source=str(model_dir), device=device)
+    if attention != "eager" and backend == "nnsight":
+        model.attention = _fast_attention(hf_model, spec, required=attention == "sdpa")
+    hf_compat.check_attention(model)
     hf_compat.check_kv_cache(model)
     model.padding_problem = hf_compat.check_padding(model)
     model.layout = verify_layout(model)

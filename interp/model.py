@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Mapping, Sequence, Union
 
 import torch
@@ -149,6 +149,9 @@ class Model:
         # why padded batches would give wrong numbers on this model (``hf_compat.check_padding`` at
         # load); None: they give each row its own numbers
         self.padding_problem: str | None = None
+        # the attention implementation runs use ("eager" or "sdpa"; ``interp.loading`` picks it);
+        # a run that reads or edits attention probabilities runs eager whatever it is
+        self.attention = "eager"
 
     def __repr__(self) -> str:
         c = self.config
@@ -280,6 +283,24 @@ class Model:
                 merged = {site: [e.at(*window) if isinstance(e, ComponentEdit) else e for e in edits]
                           for site, edits in merged.items()}
             spec = dataclasses.replace(spec, edits=merged)  # the caller's spec stays as it was
+        needs_eager = self.attention != "eager" and any(site.kind == "pattern" for site in spec.sites)
+        with self.eager_attention() if needs_eager else nullcontext():
+            return self._forward(spec, resume)
+
+    @contextmanager
+    def eager_attention(self) -> Iterator["Model"]:
+        """Within the block, attention runs eager (it computes the probabilities that pattern sites
+        read and edit); the model's own implementation is restored after."""
+        if self.attention == "eager":
+            yield self
+            return
+        self.hf_model.set_attn_implementation("eager")
+        try:
+            yield self
+        finally:
+            self.hf_model.set_attn_implementation(self.attention)
+
+    def _forward(self, spec: RunSpec, resume: Resume | None) -> RunOutput:
         virtual_reads: dict[Site, torch.Tensor] = {}
         if self._splices:
             spec = with_splices(spec, self.splices, virtual_reads)
