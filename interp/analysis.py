@@ -156,6 +156,7 @@ class ModelOptions(Config):
 
     def validate(self) -> None:
         check_device(self.device)
+        check_dtype(self.device, self.dtype)
 
     def load(self):
         """The model (``interp.load_model``)."""
@@ -165,6 +166,18 @@ class ModelOptions(Config):
 
         return load_model(self.model, backend=self.backend, device=self.device, dtype=getattr(torch, self.dtype),
                           attention=self.attention)
+
+
+def check_dtype(device: str, dtype: str) -> None:
+    """A one-line :class:`ConfigError` for a dtype the device cannot compute in."""
+    import torch
+
+    parsed = torch.device(device)
+    if parsed.type == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"--dtype bfloat16: {torch.cuda.get_device_name(parsed)} has no bfloat16 arithmetic; use float16 "
+                          "or float32")
+    if parsed.type == "mps" and dtype == "float64":
+        raise ConfigError("--dtype float64: Apple's MPS has no float64; use float32")
 
 
 def check_device(device: str) -> None:

@@ -102,7 +102,7 @@ def direct_logit_attribution(model: Model, ids: list[int], answer: int, wrong: i
     logits = head(norm(final.float())).double()
     value = float(logits[answer] - (logits[wrong] if wrong is not None else 0))
     shortcuts.check("direct logit attribution's parts (residual = embeddings + heads + biases + MLPs)",
-                    torch.tensor([total]), torch.tensor([value]), model.config.name, rtol=1e-5, what="a sum")
+                    torch.tensor([total]), torch.tensor([value]), model.config.name, rtol=1e-5, what="a sum", dtype=model.dtype)
     return Attribution(parts, total, value, torch.stack(per_neuron) if neurons else None)
 
 

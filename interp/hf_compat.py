@@ -265,7 +265,7 @@ def check_attention(model, n_tokens: int = 6) -> None:
     with model.eager_attention():
         eager = model.forward(RunSpec(tokens, attention_mask=mask)).logits
     shortcuts.check(f"{model.attention} attention", fast[mask], eager[mask], _versions_line(model.config.name),
-                    what="the logits")
+                    what="the logits", dtype=model.dtype)
 
 
 @torch.no_grad()

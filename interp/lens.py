@@ -92,5 +92,5 @@ def lens_logits(model: Model, tokens: Tokens, tuned=None, sublayers: bool = Fals
     real = tokens.mask if tokens.mask is not None else torch.ones(tokens.ids.shape, dtype=torch.bool)
     shortcuts.check("the logit lens's decoding of the last residual stream", lens[-1][real.to(lens.device)],
                     logits.float()[real.to(logits.device)], f"{model.config.name}, {len(names)} stages",
-                    what="logits")
+                    what="logits", dtype=model.dtype)
     return lens, logits.float()

@@ -16,8 +16,8 @@ MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], to
 
 
 def logit_diff(logits: torch.Tensor, answers: torch.Tensor, wrong_answers: torch.Tensor, clean_logprobs: torch.Tensor) -> torch.Tensor:
-    """logit(answer) - logit(wrong answer), in nats."""
-    return logits.gather(-1, answers[:, None])[:, 0] - logits.gather(-1, wrong_answers[:, None])[:, 0]
+    """logit(answer) - logit(wrong answer), in nats (float32 whatever the logits' dtype)."""
+    return logits.gather(-1, answers[:, None])[:, 0].float() - logits.gather(-1, wrong_answers[:, None])[:, 0].float()
 
 
 def prob(logits: torch.Tensor, answers: torch.Tensor, wrong_answers: torch.Tensor, clean_logprobs: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ def task_metric(name: str, model, task) -> tuple[Callable[..., torch.Tensor], in
             clean_logprobs = model.forward(spec).logits.float().log_softmax(-1)
 
     def metric_of(logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        logits = logits[:, None] if logits.dim() == 2 else logits
+        logits = (logits[:, None] if logits.dim() == 2 else logits).float()  # bf16 logits: the metric in float32
         rows = torch.arange(task.n_rows, device=logits.device) if rows is None else rows.to(task.reads.device)
         reference = None if clean_logprobs is None else clean_logprobs[rows]
         if not task.multi_token:

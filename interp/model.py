@@ -69,7 +69,7 @@ class ComponentEdit:
         index = component_index(component, activation.dim())
         patched = activation.clone()
         value = self.value
-        patched[index] = value(activation[index]) if callable(value) else value.to(activation.dtype)
+        patched[index] = value(activation[index]) if callable(value) else value.to(activation.device, activation.dtype)
         return patched
 
 
@@ -161,6 +161,11 @@ class Model:
     @property
     def hf_model(self) -> torch.nn.Module:
         return self.backend.hf_model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (metrics and scores are float32 whatever it is)."""
+        return next(self.hf_model.parameters()).dtype
 
     def decoder_layers(self) -> torch.nn.ModuleList:
         """The model's list of decoder layers (as the backend runs them)."""
@@ -264,7 +269,7 @@ class Model:
         finally:
             self._splices[splice.site] = splice
         shortcuts.check(f"splicing a dictionary at {Component(splice.host.kind, splice.host.layer)} with its error term", spliced, plain,
-                        f"{self.config.name}, {self.backend.name} backend", what="the logits")
+                        f"{self.config.name}, {self.backend.name} backend", what="the logits", dtype=self.dtype)
 
     # ------------------------------------------------------------------ running
     def forward(self, spec: RunSpec, resume: Resume | None = None,

@@ -72,7 +72,7 @@ def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, 
     target_metric = metric_of(target_out.logits)
     checked, plain = target.plain_metric(model, metric_of, torch.arange(rows))
     shortcuts.check("unembedding only the positions the metric reads", target_metric[checked], plain,
-                    f"the target run of {task.name!r} on {model.config.name}, {model.backend.name} backend")
+                    f"the target run of {task.name!r} on {model.config.name}, {model.backend.name} backend", dtype=model.dtype)
     first = first_differences(target, source) if model.config.causal else torch.zeros(rows, dtype=torch.long)
     runs = _Runs(
         target=target, target_resid={site.layer: target_out.activations[site] for site in resid_sites},
@@ -388,7 +388,7 @@ def _check_skip(model: Model, runs: _Runs, components: list[Component], unchange
     with torch.no_grad():
         values = _patched_forward(model, runs, [(component, place)], 0, 0, task.n_rows, metric_of)
     shortcuts.check(f"skipping {component}, which comes before every row's first differing position", values[0],
-                    runs.target_metric, f"{task.name!r} on {model.config.name}, {model.backend.name} backend")
+                    runs.target_metric, f"{task.name!r} on {model.config.name}, {model.backend.name} backend", dtype=model.dtype)
     return 1
 
 
@@ -428,6 +428,6 @@ def _patched_forward(model: Model, runs: _Runs, members: list[tuple[Component, _
     if check:
         shortcuts.check(f"a run resumed at layer {layer} from position {start} (layers replayed, a KV prefix, logits "
                         "at the read positions only)", values[-1], runs.target_metric,
-                        f"{model.config.name}, {model.backend.name} backend", rtol=1e-3, error=ResumeCheckError)
+                        f"{model.config.name}, {model.backend.name} backend", rtol=1e-3, error=ResumeCheckError, dtype=model.dtype)
         values = values[:-1]
     return values

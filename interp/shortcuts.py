@@ -31,10 +31,18 @@ def versions() -> str:
     return ", ".join(found)
 
 
+LOW_PRECISION_ULPS = 32  # a bf16/fp16 model's shortcut may differ from the plain run by this many of its eps
+
+
 def check(name: str, shortcut: torch.Tensor, plain: torch.Tensor, where: str, rtol: float = 1e-4,
-          error: type[ShortcutError] = ShortcutError, what: str = "the metric") -> None:
+          error: type[ShortcutError] = ShortcutError, what: str = "the metric", dtype: torch.dtype | None = None) -> None:
     """Raise ``error`` unless ``shortcut`` equals ``plain`` to ``rtol`` relative to the larger of 1
-    and the plain values' size; ``name`` says which shortcut, ``where`` on what, ``what`` it gives."""
+    and the plain values' size; ``name`` says which shortcut, ``where`` on what, ``what`` it gives.
+    ``dtype``: the model's; in half precision (bf16, fp16) two computations of one number round
+    differently, so ``rtol`` is at least :data:`LOW_PRECISION_ULPS` times that dtype's eps (bf16:
+    0.125, fp16: 0.03), which still catches a shortcut that is wrong rather than rounded."""
+    if dtype is not None and torch.finfo(dtype).bits <= 16:
+        rtol = max(rtol, LOW_PRECISION_ULPS * torch.finfo(dtype).eps)
     shortcut, plain = shortcut.detach().double().cpu(), plain.detach().double().cpu()
     gap = (shortcut - plain).abs().max().item() if shortcut.numel() else 0.0
     scale = max(1.0, plain.abs().max().item() if plain.numel() else 0.0)

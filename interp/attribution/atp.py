@@ -136,7 +136,7 @@ def attribution_patching(
             for label, shortcut, whole in (("target", run.metric, chunk_target), ("source", chunk_metric(source_out.logits),
                                                                                   chunk_source)):
                 checked, plain = whole.plain_metric(model, metric_of, row_ids)
-                shortcuts.check(f"{name} ({label} run)", shortcut[checked], plain, where)
+                shortcuts.check(f"{name} ({label} run)", shortcut[checked], plain, where, dtype=model.dtype)
                 check_cost += (checked.stop - checked.start) / len(row_ids)
             n_forward += 2
         mask = None if chunk_target.mask is None else chunk_target.mask[:, start:]

@@ -141,7 +141,7 @@ def layer_gradients(run: TracedRun, node_sites: set[Site], grad_drop: str | None
                                         live[units[-1]], retain_graph=True)[0]
             run.checked_backwards += 1
             shortcuts.check(f"GradDrop's batched backward through layer {layer}", upstream[-1], plain, "one dropped unit's "
-                            "cotangent, batched with the others against alone", what="the cotangent")
+                            "cotangent, batched with the others against alone", what="the cotangent", dtype=plain.dtype)
         below: dict[Write | None, torch.Tensor] = {}
         for n, unit in enumerate(units):
             below[unit] = upstream[n]

@@ -137,7 +137,8 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
     target_metric = torch.as_tensor(result.arrays[f"{target_run}_metric"])
     where = f"the diagnostic of {task.name!r} on {model.config.name}, {model.backend.name} backend"
     shortcuts.check(f"the source run started at position {start} on a shared KV prefix",
-                    task.fold(metric_of(source_out.logits).cpu()), torch.as_tensor(result.arrays[f"{source_run}_metric"]), where)
+                    task.fold(metric_of(source_out.logits).cpu()), torch.as_tensor(result.arrays[f"{source_run}_metric"]),
+                    where, dtype=model.dtype)
     generator = torch.Generator().manual_seed(seed)
     included = torch.rand(samples, len(components), generator=generator) < p
     effects = torch.empty(samples)
@@ -161,7 +162,7 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
         change = torch.stack([task.fold(row).cpu() for row in patched]) - target_metric  # [variants, prompts]
         if check:
             shortcuts.check(f"the target run started at position {start} on a shared KV prefix", change[-1] + target_metric,
-                            target_metric, where)
+                            target_metric, where, dtype=model.dtype)
             change = change[:-1]
             n_variants -= 1
         effects[first_sample:first_sample + n_variants] = change.mean(1)

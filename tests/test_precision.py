@@ -1,0 +1,53 @@
+"""Half precision: metrics in float32 whatever the logits' dtype, shortcut checks that allow
+rounding but not mistakes, dtype refusals, and on SmolLM2 a bf16 sweep that agrees with float32."""
+
+import numpy as np
+import pytest
+import torch
+
+import interp
+from interp import metrics, shortcuts
+from interp.analysis import ConfigError, check_dtype
+from interp.attribution import attribution_patching
+from interp.patching import activation_patching
+
+
+def test_logit_difference_is_float32_for_bf16_logits():
+    logits = torch.tensor([[-1.0078125, 300.0, 0.5]]).to(torch.bfloat16)  # both exact in bf16; their difference is not
+    assert (logits[0, 1] - logits[0, 0]).item() != 301.0078125
+    diff = metrics.logit_diff(logits, torch.tensor([1]), torch.tensor([0]), None)
+    assert diff.dtype == torch.float32 and diff.item() == 301.0078125
+
+
+def test_shortcut_checks_allow_half_precision_rounding_but_not_mistakes():
+    plain, rounded, wrong = torch.tensor([7.2]), torch.tensor([7.14]), torch.tensor([5.0])
+    with pytest.raises(shortcuts.ShortcutError):
+        shortcuts.check("x", rounded, plain, "here")
+    shortcuts.check("x", rounded, plain, "here", dtype=torch.bfloat16)
+    with pytest.raises(shortcuts.ShortcutError):
+        shortcuts.check("x", wrong, plain, "here", dtype=torch.bfloat16)
+    with pytest.raises(shortcuts.ShortcutError):
+        shortcuts.check("x", rounded, plain, "here", dtype=torch.float32)
+
+
+def test_dtypes_a_device_cannot_compute_in_are_one_line():
+    with pytest.raises(ConfigError, match="--dtype float64: Apple's MPS has no float64"):
+        check_dtype("mps", "float64")
+    check_dtype("cpu", "bfloat16")
+
+
+def test_a_bf16_sweep_agrees_with_float32_on_smollm2(smollm2_nnsight):
+    half = interp.load_model("smollm2-135m", dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    found = {}
+    for name, model in (("float32", smollm2_nnsight), ("bfloat16", half)):
+        task = interp.tasks.ioi(model, n_prompts=8, seed=0)
+        found[name] = (activation_patching(model, task, "heads", progress=False),
+                       attribution_patching(model, task, "heads", method="atp*", progress=False))
+    for k in range(2):
+        full, reduced = found["float32"][k], found["bfloat16"][k]
+        assert reduced.scores.dtype == np.float64 or reduced.scores.dtype == np.float32
+        top = len(set(full.ranking()[:20].tolist()) & set(reduced.ranking()[:20].tolist()))
+        assert top >= 18, (k, top)
+    exact_full, exact_half = found["float32"][0].scores, found["bfloat16"][0].scores
+    assert np.abs(exact_full - exact_half).max() < 0.03 and np.corrcoef(exact_full, exact_half)[0, 1] > 0.99
