@@ -38,6 +38,18 @@ def test_the_family_list_is_the_whole_matrix():
     assert set(FAMILIES) == set(RANDOM_FAMILIES)
 
 
+def _last_inputs(hf, ids: torch.Tensor, modules: dict) -> dict:
+    """{key: the last position's input of each module} in a plain forward of ``ids``."""
+    seen = {}
+    handles = [module.register_forward_pre_hook(lambda m, args, key=key: seen.update({key: args[0][0, -1].detach()}))
+               for key, module in modules.items()]
+    with torch.no_grad():
+        hf(ids)
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
 def test_a_gemma2_heads_part_goes_through_the_frozen_attention_output_norm():
     """Gemma-2: head 0 of layer 1 writes W_O's slice of its z; the attention output norm divides
     by the rms of the whole attention output o (frozen), multiplies by 1 + w; then the final norm
@@ -45,15 +57,8 @@ def test_a_gemma2_heads_part_goes_through_the_frozen_attention_output_norm():
     model = interp.load_model("random-gemma2")
     hf = model.hf_model
     ids = torch.tensor([model.tokenizer(TEXT)["input_ids"]])
-    seen = {}
     layer = hf.model.layers[1]
-    hooks = [(layer.self_attn.o_proj, "z"), (layer.post_attention_layernorm, "o"), (hf.model.norm, "final")]
-    handles = [module.register_forward_pre_hook(lambda m, args, key=key: seen.update({key: args[0][0, -1].detach()}))
-               for module, key in hooks]
-    with torch.no_grad():
-        hf(ids)
-    for handle in handles:
-        handle.remove()
+    seen = _last_inputs(hf, ids, {"z": layer.self_attn.o_proj, "o": layer.post_attention_layernorm, "final": hf.model.norm})
 
     def rms(x, norm):
         return torch.sqrt(x.double().pow(2).mean() + norm.eps)
@@ -124,14 +129,8 @@ def test_a_neurons_part_is_its_activation_times_its_output_row_projected_by_hand
     model = interp.load_model("random-llama")
     hf = model.hf_model
     ids = torch.tensor([model.tokenizer(TEXT)["input_ids"]])
-    seen = {}
     down = hf.model.layers[1].mlp.down_proj
-    handles = [down.register_forward_pre_hook(lambda m, args: seen.update(a=args[0][0, -1].detach())),
-               hf.model.norm.register_forward_pre_hook(lambda m, args: seen.update(final=args[0][0, -1].detach()))]
-    with torch.no_grad():
-        hf(ids)
-    for handle in handles:
-        handle.remove()
+    seen = _last_inputs(hf, ids, {"a": down, "final": hf.model.norm})
     norm = hf.model.norm
     rms = torch.sqrt(seen["final"].double().pow(2).mean() + norm.variance_epsilon)
     direction = hf.lm_head.weight[100].double() - hf.lm_head.weight[200].double()
