@@ -25,6 +25,7 @@ from interp.architectures import Shapes, decoder_layers, discover_layout, get_pa
 from interp.backends import BACKENDS
 from interp.config import config_from_hf
 from interp.model import Model
+from interp.shortcuts import ShortcutError
 from interp.toy_models import RANDOM_FAMILIES
 from interp.tracr_models import TRACR_MODELS
 
@@ -278,7 +279,14 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
     model = Model(runner, tokenizer, config, layout, source=str(model_dir), device=device)
     if attention != "eager" and backend == "nnsight":
         model.attention = _fast_attention(hf_model, spec, required=attention == "sdpa")
-    hf_compat.check_attention(model)
+        try:
+            hf_compat.check_attention(model)
+        except ShortcutError as exc:  # e.g. a transformers release that offers SDPA where it ignores soft-capping
+            if attention == "sdpa":
+                raise ModelLoadError(f"{spec} cannot run SDPA attention here: it gives other logits than eager "
+                                     f"({str(exc).split(' where ')[0]})") from None
+            hf_model.set_attn_implementation("eager")  # auto: eager, which is right
+            model.attention = "eager"
     hf_compat.check_kv_cache(model)
     model.padding_problem = hf_compat.check_padding(model)
     model.layout = verify_layout(model)

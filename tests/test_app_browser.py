@@ -137,7 +137,11 @@ def test_no_page_logged_a_deprecation_warning_or_a_traceback(server):
     ``use_container_width`` warned 62 times a session)."""
     printed = server[2].read_text()
     assert "deprecat" not in printed.lower(), [line for line in printed.splitlines() if "eprecat" in line][:3]
-    assert "Traceback" not in printed, printed[:2000]  # not even one Streamlit recovered from (a table it had to fix)
+    # not even one Streamlit recovered from (a table it had to fix); a tab closed while the server still
+    # wrote to it (older Streamlit logs tornado's WebSocketClosedError) is the browser's doing, not a page's
+    tracebacks = [block for block in printed.split("Traceback (most recent call last):")[1:]
+                  if "WebSocketClosedError" not in block and "StreamClosedError" not in block]
+    assert not tracebacks, tracebacks[0][:2000]
 
 
 def test_stopping_interp_app_by_its_process_id_stops_the_server(tmp_path):

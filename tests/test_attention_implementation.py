@@ -53,3 +53,20 @@ def test_an_sdpa_that_disagrees_with_eager_is_caught():
             hf_compat.check_attention(model)
     finally:
         handle.remove()
+
+
+def test_an_sdpa_that_fails_its_check_falls_back_to_eager_under_auto(monkeypatch):
+    """Some transformers releases offer SDPA for a family whose attention it cannot express
+    (Gemma-2's soft-capping under transformers 5.9): auto falls back to eager, sdpa is one line."""
+    checked = hf_compat.check_attention
+
+    def failing(model, n_tokens=6):
+        if model.attention == "sdpa":
+            raise ShortcutError("sdpa attention gives the logits [1] where the plain computation gives [2] (here)")
+        return checked(model, n_tokens)
+
+    monkeypatch.setattr(hf_compat, "check_attention", failing)
+    model = interp.load_model("random-qwen3", attention="auto")
+    assert model.attention == "eager" and model.hf_model.config._attn_implementation == "eager"
+    with pytest.raises(ModelLoadError, match="random-qwen3 cannot run SDPA attention here: it gives other logits"):
+        interp.load_model("random-qwen3", attention="sdpa")
