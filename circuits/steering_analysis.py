@@ -35,7 +35,7 @@ from circuits.dictionary import DictionaryError
 from circuits.dictionary_io import load_dictionary
 from circuits.dictionary_evaluation import spliced
 from interp.analysis import Analysis, Config, ConfigError, note, option, register
-from interp.metrics import measure
+from interp.metrics import kl_divergence, measure
 from interp.model import Model
 from interp.results import Result
 from interp.steering import SteeringError, contrast_vector, probe_vector, read_texts, steering_edit, steering_site
@@ -162,7 +162,7 @@ def feature_vector(model: Model, folder: str | Path, latent: int) -> tuple[torch
 def _kl_neutral(model: Model, tokens: torch.Tensor, plain: torch.Tensor) -> float:
     """Mean KL(plain || this run) per token in nats on ``tokens`` (plain log-probabilities given)."""
     steered = model.run(tokens).float().log_softmax(-1)
-    return float((plain.exp() * (plain - steered)).sum(-1).mean())
+    return float(kl_divergence(plain, steered).mean())
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ import torch
 from interp.analysis import Analysis, Config, ConfigError, option, register
 from interp.batch import Tokens
 from interp.lens import lens_logits, stages
+from interp.metrics import kl_divergence
 from interp.model import Model
 from interp.results import Result
 from interp.tasks import Task
@@ -47,11 +48,6 @@ class LensPayload:
     wrong_answer: str | None
 
 
-def _kl(final: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """KL(P_final || P_lens) in nats over the last axis (log-probabilities in)."""
-    return (final.exp() * (final - lens)).sum(-1)
-
-
 @torch.no_grad()
 def run_lens(model: Model, task: Task, config: LensConfig = LensConfig()) -> Result:
     """The logit lens (see module doc). A task whose answers have several tokens is refused."""
@@ -77,12 +73,12 @@ def run_lens(model: Model, task: Task, config: LensConfig = LensConfig()) -> Res
                                         else lens[:, 0, -1, answer])
         per_prompt["probability"].append(last[:, answer].exp())
         per_prompt["rank"].append((last > last[:, answer:answer + 1]).sum(-1).float())
-        per_prompt["kl_to_final"].append(_kl(last[-1:], last))
+        per_prompt["kl_to_final"].append(kl_divergence(last[-1:], last))
         per_prompt["entropy"].append(-(last.exp() * last).sum(-1))
         if i == 0:
             top = log_p.exp().topk(config.top_k, dim=-1)
             first = {"probability": log_p[..., answer].exp(), "rank": (log_p > log_p[..., answer:answer + 1]).sum(-1).float(),
-                     "kl_to_final": _kl(log_p[-1:], log_p),
+                     "kl_to_final": kl_divergence(log_p[-1:], log_p),
                      "top": [[[(model.tokenizer.decode([int(t)]), round(float(p), 6)) for t, p in zip(ids_, ps)]
                               for ids_, ps in zip(stage_ids, stage_ps)] for stage_ids, stage_ps in zip(top.indices, top.values)]}
     mean = {key: torch.stack(values).mean(0).double().cpu().numpy() for key, values in per_prompt.items()}

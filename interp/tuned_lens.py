@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from interp.lens import stages, unembed
+from interp.metrics import kl_divergence
 from interp.model import Model
 
 FORMAT = "interp-tuned-lens"
@@ -123,7 +124,7 @@ def kl_per_stage(model: Model, hidden: torch.Tensor, lens: TunedLens | None = No
         for i in range(hidden.shape[0]):
             h = chunk[i] if lens is None else lens.translate(i, chunk[i])
             predicted = unembed(model, h).log_softmax(-1)
-            totals[i] += float((final.exp() * (final - predicted)).sum(-1).sum())
+            totals[i] += float(kl_divergence(final, predicted).sum())
     return [t / hidden.shape[1] for t in totals]
 
 
@@ -161,7 +162,7 @@ def _refine(model: Model, lens: TunedLens, train: torch.Tensor, valid: torch.Ten
         for i in range(weight.shape[0]):
             w = weight[i].to(model.device)
             predicted = unembed(model, batch[i] @ w[:-1] + w[-1]).log_softmax(-1)
-            loss = loss + (final.exp() * (final - predicted)).sum(-1).mean()
+            loss = loss + kl_divergence(final, predicted).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
