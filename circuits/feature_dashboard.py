@@ -23,6 +23,7 @@ import torch
 from circuits.dictionary import SparseDictionary
 from circuits.dictionary_evaluation import _check_site
 from circuits.activation_store import read_pairs
+from interp import placement
 from interp.model import Model
 
 
@@ -68,11 +69,11 @@ def feature_dashboard(model: Model, dictionary: SparseDictionary, chunks: torch.
     d_model = model.config.d_model
     promoted = suppressed = de_embedding = []
     if dictionary.W_dec.shape[1] == d_model:
-        unembedding = model.hf_model.get_output_embeddings().weight.float()  # [vocab, d_model]
+        unembedding = placement.weight(model.hf_model.get_output_embeddings()).float()  # [vocab, d_model]
         logits = unembedding @ dictionary.W_dec[latent].float().to(unembedding.device)
         promoted, suppressed = _tokens(model, logits, n_tokens), _tokens(model, -logits, n_tokens, sign=-1.0)
     if dictionary.W_enc.shape[0] == d_model:
-        embedding = model.hf_model.get_input_embeddings().weight.float()  # [vocab, d_model]
+        embedding = placement.weight(model.hf_model.get_input_embeddings()).float()  # [vocab, d_model]
         de_embedding = _tokens(model, embedding @ dictionary.W_enc[:, latent].float().to(embedding.device), n_tokens)
     active = every[every > 0].numpy()
     return FeatureDashboard(latent, contexts, active, float(len(active) / max(1, every.numel())), promoted, suppressed,

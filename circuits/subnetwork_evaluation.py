@@ -22,6 +22,7 @@ import torch
 from circuits.bigram_table import BigramTable
 from circuits.weight_masks import MaskableMatrix, complement, masked, random_like
 from interp.corpus import row_batches
+from interp import placement
 from interp.model import Model
 
 
@@ -167,7 +168,7 @@ def residual_maps(model: Model, chunks: torch.Tensor, masks: Mapping[str, torch.
             for k, site in enumerate(sites):
                 streams[k].append(cache[site].reshape(-1, cache[site].shape[-1]).double().cpu())
             groups.append(torch.arange(len(tokens)).repeat_interleave(tokens.shape[1]) + index * 8)
-    embedding = model.hf_model.get_input_embeddings().weight.detach().double().cpu()[chunks.reshape(-1)]
+    embedding = placement.weight(model.hf_model.get_input_embeddings()).detach().double().cpu()[chunks.reshape(-1)]
     group = torch.cat(groups).numpy()
     stacked = [torch.cat(s).numpy() for s in streams]
     rng = np.random.default_rng(seed)

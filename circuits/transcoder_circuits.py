@@ -32,6 +32,7 @@ import torch
 
 from circuits.dictionary import DictionaryError, SparseDictionary
 from interp.components import Site
+from interp import placement
 from interp.model import Model
 from interp.sublayers import Sublayers
 
@@ -47,7 +48,7 @@ def connections(up: SparseDictionary, down: SparseDictionary, gain: torch.Tensor
 def de_embedding(model: Model, down: SparseDictionary, layer: int) -> torch.Tensor:
     """[d_vocab, d_sae]: each token embedding's direct input to each latent of the transcoder at
     ``layer`` (the embedding times the MLP pre-norm gain times W_enc)."""
-    embedding = model.hf_model.get_input_embeddings().weight.float()
+    embedding = placement.weight(model.hf_model.get_input_embeddings()).float()
     return (embedding @ (Sublayers(model).norm_gain("mlp", layer)[:, None] * down.W_enc)).detach()
 
 
@@ -176,7 +177,7 @@ def replacement_forward(model: Model, transcoders: dict[int, SparseDictionary], 
         logits = model.forward(RunSpec(tokens, edits=edits, logits_to_keep=1)).logits[0, -1]
         if freeze_norms:  # the logits' value, with the gradient of the frozen final norm and the unembedding
             normed = Sublayers(model).frozen_norm("final", None, resid["final"][0, -1].float())
-            linear = normed @ model.hf_model.get_output_embeddings().weight.float().T
+            linear = normed @ placement.weight(model.hf_model.get_output_embeddings()).float().T
             logits = logits.detach().float() + (linear - linear.detach())
         run.logits = logits
     return run

@@ -150,6 +150,8 @@ class ModelOptions(Config):
                                          "transformer_lens runs TransformerLens' bridge")
     device: str = option("cpu", "torch device, e.g. cpu, cuda, cuda:1, mps")
     dtype: DType = option("float32", "weights' dtype")
+    device_map: str = option("", "spread the model over devices: auto, balanced, sequential (GPUs, then CPU, then disk) "
+                                 "or a JSON file {module path: device or disk}; replaces --device")
     attention: Literal["eager", "auto", "sdpa"] = option("eager", "attention implementation: eager, auto (SDPA where the "
                                                                   "family and backend allow it, else eager) or sdpa; runs "
                                                                   "that read attention probabilities run eager")
@@ -157,6 +159,15 @@ class ModelOptions(Config):
     def validate(self) -> None:
         check_device(self.device)
         check_dtype(self.device, self.dtype)
+        if self.device_map:
+            from interp.placement import PlacementError, parse_device_map
+
+            if self.device != "cpu":
+                raise ConfigError(f"give --device-map or --device ({self.device}), not both: the map places every module")
+            try:
+                parse_device_map(self.device_map)
+            except PlacementError as exc:
+                raise ConfigError(str(exc)) from None
 
     def load(self):
         """The model (``interp.load_model``)."""
@@ -165,7 +176,7 @@ class ModelOptions(Config):
         from interp.loading import load_model
 
         return load_model(self.model, backend=self.backend, device=self.device, dtype=getattr(torch, self.dtype),
-                          attention=self.attention)
+                          attention=self.attention, device_map=self.device_map or None)
 
 
 def check_dtype(device: str, dtype: str) -> None:

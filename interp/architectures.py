@@ -199,11 +199,50 @@ def discover_layout(hf_model: torch.nn.Module, shapes: Shapes, model_name: str) 
     if found["final_norm"] is None:
         raise fail("the final norm", "a norm module outside the decoder layers")
     found.update(override)
-    probe_fields = _probe(hf_model, layer, found, shapes, fail)
+    probe_model = stand_in(hf_model) if weightless(hf_model) else hf_model
+    probe_fields = _probe(probe_model, get_path(probe_model, layers_path)[0], found, shapes, fail)
     found.update({k: v for k, v in probe_fields.items() if k not in override})
     layout = Layout(**found)
     _check_every_layer(layers, layout, fail)
     return layout
+
+
+def weightless(hf_model: torch.nn.Module) -> bool:
+    """Whether ``hf_model`` has only meta tensors and nothing to load them (a remote model's local
+    modules), so no forward can run here."""
+    return (all(p.device.type == "meta" for p in hf_model.parameters())
+            and not any(getattr(m, "_hf_hook", None) is not None for m in hf_model.modules()))
+
+
+STAND_IN_VOCAB = 256
+STAND_IN_MLP = 64
+
+
+def stand_in(hf_model: torch.nn.Module) -> torch.nn.Module:
+    """A local model of ``hf_model``'s class and config with one decoder layer, a small vocabulary
+    and narrow MLPs, seeded random weights: the same module structure and data flow, so layout
+    discovery and its verification run on it when ``hf_model`` has no weights here (NDIF). The
+    attention's widths stay as they are."""
+    import copy
+
+    config = copy.deepcopy(hf_model.config)
+    config.num_hidden_layers = 1  # every family's config maps this name to its own field
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:1]
+    config.vocab_size = STAND_IN_VOCAB
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value >= STAND_IN_VOCAB:
+            setattr(config, key, 0)
+    for key in ("intermediate_size", "moe_intermediate_size", "n_inner"):
+        if isinstance(getattr(config, key, None), int):
+            setattr(config, key, STAND_IN_MLP)
+    generator = torch.random.fork_rng()
+    with generator:
+        torch.manual_seed(0)
+        model = type(hf_model)(config).eval().requires_grad_(False)
+    model.set_attn_implementation("eager")  # the probe and its verification read attention probabilities
+    return model
 
 
 def _find_layers(root: torch.nn.Module, n_layers: int) -> str | None:

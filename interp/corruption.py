@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from interp import hf_compat
+from interp import hf_compat, placement
 from interp.backends.base import Edit, RunSpec
 from interp.batch import logit_reads
 from interp.components import Site
@@ -148,7 +148,7 @@ def task_run(task: Task, which: str = "clean") -> RunInput:
 def gaussian_noise(model, task: Task, std_multiple: float, seed: int) -> torch.Tensor:
     """Noise for causal tracing: N(0, (std_multiple * sigma)^2) on the subject tokens, where sigma
     is the std of the embedding matrix; zero elsewhere. Shape [n, pos, d_model]."""
-    sigma = model.hf_model.get_input_embeddings().weight.float().std().item()
+    sigma = placement.weight(model.hf_model.get_input_embeddings()).float().std().item()
     generator = torch.Generator().manual_seed(seed)
     shape = (*task.clean_tokens.shape, model.config.d_model)
     noise = torch.randn(shape, generator=generator) * std_multiple * sigma

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp import shortcuts
+from interp import placement, shortcuts
 from interp.components import Site
 from interp.model import Model
 from interp.sublayers import Sublayers
@@ -65,13 +65,14 @@ def direct_logit_attribution(model: Model, ids: list[int], answer: int, wrong: i
         return cache[site][0, -1].double()
 
     head = model.hf_model.get_output_embeddings()
-    unembedding = head.weight.double()
+    unembedding = placement.weight(head).double()
     direction = unembedding[answer] - (unembedding[wrong] if wrong is not None else 0)
     final = last(Site("resid_post", n - 1))
     scale = sublayers.norm_scale("final", None, final.float()).double()
 
     def project(vector: torch.Tensor) -> float:
-        return float((sublayers.norm_linear_part("final", None, vector.float()).double() / scale) @ direction)
+        vector = vector.float().to(scale.device)  # a device map computes each layer on its own device
+        return float((sublayers.norm_linear_part("final", None, vector).double() / scale) @ direction)
 
     def project_rows(vectors: torch.Tensor) -> torch.Tensor:
         return (sublayers.norm_linear_part("final", None, vectors.float()).double() / scale) @ direction

@@ -110,9 +110,11 @@ def cache_from_states(states: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
     return cache
 
 
-def kv_prefix(cache: Any, position: int, rows: torch.Tensor | None = None) -> Any:
+def kv_prefix(cache: Any, position: int, rows: torch.Tensor | None = None,
+              devices: list[torch.device] | None = None) -> Any:
     """A read-only cache of ``cache``'s positions < ``position``, with batch rows picked by ``rows``
-    (None: all rows); None when ``position`` is 0."""
+    (None: all rows); None when ``position`` is 0. ``devices``: each layer's device, where the
+    cache was offloaded (None: each layer stays where it is)."""
     if position == 0:
         return None
     states = []
@@ -120,7 +122,10 @@ def kv_prefix(cache: Any, position: int, rows: torch.Tensor | None = None) -> An
         if position > keys.shape[-2]:
             raise KVCacheError(f"a KV prefix of {position} positions was asked of a cache holding {keys.shape[-2]}")
         index = slice(None) if rows is None else rows.to(keys.device)
-        states.append((keys[index, :, :position], values[index, :, :position]))
+        keys, values = keys[index, :, :position], values[index, :, :position]
+        if devices is not None:
+            keys, values = keys.to(devices[len(states)]), values.to(devices[len(states)])
+        states.append((keys, values))
     return read_only(cache_from_states(states))
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from interp import hf_compat
-from interp.architectures import Shapes, decoder_layers, discover_layout, get_path, verify_layout
+from interp import hf_compat, placement
+from interp.architectures import Layout, Shapes, decoder_layers, discover_layout, get_path, stand_in, verify_layout
 from interp.backends import BACKENDS
 from interp.config import config_from_hf
 from interp.model import Model
+from interp.resources import available_memory, readable
 from interp.shortcuts import ShortcutError
 from interp.toy_models import RANDOM_FAMILIES
 from interp.tracr_models import TRACR_MODELS
@@ -195,6 +196,40 @@ def _derived_weights(hf_model: torch.nn.Module) -> set[str]:
     return {name for name, parameter in hf_model.named_parameters() if parameter is output.weight} | {"lm_head.weight"}
 
 
+def _offload_dir(model_dir: Path) -> Path:
+    """Where a device map's "disk" entries keep their weights (one folder per model)."""
+    return cache_dir() / "offload" / hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:16]
+
+
+def _empty_model(model_dir: Path) -> torch.nn.Module:
+    """The model's modules without weights (on the meta device): sizes and names, no memory."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with _quiet_transformers(), init_empty_weights():
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+
+
+def _device_memory(device: str) -> int | None:
+    """Bytes free on ``device`` now (None: unknown, e.g. MPS)."""
+    parsed = torch.device(device)
+    if parsed.type == "cuda":
+        return torch.cuda.mem_get_info(parsed)[0]
+    return available_memory() if parsed.type == "cpu" else None
+
+
+def _check_fits(empty: torch.nn.Module, dtype: torch.dtype, device: str, spec: str) -> None:
+    """A one-line :class:`ModelLoadError` when the weights alone exceed the device's free memory
+    (estimated from the empty model, before anything is loaded)."""
+    need = sum(p.numel() for p in empty.parameters()) * torch.empty((), dtype=dtype).element_size()
+    free = _device_memory(device)
+    if free is not None and need > free:
+        smaller = "" if dtype.itemsize <= 2 else "--dtype bfloat16 halves it; "
+        raise ModelLoadError(f"{spec} needs about {readable(need)} for its weights in {str(dtype).removeprefix('torch.')} "
+                             f"and {device} has {readable(free)} free; {smaller}--device-map auto spreads it over the "
+                             "GPUs, CPU memory and disk")
+
+
 ATTENTION = ("auto", "eager", "sdpa")
 
 
@@ -211,8 +246,95 @@ def _fast_attention(hf_model: torch.nn.Module, spec: str, required: bool) -> str
     return "sdpa"
 
 
+def _local_model(spec: str, model_dir: Path, dtype: torch.dtype, device: str, device_map) -> tuple:
+    """(tokenizer, the Hugging Face model with its weights on ``device`` or placed by
+    ``device_map``, the input device) of a local folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    placed = {} if device_map is None else {"device_map": device_map, "offload_folder": str(_offload_dir(model_dir))}
+    try:
+        empty = _empty_model(model_dir)
+    except Exception:  # an unreadable config: the load below says why in one line
+        empty = None
+    if empty is not None and device_map is None:
+        _check_fits(empty, dtype, device, spec)
+    if empty is not None and isinstance(device_map, dict):
+        try:
+            placement.check_modules(device_map, empty)
+        except placement.PlacementError as exc:
+            raise ModelLoadError(f"{spec}: {exc}") from None
+    with _quiet_transformers():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+            hf_model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager",
+                                                                  output_loading_info=True, **placed)
+        except Exception as exc:  # transformers, safetensors and torch raise many kinds for a user's unreadable files
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            raise ModelLoadError(f"cannot load {spec} ({model_dir}): {type(exc).__name__}: {reason[:300]}") from None
+    missing = [key for key in info.get("missing_keys", ()) if key not in _derived_weights(hf_model)]
+    if missing:
+        raise ModelLoadError(f"{spec} ({model_dir}): the checkpoint lacks {len(missing)} of the model's weights (e.g. "
+                             f"{sorted(missing)[0]}); it is truncated or belongs to another model, and the missing "
+                             "weights would be random")
+    if device_map is None:
+        hf_model.to(device)
+    else:
+        device = str(placement.execution_device(hf_model.get_input_embeddings()))
+    hf_model.eval().requires_grad_(False)
+    return tokenizer, hf_model, device
+
+
+def _remote_model(spec: str) -> tuple:
+    """(tokenizer, the model's modules on the meta device, nnsight's model) of a hub model NDIF
+    runs: nothing is downloaded but its config and tokenizer. One line when NDIF cannot run it."""
+    import nnsight
+    from transformers import AutoTokenizer
+
+    if spec in (BUNDLED, *TOY_MODELS, *TRACR_MODELS) or spec.startswith(RANDOM_PREFIX):
+        raise ModelLoadError(f"remote=True runs hub models on NDIF; {spec} is one of interp's own models: drop --remote")
+    if spec.endswith(".gguf") or Path(spec).expanduser().exists():
+        raise ModelLoadError(f"remote=True needs a hub model id (NDIF loads the model by its name); {spec} is a local "
+                             "file or folder")
+    if not (nnsight.CONFIG.API.APIKEY or os.environ.get("NDIF_API_KEY")):
+        raise ModelLoadError("remote=True needs an NDIF API key: set NDIF_API_KEY, or call "
+                             "nnsight.CONFIG.set_default_api_key(key) once (keys: https://login.ndif.us)")
+    running = getattr(nnsight, "is_model_running", None)  # nnsight >= 0.6 asks NDIF; older releases cannot
+    if running is not None and not running(spec):
+        raise ModelLoadError(f"NDIF is not running {spec} now (or could not be reached); nnsight.status() lists the "
+                             "models it hosts")
+    from nnsight import LanguageModel
+
+    with _quiet_transformers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(spec)
+            lm = LanguageModel(spec, tokenizer=tokenizer)  # not dispatched: the modules hold meta tensors
+        except Exception as exc:  # the hub client and transformers raise many kinds (offline, gated, no such repo)
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            raise ModelLoadError(f"cannot read {spec}'s config and tokenizer from the hub: {type(exc).__name__}: "
+                                 f"{reason[:300]}") from None
+    hf_model = lm._module if hasattr(lm, "_module") else lm._model  # nnsight >= 0.6 / older
+    hf_model.eval().requires_grad_(False)
+    return tokenizer, hf_model, lm
+
+
+def _verify_on_stand_in(model: Model) -> Layout:
+    """``verify_layout`` run on a one-layer local model of the remote model's family
+    (``architectures.stand_in``): its layout, with what the run measured."""
+    from interp.backends.nnsight_backend import NNsightBackend
+
+    probe = stand_in(model.hf_model)
+    config = config_from_hf(probe.config, model.config.name)
+    config = dataclasses.replace(config, parallel_attn_mlp=model.layout.parallel, n_experts=model.layout.n_experts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backend = NNsightBackend(probe, model.tokenizer, config, model.layout)
+    return verify_layout(Model(backend, model.tokenizer, config, model.layout, source=model.source))
+
+
 def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu",
-               dtype: torch.dtype = torch.float32, remote: bool = False, attention: str = "eager") -> Model:
+               dtype: torch.dtype = torch.float32, remote: bool = False, attention: str = "eager",
+               device_map: placement.DeviceMap | None = None) -> Model:
     """Load a causal LM and wrap it in a :class:`~interp.model.Model`.
 
     Args:
@@ -223,14 +345,20 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
             ``"transformer_lens"`` (TransformerBridge hooks; needed for attention-pattern edits,
             ``resid_mid`` and transcoder attribution graphs). Both give the same numbers.
         device: torch device string. dtype: weights' dtype.
-        remote: nnsight only: run traces on NDIF (needs an API key; see the README).
+        remote: nnsight only: run every forward on NDIF. ``spec`` must be a hub id NDIF hosts; only
+            its config and tokenizer are read here (the modules live on the meta device). Needs an
+            API key (``NDIF_API_KEY``). Each forward is one request.
         attention: ``"eager"`` (the default), ``"auto"`` (PyTorch's scaled-dot-product attention
             where the family and backend allow it, else eager) or ``"sdpa"``. A run that reads or
             edits attention probabilities runs eager either way; SDPA is checked against eager at
             load (it differs from eager by float rounding, about 1e-6 relative). TransformerLens'
             bridge runs its own attention, so that backend is always eager.
+        device_map: None (everything on ``device``), ``"auto"`` / ``"balanced"`` / ``"sequential"``
+            (Accelerate spreads the layers over the GPUs, then CPU, then disk), a dict
+            {module path: device or "disk"}, or the path of a JSON file holding one. Token ids and
+            logits then live on the embedding's device, each read and edit on its layer's
+            (``interp.placement``). nnsight backend only.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -243,21 +371,24 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
     from interp.analysis import check_device
 
     check_device(device)
-    model_dir, name = resolve_model_dir(spec)
-    with _quiet_transformers():
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            hf_model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager",
-                                                                  output_loading_info=True)
-        except Exception as exc:  # transformers, safetensors and torch raise many kinds for a user's unreadable files
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-            raise ModelLoadError(f"cannot load {spec} ({model_dir}): {type(exc).__name__}: {reason[:300]}") from None
-    missing = [key for key in info.get("missing_keys", ()) if key not in _derived_weights(hf_model)]
-    if missing:
-        raise ModelLoadError(f"{spec} ({model_dir}): the checkpoint lacks {len(missing)} of the model's weights (e.g. "
-                             f"{sorted(missing)[0]}); it is truncated or belongs to another model, and the missing "
-                             "weights would be random")
-    hf_model.to(device).eval().requires_grad_(False)
+    try:
+        device_map = placement.parse_device_map(device_map)
+    except placement.PlacementError as exc:
+        raise ModelLoadError(str(exc)) from None
+    if device_map is not None and backend != "nnsight":
+        raise ModelLoadError("a device map needs backend='nnsight': TransformerLens' bridge runs on one device")
+    if device_map is not None and device != "cpu":
+        raise ModelLoadError(f"give a device map or a device ({device}), not both: the map places every module")
+    if remote:
+        if device_map is not None or device != "cpu" or dtype != torch.float32 or attention != "eager":
+            raise ModelLoadError("remote=True runs the model on NDIF, which places it and picks its dtype and attention; "
+                                 "drop --device, --device-map, --dtype and --attention")
+        tokenizer, hf_model, lm = _remote_model(spec)
+        model_dir, name = spec, spec
+    else:
+        model_dir, name = resolve_model_dir(spec)
+        tokenizer, hf_model, device = _local_model(spec, model_dir, dtype, device, device_map)
+        lm = None
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
     config = config_from_hf(hf_model.config, name)
@@ -274,9 +405,14 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
         else:
             from interp.backends.nnsight_backend import NNsightBackend
 
-            runner = NNsightBackend(hf_model, tokenizer, config, layout, remote=remote)
-    unembed_contiguously(hf_model)  # after the backend: TransformerBridge wraps the unembedding in place
+            runner = NNsightBackend(hf_model, tokenizer, config, layout, remote=remote, lm=lm)
     model = Model(runner, tokenizer, config, layout, source=str(model_dir), device=device)
+    if remote:  # the checks below run forwards, which need weights here: the layout's runs on a stand-in
+        model.layout = _verify_on_stand_in(model)
+        model.padding_problem = ("padded batches are not checked on a remote model (the check runs at load, locally); "
+                                 "use prompts of one length")
+        return model
+    unembed_contiguously(hf_model)  # after the backend: TransformerBridge wraps the unembedding in place
     if attention != "eager" and backend == "nnsight":
         model.attention = _fast_attention(hf_model, spec, required=attention == "sdpa")
         try:

@@ -167,6 +167,12 @@ class Model:
         """The weights' dtype (metrics and scores are float32 whatever it is)."""
         return next(self.hf_model.parameters()).dtype
 
+    def layer_devices(self) -> list[torch.device]:
+        """The device each decoder layer computes on (one device unless a device map spread them)."""
+        from interp.placement import execution_device
+
+        return [execution_device(layer) for layer in self.decoder_layers()]
+
     def decoder_layers(self) -> torch.nn.ModuleList:
         """The model's list of decoder layers (as the backend runs them)."""
         return decoder_layers(self.hf_model, self.layout)
@@ -317,6 +323,7 @@ class Model:
                     spec.past_key_values = resume.past_key_values
                 with layers_replayed(self.decoder_layers(), resume.layer, resume.resid, self.layout.layer_returns_tuple):
                     out = self.backend.forward(spec)
+        out.logits = out.logits.to(self.device)  # a device map unembeds on the last layer's device
         out.activations.update(virtual_reads)
         return out
 

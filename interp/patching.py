@@ -35,7 +35,7 @@ from interp.metrics import normalized, task_metric
 from interp.model import Model, component_index
 from interp.positions import PositionFrame
 from interp.resources import require
-from interp import shortcuts
+from interp import placement, shortcuts
 from interp.results import Result
 from interp.resume import Resume
 from interp.shortcuts import ShortcutError
@@ -55,6 +55,7 @@ class _Runs:
     read_floor: int  # the earliest position whose logits the metric reads: a patched run starts at or before it
     target_metric: torch.Tensor  # [rows]
     source_metric: torch.Tensor  # [rows]
+    offloaded: bool = False  # the tensors above live in CPU memory (``--offload-activations``)
 
     @property
     def unchanged_before(self) -> int:
@@ -62,7 +63,8 @@ class _Runs:
 
 
 def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, corruption: str,
-                    noise_std: float, seed: int, metric_of, ablated: set[Site], reference) -> tuple[_Runs, int]:
+                    noise_std: float, seed: int, metric_of, ablated: set[Site], reference,
+                    offload: bool = False) -> tuple[_Runs, int]:
     target, source = target_and_source(model, task, direction, corruption, noise_std, seed, sites=ablated,
                                        reference=reference)
     resid_sites = {Site("resid_pre", layer) for layer in range(model.config.n_layers)}
@@ -81,6 +83,11 @@ def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, 
         read_floor=int(task.reads.min()) if target.reads is not None else width - 1,
         target_metric=target_metric, source_metric=metric_of(source_out.logits),
     )
+    if offload:  # device memory then holds one patched forward at a time
+        runs.target_resid, runs.target_acts, runs.source_acts = (
+            placement.offload(runs.target_resid), placement.offload(runs.target_acts), placement.offload(runs.source_acts))
+        runs.target_cache = placement.offload(runs.target_cache)
+        runs.offloaded = True
     return runs, 3
 
 
@@ -115,10 +122,11 @@ def _patch_edit(assignments: list[tuple[int, Component, _Placement]], source: to
     patched run holds positions >= ``start`` only (all of one site, so one position axis)."""
     kind = assignments[0][1].kind
     axis = POSITION_AXIS[kind]
-    suffix = source.narrow(axis, start, source.shape[axis] - start)
+    full_suffix = source.narrow(axis, start, source.shape[axis] - start)
 
     def edit(activation: torch.Tensor) -> torch.Tensor:
         patched = activation.clone()
+        suffix = full_suffix.to(activation.device)  # offloaded, or recorded on another device
         for variant, component, place in assignments:
             block = patched[variant * n_rows:(variant + 1) * n_rows]
             if place.rows is None:
@@ -230,6 +238,7 @@ def activation_patching(
     positions: str = "auto",
     reference=None,
     ablated_sites: list | None = None,
+    offload_activations: bool = False,
     progress: bool = True,
 ) -> Result:
     """Exact activation patching of every component of ``granularity``.
@@ -251,6 +260,9 @@ def activation_patching(
         positions: the position frame of a position-resolved granularity (``interp.positions``):
             "auto" (from the start when every prompt has the same length, else from the end),
             "start", "end" or "named".
+        offload_activations: keep the two reference runs' activations and KV cache (the
+            residual stream at every layer: the sweep's largest memory) in CPU memory, and move
+            each patched forward's share to its layer's device when it runs.
 
     Returns a :class:`Result` whose ``scores`` are normalized mean effects (0 = no effect,
     1 = the whole clean-vs-corrupt difference) and whose arrays hold ``per_prompt`` normalized
@@ -273,7 +285,7 @@ def activation_patching(
     with torch.no_grad():
         metric_of, metric_forwards = task_metric(metric, model, task)
         runs, n_forward = _reference_runs(model, task, sites, direction, corruption, noise_std, seed, metric_of,
-                                          ablated, reference)
+                                          ablated, reference, offload_activations)
         n_forward += metric_forwards
         patched = torch.empty(n_rows, len(components))
 
@@ -420,8 +432,11 @@ def _patched_forward(model: Model, runs: _Runs, members: list[tuple[Component, _
         by_site[component.site].append((variant, component, place))
     edits: dict[Site, list[Edit]] = {site: [_patch_edit(assignments, runs.source_acts[site], n_rows, start)]
                                      for site, assignments in by_site.items()}
+    devices = model.layer_devices() if runs.offloaded else None
     resid = runs.target_resid[layer][:, start:].repeat(n_variants, 1, 1) if layer > 0 else None
-    resume = Resume(layer, start, resid, kv_prefix(runs.target_cache, start, rows))
+    if resid is not None and devices is not None:
+        resid = resid.to(devices[layer])
+    resume = Resume(layer, start, resid, kv_prefix(runs.target_cache, start, rows, devices))
     # the target run's own edits below ``layer`` (noise, ablations) are in the residual stream it replays
     out = model.forward(runs.target.spec(start, n_variants, edits=edits, from_layer=layer), resume)
     values = metric_of(out.logits, rows).view(n_variants, n_rows)

@@ -42,6 +42,8 @@ class PatchingConfig(RunSettings):
     diagnose_p: float = option(0.1, "AtP/AtP* diagnostic: inclusion probability per component and sample",
                                minimum=0, maximum=1)
     confidence: float = option(0.95, "AtP/AtP* diagnostic: confidence of the bound", minimum=0, maximum=1)
+    offload_activations: bool = option(False, "exact: keep the reference runs' activations and KV cache in CPU "
+                                               "memory, each patched forward's share moved to the device when it runs")
     positions: Literal["auto", "start", "end", "named"] = option(
         "auto", "positions of a position-resolved granularity: counted from each prompt's start, from its end "
                 "(@-1 = every prompt's last token), or the task's named positions (IOI: S1, IO, S2, END); auto: "
@@ -54,6 +56,9 @@ class PatchingConfig(RunSettings):
                               f"(got --layers {','.join(map(str, self.layers))})")
         if self.method == "exact" and (self.verify_top or self.diagnose):
             raise ConfigError("--verify-top and --diagnose check an AtP/AtP* ranking; use them with --method atp or atp*")
+        if self.method != "exact" and self.offload_activations:
+            raise ConfigError(f"--offload-activations keeps an exact sweep's reference runs in CPU memory; --method "
+                              f"{self.method} keeps none")
 
 
 @dataclass
@@ -85,7 +90,8 @@ def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConf
                   batch_size=config.batch_size, progress=config.progress, positions=config.positions, reference=reference,
                   components=list(config.components) if config.components else None)
     if config.method == "exact":
-        result = activation_patching(model, task, config.granularity, memory_budget_mb=config.memory_mb, **shared)
+        result = activation_patching(model, task, config.granularity, memory_budget_mb=config.memory_mb,
+                                     offload_activations=config.offload_activations, **shared)
     else:
         from interp.attribution import attribution_patching, diagnose, verify_top
 

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from interp import placement
 from interp.architectures import UnsupportedArchitectureError, get_path, split_fused_qkv
 from interp.components import Site
 from interp.hf_compat import unwrapped
@@ -22,13 +23,18 @@ from interp.model import Model
 
 def _linear_weight(module: torch.nn.Module) -> torch.Tensor:
     """A projection's weight as [out_features, in_features] (nn.Linear, or GPT-2's Conv1D)."""
-    weight = module.weight
+    weight = placement.weight(module)
     return weight if isinstance(module, torch.nn.Linear) else weight.T
 
 
 def _project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a projection (nn.Linear or Conv1D) from its weights."""
-    return torch.nn.functional.linear(x, _linear_weight(module), module.bias)
+    return torch.nn.functional.linear(x, _linear_weight(module), _bias(module))
+
+
+def _bias(module: torch.nn.Module) -> torch.Tensor | None:
+    """A projection's or norm's bias (None where it has none), loaded where offloaded."""
+    return None if getattr(module, "bias", None) is None else placement.weight(module, "bias")
 
 
 class Sublayers:
@@ -89,7 +95,7 @@ class Sublayers:
     def norm_gain(self, which: str, layer: int | None = None) -> torch.Tensor:
         """A norm's elementwise gain [d_model] (Gemma's 1 + weight; ones if it has none)."""
         norm = self.norm(which, layer)
-        weight = getattr(norm, "weight", None)
+        weight = None if getattr(norm, "weight", None) is None else placement.weight(norm)
         if weight is None:
             return torch.ones(self.config.d_model)
         return (weight + 1 if "Gemma" in type(norm).__name__ else weight).detach().float()
@@ -103,12 +109,12 @@ class Sublayers:
 
     def mlp_output_bias(self, layer: int) -> torch.Tensor | None:
         """The MLP output projection's bias [d_model] (None where it has none)."""
-        bias = getattr(self._leaf(layer, self.layout.mlp_out_proj), "bias", None)
+        bias = _bias(self._leaf(layer, self.layout.mlp_out_proj))
         return None if bias is None else bias.detach()
 
     def output_bias(self, layer: int) -> torch.Tensor | None:
         """The attention output projection's bias [d_model] (None where it has none)."""
-        bias = getattr(self._leaf(layer, self.layout.z_proj), "bias", None)
+        bias = _bias(self._leaf(layer, self.layout.z_proj))
         return None if bias is None else bias.detach()
 
     def norm_centres(self, which: str, layer: int | None = None) -> bool:

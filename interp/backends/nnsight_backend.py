@@ -17,14 +17,17 @@ from interp.config import ModelConfig
 class NNsightBackend(Backend):
     name = "nnsight"
 
-    def __init__(self, hf_model: torch.nn.Module, tokenizer, config: ModelConfig, layout: Layout, remote: bool = False) -> None:
+    def __init__(self, hf_model: torch.nn.Module, tokenizer, config: ModelConfig, layout: Layout, remote: bool = False,
+                 lm=None) -> None:
+        """``lm``: nnsight's model built from a hub id (what NDIF needs to name the model);
+        None: one built around ``hf_model``."""
         from nnsight import LanguageModel
 
         self.hf_model = hf_model
         self.config = config
         self.layout = layout
         self.remote = remote
-        self.lm = LanguageModel(hf_model, tokenizer=tokenizer)
+        self.lm = LanguageModel(hf_model, tokenizer=tokenizer) if lm is None else lm
 
     def forward(self, spec: RunSpec) -> RunOutput:
         for site, edits in spec.edits.items():
