@@ -1,5 +1,5 @@
-"""The GPU benchmark script runs on any machine in its tiny configuration (what CI can check), and
-its head x position sweep equals TransformerLens' on the same cells."""
+"""The benchmark scripts run on any machine in their tiny configurations (what CI can check); the GPU
+benchmark's head x position sweep equals TransformerLens' on the same cells."""
 
 import json
 import subprocess
@@ -21,3 +21,25 @@ def test_the_gpu_benchmark_runs_tiny(tmp_path):
         assert row["generation_ideal_speedup"] > 1 and row["sae_tokens_per_second"] > 0
         assert 0 <= row["atp_star_top20_overlap"] <= 1
     assert "wrote" in done.stdout
+
+
+def test_the_scaling_benchmark_runs_tiny_and_counts_flops_right(tmp_path):
+    """benchmarks/scaling.py --tiny: every axis and method measured, and the FLOP estimates follow
+    the analytic counts (an exact sweep's work is linear in the prompts; an SAE step's does not
+    depend on the model's depth; one forward's matrix work grows linearly with depth)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import scaling
+
+    result = scaling.main(["--tiny", "--out", str(tmp_path / "scaling.json")])
+    assert json.loads((tmp_path / "scaling.json").read_text())["fits"] == result["fits"]
+    fits = {(f["axis"], f["method"]): f for f in result["fits"]}
+    assert set(fits) == {(axis, method) for axis in scaling.TINY_AXES for method in scaling.METHODS}
+    for row in result["rows"]:
+        for method in scaling.METHODS:
+            assert row["methods"][method]["seconds"] > 0 and row["methods"][method]["flops"] > 0
+    for method in ("exact_heads", "atp_star", "eap_ig"):
+        assert abs(fits[("prompts", method)]["flops_exponent"] - 1) < 0.02
+    assert abs(fits[("layers", "sae_step")]["flops_exponent"]) < 1e-9
+    point = dict(scaling.TINY_BASE, prompts=1, positions=1)
+    layer_weights, _ = scaling.parameters(point, 100)
+    assert scaling.forward_flops(point, 100) == 2 * layer_weights + 4 * point["layers"] * point["d_model"] + 200 * point["d_model"]
