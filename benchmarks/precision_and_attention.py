@@ -6,8 +6,8 @@
    the speed-up, and whether the top 20 heads are the same 20 (target: at least 1.5x, same top 20,
    where the CPU has bfloat16 arithmetic).
 2. **SDPA against eager attention**: peak memory of an exact head sweep of ``--long-prompts``
-   induction prompts of ``--long-positions`` tokens (fixed ``--batch-size``, so both run the same
-   forwards) with ``--attention sdpa`` and with eager (target: SDPA at most half of eager).
+   induction prompts of ``--long-positions`` tokens with ``--attention sdpa`` and with eager, both
+   running the same batched forwards (target: SDPA at most half of eager).
 
 Every measurement runs in a fresh Python process (peak resident memory above the process' memory
 after loading the model; CUDA: the allocator's peak), so none inherits another's heap. Writes
@@ -45,7 +45,7 @@ def child(args) -> dict:
         layers = None
 
     def sweep():
-        return activation_patching(model, task, "heads", layers=layers, batch_size=args.batch_size, progress=False)
+        return activation_patching(model, task, "heads", layers=layers, batch_size=args.batch_size or None, progress=False)
 
     sweep()  # warm up (allocator, kernels)
     box: dict = {}
@@ -81,7 +81,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--long-prompts", type=int, default=4)
     parser.add_argument("--long-positions", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward in every sweep")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="sequences per forward in every sweep (0, the default: interp's own choice from its "
+                             "2 GiB budget, the same for eager and SDPA)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--attention", default="eager")
     parser.add_argument("--long", action="store_true")
@@ -118,7 +120,8 @@ def main() -> None:
     print(f"  float32 {p['float32_seconds']:.2f} s, bfloat16 {p['bfloat16_seconds']:.2f} s: {p['speedup']:.2f}x "
           f"(target >= 1.5x); top 20 same: {p['top20_same']} (overlap {p['top20_overlap']:.2f}); largest score "
           f"difference {p['max_abs_difference']:.4f}, correlation {p['correlation']:.4f}")
-    print(f"SmolLM2 exact head sweep on 3 layers, {t['prompts']} prompts of {t['positions']} tokens, batch {t['batch_size']}:")
+    batch = t["batch_size"] or "interp's default"
+    print(f"SmolLM2 exact head sweep on 3 layers, {t['prompts']} prompts of {t['positions']} tokens, batch {batch}:")
     print(f"  peak memory eager {t['eager_peak_mb']:.0f} MiB, SDPA ({t['sdpa_ran']}) {t['sdpa_peak_mb']:.0f} MiB: "
           f"{t['sdpa_over_eager']:.2f} of eager (target <= 0.5); time {t['eager_seconds']:.2f} s vs {t['sdpa_seconds']:.2f} s; "
           f"largest score difference {t['max_abs_difference']:.2e}")

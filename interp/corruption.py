@@ -117,11 +117,15 @@ class RunInput:
         return hf_compat.read_only(model.forward(spec).past_key_values)
 
     @torch.no_grad()
-    def plain_metric(self, model, metric_of, row_ids: torch.Tensor, limit: int = 4) -> tuple[slice, torch.Tensor]:
-        """(rows, metric) of this run's first ``limit`` rows computed the plain way: every position,
-        no KV prefix, every position unembedded and the metric read from the full logits; what the
-        shortcuts' numbers are checked against (``interp.shortcuts``)."""
-        rows = slice(0, min(limit, len(self.tokens)))
+    def plain_metric(self, model, metric_of, row_ids: torch.Tensor, limit: int = 4,
+                     logits_bytes: float = 2**28) -> tuple[slice, torch.Tensor]:
+        """(rows, metric) of this run's first rows computed the plain way: every position, no KV
+        prefix, every position unembedded and the metric read from the full logits; what the
+        shortcuts' numbers are checked against (``interp.shortcuts``). As many rows as ``limit``
+        and as the full logits fit in ``logits_bytes`` (at least one: long prompts of a large
+        vocabulary would otherwise make this check the largest tensor of a whole sweep)."""
+        per_row = self.tokens.shape[1] * model.config.d_vocab * torch.empty((), dtype=model.dtype).element_size()
+        rows = slice(0, max(1, min(limit, len(self.tokens), int(logits_bytes // per_row))))
         run = self.select(rows)
         logits = model.forward(run.spec(logits_to_keep=0)).logits
         width = logits.shape[1]

@@ -111,10 +111,12 @@ def cache_from_states(states: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
 
 
 def kv_prefix(cache: Any, position: int, rows: torch.Tensor | None = None,
-              devices: list[torch.device] | None = None) -> Any:
+              devices: list[torch.device] | None = None, repeats: int = 1) -> Any:
     """A read-only cache of ``cache``'s positions < ``position``, with batch rows picked by ``rows``
-    (None: all rows); None when ``position`` is 0. ``devices``: each layer's device, where the
-    cache was offloaded (None: each layer stays where it is)."""
+    (None: all rows); None when ``position`` is 0. ``devices``:
+    each layer's device, where the cache was offloaded (None: each layer stays where it is).
+    ``repeats``: the forward's batch holds the rows that many times over (variants of one set of
+    prompts); the prefix is stored once and tiled one layer at a time, as the layer runs."""
     if position == 0:
         return None
     states = []
@@ -126,7 +128,10 @@ def kv_prefix(cache: Any, position: int, rows: torch.Tensor | None = None,
         if devices is not None:
             keys, values = keys.to(devices[len(states)]), values.to(devices[len(states)])
         states.append((keys, values))
-    return read_only(cache_from_states(states))
+    prefix = read_only(cache_from_states(states))
+    for layer in prefix.layers:
+        layer.repeats = repeats
+    return prefix
 
 
 def read_only(cache: Any) -> Any:
@@ -147,6 +152,8 @@ def _read_only_class(layer_class: type) -> type:
     def update(self, *args, **kwargs):
         state = dict(vars(self))
         try:
+            if getattr(self, "repeats", 1) > 1 and getattr(self, "keys", None) is not None:
+                self.keys, self.values = self.keys.repeat(self.repeats, 1, 1, 1), self.values.repeat(self.repeats, 1, 1, 1)
             return layer_class.update(self, *args, **kwargs)
         finally:
             vars(self).clear()

@@ -162,12 +162,13 @@ def sweep_bytes(model: Model, n_rows: int, n_positions: int, sites: set[Site], b
     return 4.0 * n_rows * n_positions * per_token + budget_bytes
 
 
-def _variant_bytes(model: Model, n_prompts: int, n_positions: int, layer: int, start: int) -> int:
-    """Rough peak memory of one patched variant (activations of one layer + KV prefix copy), bytes."""
+def _variant_bytes(model: Model, n_prompts: int, n_positions: int, start: int) -> int:
+    """Rough peak memory of one patched variant (activations of one layer, and that layer's KV
+    prefix tiled for the variant and extended: the prefix itself is shared), bytes."""
     c = model.config
     length = n_positions - start
     per_token = 6 * c.d_model + 3 * c.d_mlp + 2 * c.n_heads * n_positions
-    kv = (c.n_layers - layer) * 2 * c.n_kv_heads * c.d_head * start
+    kv = 2 * 2 * c.n_kv_heads * c.d_head * n_positions
     return 4 * n_prompts * (length * per_token + kv + c.d_vocab)
 
 
@@ -310,7 +311,7 @@ def activation_patching(
             if batch_size:
                 per_batch = max(1, batch_size // n_rows)
             else:
-                per_batch = max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_rows, n_positions, layer, start)))
+                per_batch = max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_rows, n_positions, start)))
             for chunk_start in range(0, len(members), per_batch):
                 chunk = members[chunk_start:chunk_start + per_batch]
                 values = _patched_forward(model, runs, [(components[i], place) for i, place in chunk], layer, start, n_rows,
@@ -436,7 +437,7 @@ def _patched_forward(model: Model, runs: _Runs, members: list[tuple[Component, _
     resid = runs.target_resid[layer][:, start:].repeat(n_variants, 1, 1) if layer > 0 else None
     if resid is not None and devices is not None:
         resid = resid.to(devices[layer])
-    resume = Resume(layer, start, resid, kv_prefix(runs.target_cache, start, rows, devices))
+    resume = Resume(layer, start, resid, kv_prefix(runs.target_cache, start, None, devices, repeats=n_variants))
     # the target run's own edits below ``layer`` (noise, ablations) are in the residual stream it replays
     out = model.forward(runs.target.spec(start, n_variants, edits=edits, from_layer=layer), resume)
     values = metric_of(out.logits, rows).view(n_variants, n_rows)

@@ -62,6 +62,35 @@ def test_a_prefix_cut_past_the_sliding_window_gives_the_plain_logits_and_stays_r
         hf_compat.kv_prefix(cache, 13)
 
 
+def test_a_prefix_shared_by_repeated_rows_is_stored_once(gemma2):
+    """``repeats``: one stored prefix serves a batch that holds the rows several times over (the
+    variants of a patching forward), with the plain logits."""
+    tokens = torch.randint(3, 1000, (2, 12))
+    plain = gemma2.run(tokens)
+    cache = gemma2.forward(RunSpec(tokens, logits_to_keep=1, return_cache=True)).past_key_values
+    prefix = hf_compat.kv_prefix(cache, 8, repeats=3)
+    assert all(k.shape[0] == 2 for k, _ in hf_compat.layer_states(prefix))
+    rows = torch.arange(2).repeat(3)
+    for _ in range(2):
+        resumed = gemma2.forward(RunSpec(tokens[rows, 8:], past_key_values=prefix)).logits
+        torch.testing.assert_close(resumed, plain[rows, 8:], atol=1e-5, rtol=1e-5)
+        assert hf_compat.cache_length(prefix) == 8 and hf_compat.layer_states(prefix)[0][0].shape[0] == 2
+
+
+def test_the_plain_check_keeps_its_logits_within_budget():
+    from interp.corruption import task_run
+
+    model = interp.load_model("random-llama")
+    task = interp.tasks.induction(model, n_prompts=4, half_length=6)
+    run = task_run(task)
+    metric = lambda logits, rows: logits[:, -1, 0]  # noqa: E731
+    assert run.plain_metric(model, metric, torch.arange(4))[0] == slice(0, 4)
+    one_row = 12 * model.config.d_vocab * 4
+    rows, values = run.plain_metric(model, metric, torch.arange(4), logits_bytes=2.5 * one_row)
+    assert rows == slice(0, 2) and values.shape == (2,)
+    assert run.plain_metric(model, metric, torch.arange(4), logits_bytes=1)[0] == slice(0, 1)
+
+
 def test_the_bridge_fills_the_cache_it_is_handed():
     """Under TransformerLens the bridge's own attention runs; it must see and extend the cache
     (transformers 5.24 passes it as ``cache``, which the bridge did not read)."""
