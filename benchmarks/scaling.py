@@ -21,9 +21,10 @@ passes it reports:
   weights in the decoder layers, L layers, d = d_model, V the vocabulary: matrix products, the
   attention scores and mixing, the unembedding at one position);
 - exact sweep: its forward-equivalents (resumed runs count their share of layers and positions)
-  times F; AtP*: (forwards + 2 backwards) times F; EAP-IG: that plus the edge scores' product of
-  every upstream node's difference with every downstream node's gradient, 2 U D P T d; SAE
-  step: 12 n d d_sae.
+  times F; AtP*: (forwards + 2 backwards) times F; EAP-IG with s steps: (2 + 3 s) F (two plain
+  forwards, s forwards and backwards, over all prompts however they are batched) plus the edge
+  scores' product of every upstream node's difference with every downstream node's gradient,
+  2 U D P T d; SAE step: 12 n d d_sae.
 
 For each axis and method the exponent of the power law through the points (least squares on
 log-log) is printed for time, memory and FLOPs: time growing like the FLOPs means no overhead
@@ -138,8 +139,7 @@ def measure(model, task, point: dict, vocab: int) -> dict:
            lambda r: (r.n_forward_passes + 2 * r.n_backward_passes) * F)
     P, T, d = point["prompts"], point["positions"], point["d_model"]
     record("eap_ig", lambda: edge_attribution(model, task, "eap-ig", steps=5, progress=False),
-           lambda r: (r.n_forward_passes + 2 * r.n_backward_passes) * F
-           + 2.0 * len(r.graph.upstream) * len(r.graph.downstream) * P * T * d)
+           lambda r: (2 + 3 * r.steps) * F + 2.0 * len(r.graph.upstream) * len(r.graph.downstream) * P * T * d)
     d = model.config.d_model
     activations = torch.randn(4 * SAE_TOKENS, d, device=model.device)
     batches = iter([(x, x) for x in activations.split(SAE_TOKENS)])

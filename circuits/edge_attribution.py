@@ -74,6 +74,9 @@ class EdgeScores:
         return self.normalized().sum(axis=1)
 
 
+CPU_BATCH_TOKENS = 256
+
+
 def _check(method: str, steps: int) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown edge attribution method {method!r}; known: {', '.join(METHODS)}")
@@ -123,8 +126,14 @@ def edge_attribution(
 
     Costs, per batch of prompts: EAP one source forward and one target forward + backward;
     EAP-IG one source forward, one target forward and ``steps`` forward + backward passes.
+    ``batch_size`` (rows per batch) defaults to all rows on a GPU and to about
+    :data:`CPU_BATCH_TOKENS` tokens on a CPU, where larger batches are slower per token (their
+    [nodes, batch, pos, d_model] tensors outgrow the caches: 32 prompts of 32 tokens took 9.9 s at
+    once and 4.5 s in batches of 8, ``benchmarks/scaling.py``). The batches' scores add up exactly.
     """
     _check(method, steps)
+    if batch_size is None and torch.device(model.device).type == "cpu":
+        batch_size = max(1, CPU_BATCH_TOKENS // task.n_positions)
     check_settings(model, task, direction, corruption, reference)
     start = time.perf_counter()
     graph = EdgeGraph(model.config)

@@ -51,7 +51,10 @@ def downstream_gradients(sublayers: Sublayers, graph: EdgeGraph, activations: di
     """d(metric)/d(each downstream node's residual input), [n_downstream, batch, pos, d_model].
 
     A head's query input r_h feeds only q_h = W_Q^h norm(r_h): its gradient is that map's
-    vector-Jacobian product with dL/dq_h, evaluated at the run's residual stream.
+    vector-Jacobian product with dL/dq_h, evaluated at the run's residual stream. The projection's
+    part, dL/dq_h W_Q^h, uses head h's own slice of the weights (one projection's work for all
+    heads together); the norm's part runs once per node on those [n_nodes, batch, pos, d_model]
+    cotangents, which is elementwise work.
     """
     c = graph.config
     n_qkv = c.n_heads + 2 * c.n_kv_heads
@@ -60,17 +63,13 @@ def downstream_gradients(sublayers: Sublayers, graph: EdgeGraph, activations: di
     with torch.enable_grad():
         for layer in range(c.n_layers):
             resid = activations[Site("resid_pre", layer)].detach()
+            weights = sublayers.head_input_weights(layer)  # [d_model, heads, d_head] each
+            normed_cotangent = torch.cat([
+                torch.einsum("bphk,ehk->hbpe", grads[Site(kind, layer)].to(weight.dtype), weight)
+                for kind, weight in zip(("q", "k", "v"), weights)])  # [n_qkv, batch, pos, d_model]
             copies = resid.expand(n_qkv, *resid.shape).clone().requires_grad_()
-            q, k, v = sublayers.attention_inputs(layer, copies)
-            rows = torch.arange(n_qkv, device=resid.device)
-            cotangents = []
-            for tensor, kind, offset, count in ((q, "q", 0, c.n_heads), (k, "k", c.n_heads, c.n_kv_heads),
-                                                (v, "v", c.n_heads + c.n_kv_heads, c.n_kv_heads)):
-                cotangent = torch.zeros_like(tensor)
-                index = torch.arange(count, device=resid.device)
-                cotangent[rows[offset:offset + count], :, :, index] = grads[Site(kind, layer)].to(tensor.dtype).permute(2, 0, 1, 3)
-                cotangents.append(cotangent)
-            torch.autograd.backward([q, k, v], cotangents)
+            normed = sublayers.norm("attn", layer).forward(copies)
+            normed.backward(normed_cotangent.to(normed.dtype))
             out[layer * (n_qkv + 1): layer * (n_qkv + 1) + n_qkv] = copies.grad.to(out.dtype)
             mlp_in = sublayers.mlp_input(layer, resid, activations[Site("attn_out", layer)].detach()).clone().requires_grad_()
             sublayers.mlp_output(layer, mlp_in).backward(grads[Site("mlp_out", layer)].to(mlp_in.dtype))

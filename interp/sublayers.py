@@ -169,6 +169,17 @@ class Sublayers:
         return tuple(_project(self._leaf(layer, path), normed).unflatten(-1, (n, c.d_head))
                      for path, n in zip(layout.qkv, counts))
 
+    def head_input_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The q, k and v projections' weights per head: [d_model, n_heads, d_head] and
+        [d_model, n_kv_heads, d_head] twice, so that q_h = normed @ W_q[:, h] (+ bias)."""
+        c, layout = self.config, self.layout
+        if layout.fused_qkv:
+            return tuple(split_fused_qkv(layout, _linear_weight(self._leaf(layer, layout.qkv[0])).T, c.n_heads,
+                                         c.n_kv_heads, c.d_head))
+        counts = (c.n_heads, c.n_kv_heads, c.n_kv_heads)
+        return tuple(_linear_weight(self._leaf(layer, path)).T.unflatten(-1, (n, c.d_head))
+                     for path, n in zip(layout.qkv, counts))
+
     def mlp_output(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         """The MLP output [..., pos, d_model] that ``resid`` (the MLP's residual input) gives at ``layer``."""
         layout = self.layout
