@@ -34,7 +34,7 @@ import torch
 from circuits.dictionary import DictionaryError
 from circuits.dictionary_io import load_dictionary
 from circuits.dictionary_evaluation import spliced
-from interp.analysis import Analysis, Config, ConfigError, note, option, register
+from interp.analysis import Analysis, Config, ConfigError, Printed, note, option, register
 from interp.metrics import kl_divergence, measure
 from interp.model import Model
 from interp.results import Result
@@ -235,6 +235,7 @@ def run_steering(model: Model, task: Task, config: SteerConfig = SteerConfig()) 
 register(Analysis(
     name="steer", inputs="task", config=SteerConfig, run=run_steering, methods=("steering",), page="Steering",
     payload=SteerPayload, figures="interp.ui.figures:steering_figures", figure_file="steer.html", default_input="sentiment",
+    printed=Printed("change of {metric}; KL on neutral text, nats/token", ordered=True, beside=(("kl_neutral", "KL"),)),
     summary="steering: a vector added for a sweep of coefficients; generated text, a task's logit difference and "
             "the KL on neutral text"))
 

@@ -302,6 +302,18 @@ class RunSettings(Config):
 
 
 @dataclass(frozen=True)
+class Printed:
+    """How ``interp <command>`` prints a result's scores: ``unit`` names them (``{metric}``: the
+    result's metric); ``ordered`` prints every row along the result's axis in order (the lens'
+    stages, steering's coefficients), else the ten largest; ``beside`` are (array, label) columns
+    printed next to the score where the result has that array."""
+
+    unit: str = "{metric}"
+    ordered: bool = False
+    beside: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Analysis:
     """A registered analysis.
 
@@ -325,6 +337,7 @@ class Analysis:
     inputs: Literal["task", "corpus"] | None = None
     command: str | None = None  # the CLI command that runs it (default: ``interp <name>``)
     default_input: str | None = None  # the command's default --task / --corpus (None: the options' own default)
+    printed: Printed = Printed()  # how the command prints the result's scores
 
     @property
     def cli_command(self) -> str:

@@ -225,6 +225,13 @@ def _hand_cache_to_bridge(module, args, kwargs):
 
 
 # ----------------------------------------------------------------------------- the check
+def probe_tokens(model, n_tokens: int, rows: int = 2) -> torch.Tensor:
+    """Fixed token ids [rows, n_tokens] for the load-time checks: spread over the vocabulary, never
+    id 0, different in each row (at most 2 rows)."""
+    steps = torch.arange(n_tokens, device=model.device)
+    return (torch.stack([steps * 7919 + 11, steps * 104729 + 5])[:rows] % max(model.config.d_vocab - 1, 1) + 1)
+
+
 @torch.no_grad()
 def check_kv_cache(model, n_tokens: int = 6) -> None:
     """Raise :class:`KVCacheError` unless a forward resumed from a KV prefix (as patching, AtP and
@@ -233,9 +240,7 @@ def check_kv_cache(model, n_tokens: int = 6) -> None:
 
     if n_tokens < 2:
         raise ValueError("check_kv_cache needs at least 2 tokens")
-    vocab = model.config.d_vocab
-    steps = torch.arange(n_tokens, device=model.device)
-    tokens = torch.stack([steps * 7919 + 11, steps * 104729 + 5]) % max(vocab - 1, 1) + 1
+    tokens = probe_tokens(model, n_tokens)
     try:
         plain = model.forward(RunSpec(tokens)).logits
     except Exception as exc:  # the first forward through TransformerLens' reimplementation of the model
@@ -268,9 +273,7 @@ def check_attention(model, n_tokens: int = 6) -> None:
 
     if model.attention == "eager":
         return
-    vocab = model.config.d_vocab
-    steps = torch.arange(n_tokens, device=model.device)
-    tokens = torch.stack([steps * 7919 + 11, steps * 104729 + 5]) % max(vocab - 1, 1) + 1
+    tokens = probe_tokens(model, n_tokens)
     mask = torch.ones(tokens.shape, dtype=torch.bool, device=model.device)
     mask[1, :2] = False
     fast = model.forward(RunSpec(tokens, attention_mask=mask)).logits
@@ -287,9 +290,7 @@ def check_padding(model, n_tokens: int = 6) -> str | None:
     relies on how each transformers release builds the attention mask and position ids."""
     from interp.backends.base import RunSpec
 
-    vocab = model.config.d_vocab
-    steps = torch.arange(n_tokens, device=model.device)
-    tokens = torch.stack([steps * 7919 + 11, steps * 104729 + 5]) % max(vocab - 1, 1) + 1
+    tokens = probe_tokens(model, n_tokens)
     short = n_tokens // 2
     alone = [model.forward(RunSpec(tokens[:1])).logits[0], model.forward(RunSpec(tokens[1:, :short])).logits[0]]
     for side in ("left", "right"):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.analysis import Analysis, Config, ConfigError, option, register
+from interp.analysis import Analysis, Config, ConfigError, Printed, option, register
 from interp.batch import Tokens
 from interp.lens import lens_logits, stages
 from interp.metrics import kl_divergence
@@ -102,5 +102,5 @@ def run_lens(model: Model, task: Task, config: LensConfig = LensConfig()) -> Res
 
 register(Analysis(
     name="lens", inputs="task", config=LensConfig, run=run_lens, methods=("logit-lens", "tuned-lens"), page="Lens", payload=LensPayload,
-    figures="interp.ui.figures:lens_figures", figure_file="lens.html",
+    figures="interp.ui.figures:lens_figures", figure_file="lens.html", printed=Printed(ordered=True),
     summary="the logit lens: what the residual stream before and after each layer predicts at every position"))

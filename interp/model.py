@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator, Mapping, Sequence, Union
@@ -80,8 +81,6 @@ def component_edit(component: Component, value: PatchValue) -> Edit:
 
 def _check_sampling(new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
     """One line naming a generation option that is out of range."""
-    import math
-
     if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 0:
         raise ValueError(f"new_tokens must be a whole number >= 0, got {new_tokens!r}")
     if not math.isfinite(temperature) or temperature <= 0:
@@ -265,9 +264,9 @@ class Model:
         """Once per splice: with its error term the model's logits must stay the plain model's (on
         a few fixed tokens), whatever shortcut the splice takes to rebuild its host."""
         from interp import shortcuts
+        from interp.hf_compat import probe_tokens
 
-        steps = torch.arange(n_tokens, device=self.device)
-        tokens = (steps[None] * 7919 + 11) % max(self.config.d_vocab - 1, 1) + 1
+        tokens = probe_tokens(self, n_tokens, rows=1)
         spliced = self.forward(RunSpec(tokens)).logits
         del self._splices[splice.site]
         try:

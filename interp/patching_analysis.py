@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from interp.analysis import Analysis, ConfigError, RunSettings, option, register
+from interp.analysis import Analysis, ConfigError, Printed, RunSettings, option, register
 from interp.components import GRANULARITIES
 from interp.model import Model
 from interp.patching import activation_patching
@@ -113,5 +113,5 @@ def run_patching(model: Model, task: Task, config: PatchingConfig = PatchingConf
 register(Analysis(
     name="patching", command="patch", inputs="task", payload=PatchingPayload,
     config=PatchingConfig, run=run_patching, methods=("exact", "atp", "atp*"), page="Patching",
-    figures="interp.ui.figures:patching_figures", figure_file="heatmap.html",
+    figures="interp.ui.figures:patching_figures", figure_file="heatmap.html", printed=Printed("normalized effect"),
     summary="the effect of each component on the task's metric: exact activation patching, AtP or AtP*"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from interp.analysis import Analysis, Config, note, option, register
+from interp.analysis import Analysis, Config, Printed, note, option, register
 from interp.lens import stages
 from interp.model import Model
 from interp.results import Result
@@ -73,4 +73,6 @@ def run_tuned_lens(model: Model, corpus, config: TunedLensConfig = TunedLensConf
 register(Analysis(
     name="tuned-lens", inputs="corpus", config=TunedLensConfig, run=run_tuned_lens, methods=("tuned-lens-fit",),
     page="Lens", payload=TunedLensPayload, figures="interp.ui.figures:tuned_lens_figures", figure_file="tuned-lens.html",
+    printed=Printed("tuned lens held-out KL, nats/token; the logit lens's beside it", ordered=True,
+                    beside=(("kl_logit_lens", "logit lens"),)),
     summary="fit a tuned lens (an affine translator per stage) on a corpus; held-out KL against the logit lens"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.analysis import ANALYSES, CorpusOptions, TaskOptions
+from interp.analysis import ANALYSES, CorpusOptions, Printed, TaskOptions, analysis_of
 from interp.patching_analysis import PatchingConfig
 from interp.ui import analyses  # noqa: F401  (registers every analysis)
 from interp.ui.cli_bigram import add_command as add_bigram_command
@@ -89,18 +89,14 @@ def _spliced_folder(model, folder: str, error_term: bool):
 
 
 def _print_top(result) -> None:
-    """The ten most important components (a patching run: normalized effects), or, for a result
-    over an ordered axis (the lens' stages, steering's coefficients), every row in order with its
-    score (and a steering row's KL on neutral text)."""
+    """The ten most important components, or every row in order where the analysis' result is
+    over an ordered axis, as its :class:`~interp.analysis.Printed` says."""
+    analysis = analysis_of(result)
+    printed = analysis.printed if analysis is not None else Printed()
     exact = result.arrays.get("exact")
-    beside = [(label, result.arrays[name]) for name, label in (("kl_neutral", "KL"), ("kl_logit_lens", "logit lens"))
-              if name in result.arrays]  # columns printed beside the score
-    ordered = result.axes in (["stage"], ["coefficient"])
-    unit = "normalized effect" if result.analysis in ("patching", "") else result.metric
-    if result.axes == ["coefficient"]:
-        unit = f"change of {result.metric}; KL on neutral text, nats/token"
-    elif result.analysis == "tuned-lens":
-        unit = "tuned lens held-out KL, nats/token; the logit lens's beside it"
+    beside = [(label, result.arrays[name]) for name, label in printed.beside if name in result.arrays]
+    ordered = printed.ordered
+    unit = printed.unit.format(metric=result.metric)
     print((f"per {result.axes[0]} (" if ordered else "top components (") + unit
           + (", exact where verified):" if exact is not None else "):"))
     for i in (range(len(result.components)) if ordered else result.ranking()[:10]):

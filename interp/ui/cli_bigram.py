@@ -4,7 +4,7 @@
 
 Writes ``result.json`` (kept fraction per weight matrix of the first lambda's subnetwork as
 ``scores`` over [layer, matrix]; per-lambda fit, ablations and stop reasons under ``extra``),
-``arrays.npz``, one ``masks-lambda<value>.npz`` per lambda (parameter name -> boolean array) and
+``arrays.npz``, one ``masks-lambda<value>.npz`` per lambda (parameter name -> boolean mask, bit-packed; ``load_masks`` reads it) and
 ``bigram.html``.
 """
 
