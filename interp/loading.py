@@ -409,6 +409,7 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
     model = Model(runner, tokenizer, config, layout, source=str(model_dir), device=device)
     if remote:  # the checks below run forwards, which need weights here: the layout's runs on a stand-in
         model.layout = _verify_on_stand_in(model)
+        model.full_forwards = True
         model.padding_problem = ("padded batches are not checked on a remote model (the check runs at load, locally); "
                                  "use prompts of one length")
         return model

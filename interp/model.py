@@ -151,6 +151,10 @@ class Model:
         # the attention implementation runs use ("eager" or "sdpa"; ``interp.loading`` picks it);
         # a run that reads or edits attention probabilities runs eager whatever it is
         self.attention = "eager"
+        # True: analyses run every forward in full, from the first layer and position, without
+        # the shortcuts that replay recorded tensors (a resumed layer, a KV prefix): a remote model
+        # (NDIF runs its own modules and has none of those tensors) sets it
+        self.full_forwards = False
 
     def __repr__(self) -> str:
         c = self.config
@@ -371,7 +375,8 @@ class Model:
         computes it (a negative position counts back from the prompt's end). With ``use_cache``
         (the default) each step runs only the newest token over the KV cache of the edited earlier
         positions; ``use_cache=False`` reruns the whole sequence every step, which gives the same
-        tokens for any edit that acts on each position by itself (a test checks it).
+        tokens for any edit that acts on each position by itself (a test checks it). A model with
+        :attr:`full_forwards` (a remote one) always reruns the whole sequence.
 
         Greedy unless ``do_sample``; then the logits are divided by ``temperature``, cut to the
         ``top_k`` most likely (0: all) and to the smallest set holding ``top_p`` of the
@@ -390,6 +395,7 @@ class Model:
             generator = torch.Generator(device=ids.device)
             generator.manual_seed(0 if seed is None else seed)
         prompt_length = ids.shape[1]
+        use_cache = use_cache and not self.full_forwards
         cache = None
         with self.patch(patches or {}):
             for _ in range(new_tokens):

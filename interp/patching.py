@@ -67,8 +67,9 @@ def _reference_runs(model: Model, task: Task, sites: set[Site], direction: str, 
                     offload: bool = False) -> tuple[_Runs, int]:
     target, source = target_and_source(model, task, direction, corruption, noise_std, seed, sites=ablated,
                                        reference=reference)
-    resid_sites = {Site("resid_pre", layer) for layer in range(model.config.n_layers)}
-    target_out = model.forward(target.spec(reads=resid_sites | sites, return_cache=True))
+    # what resumed runs replay (none when every forward runs in full)
+    resid_sites = set() if model.full_forwards else {Site("resid_pre", layer) for layer in range(model.config.n_layers)}
+    target_out = model.forward(target.spec(reads=resid_sites | sites, return_cache=not model.full_forwards))
     source_out = model.forward(source.spec(reads=sites))
     rows, width = task.clean_tokens.shape
     target_metric = metric_of(target_out.logits)
@@ -294,14 +295,15 @@ def activation_patching(
         edited = model.edited_sites() | {carried.site for carried in runs.target.carried}
         unchanged, identical = [], 0
         for i, component in enumerate(components):
-            place = _placement(component, rows_of, runs, n_positions, model.config.causal)
+            place = _placement(component, rows_of, runs, n_positions, model.config.causal and not model.full_forwards)
             if place is not None and _identical(runs, component, place, task.attention_mask):
                 identical += 1
                 place = None
             if place is None:
                 unchanged.append(i)
                 continue
-            groups[(_resume_layer(edited, component.layer), place.start)].append((i, place))
+            layer = 0 if model.full_forwards else _resume_layer(edited, component.layer)
+            groups[(layer, place.start)].append((i, place))
         patched[:, unchanged] = runs.target_metric.cpu()[:, None]
         n_forward += _check_skip(model, runs, components, unchanged, rows_of, metric_of, task)
         forward_equivalents = float(n_forward)

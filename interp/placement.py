@@ -110,6 +110,9 @@ def weight(module: torch.nn.Module, name: str = "weight") -> torch.Tensor:
     tensor = getattr(module, name)
     if tensor.device.type != "meta":
         return tensor
+    if getattr(module, "_hf_hook", None) is None:
+        raise PlacementError(f"{type(module).__name__}.{name} has no values here (a remote model's weights stay on "
+                             "NDIF): this analysis needs a local copy of the model")
     from accelerate.utils import align_module_device
 
     with align_module_device(module, execution_device(module)):

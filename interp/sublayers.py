@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from interp import placement
-from interp.architectures import UnsupportedArchitectureError, get_path, split_fused_qkv
+from interp.architectures import UnsupportedArchitectureError, get_path, split_fused_qkv, weightless
 from interp.components import Site
 from interp.hf_compat import unwrapped
 from interp.model import Model
@@ -41,6 +41,11 @@ class Sublayers:
     """Recompute attention inputs, MLP outputs and per-head output contributions of ``model``."""
 
     def __init__(self, model: Model) -> None:
+        if weightless(model.hf_model):
+            raise UnsupportedArchitectureError(
+                f"this analysis recomputes parts of {model.config.name} from its weights (as DLA, the lens, the edge "
+                "methods, AtP*'s QK fix and transcoder graphs do), and a remote model's weights stay on NDIF: run it on "
+                "a local copy, or use exact patching, AtP without the QK fix, steering or generation")
         self.config = model.config
         self.layout = model.layout
         self._root = model.hf_model

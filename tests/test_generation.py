@@ -99,3 +99,19 @@ def test_generation_refuses_bad_options(random_llama):
     right = random_llama.tokenize(PROMPTS, padding_side="right")
     with pytest.raises(PaddingError, match="pad the prompts on the left"):
         random_llama.generate(right, 2)
+
+
+def test_a_model_with_full_forwards_generates_without_a_cache(monkeypatch):
+    """What a remote model does: every step reruns the whole sequence (no cache goes in or out),
+    with the cached generation's tokens."""
+    model = _model("llama", "nnsight")
+    tokens = model.tokenize(PROMPTS)
+    patches = _patches(model.config.d_model)
+    cached = model.generate(tokens, 4, patches)
+    specs = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda spec, *a, **k: specs.append(spec) or forward(spec, *a, **k))
+    monkeypatch.setattr(model, "full_forwards", True)
+    assert torch.equal(model.generate(tokens, 4, patches), cached)
+    assert len(specs) == 4 and all(s.past_key_values is None and not s.return_cache for s in specs)
+    assert [s.input_ids.shape[1] for s in specs] == [tokens.ids.shape[1] + k for k in range(4)]

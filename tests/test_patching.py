@@ -75,6 +75,29 @@ def test_heads_by_position_matches_transformer_lens_on_smollm2_layers(smollm2):
     assert torch.allclose(ours, reference.float(), atol=1e-4)
 
 
+@pytest.mark.parametrize("granularity", ["heads_pos", "resid"])
+def test_full_forwards_give_the_shortcut_numbers(granularity):
+    """``model.full_forwards`` (what a remote model sets): every patched forward runs from the first
+    layer and position, nothing recorded is replayed; the numbers are the resumed sweep's, and the
+    diagnostic's too."""
+    from interp.attribution import attribution_patching, diagnose
+
+    model = interp.load_model("random-llama")
+    task = tasks.ioi(model, n_prompts=4, seed=1)
+    results = []
+    for full in (False, True):
+        model.full_forwards = full
+        exact = activation_patching(model, task, granularity, progress=False)
+        star = attribution_patching(model, task, granularity, progress=False)
+        diagnose(model, task, star, samples=8, seed=0)
+        results.append((exact, star.extra["diagnostic"]))
+    (shortcut, shortcut_bound), (full, full_bound) = results
+    np.testing.assert_allclose(full.scores, shortcut.scores, atol=1e-5)
+    assert abs(full.scores).max() > 0.05
+    assert full.extra["forward_equivalents"] > shortcut.extra["forward_equivalents"]
+    assert full_bound["bound"] == pytest.approx(shortcut_bound["bound"], abs=1e-5)
+
+
 @pytest.mark.parametrize("granularity", ["heads_pos", "k_pos", "neurons", "pattern", "mlp_out_pos"])
 def test_matches_brute_force_noising(random_llama, llama_ioi, granularity):
     """Every component, patched alone through Model.patch, gives the sweep's number."""

@@ -95,3 +95,14 @@ def test_the_layout_found_without_weights_is_the_real_one(family):
     c = config_from_hf(empty.config, family)
     found = discover_layout(empty, Shapes(c.n_layers, c.n_heads, c.n_kv_heads, c.d_head, c.d_model), family)
     assert found == dataclasses.replace(real.layout, writes_add=found.writes_add)
+
+
+def test_analyses_that_read_weights_refuse_a_remote_model_in_one_line(hub):
+    from interp.architectures import UnsupportedArchitectureError
+    from interp.dla import direct_logit_attribution
+
+    model = interp.load_model(REPO, remote=True)
+    assert model.full_forwards  # exact patching and generation then replay nothing recorded
+    with pytest.raises(UnsupportedArchitectureError) as info:
+        direct_logit_attribution(model, [1, 2, 3], 5, 7)
+    assert "a remote model's weights stay on NDIF" in str(info.value) and "\n" not in str(info.value)

@@ -122,7 +122,7 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
     n_rows, n_positions = task.clean_tokens.shape
     # runs start at the first differing position (no later than the first logit read), the
     # positions before it a shared KV cache
-    if any(parsed[i].kind == "pattern" for i in rest) or not model.config.causal:
+    if any(parsed[i].kind == "pattern" for i in rest) or not model.config.causal or model.full_forwards:
         start = 0
     else:
         start = min(int(first.min()), n_positions - 1, int(task.reads.min()))
@@ -157,7 +157,7 @@ def diagnose(model: Model, task: Task, result: Result, *, samples: int = 256, p:
         rows = torch.arange(n_rows).repeat(n_variants)
         with torch.no_grad():
             logits = model.forward(target.spec(start, n_variants, edits=edits,
-                                               past_key_values=kv_prefix(prefix, start, rows) if start else None)).logits
+                                               past_key_values=kv_prefix(prefix, start, repeats=n_variants) if start else None)).logits
         patched = metric_of(logits, rows).view(n_variants, n_rows)
         change = torch.stack([task.fold(row).cpu() for row in patched]) - target_metric  # [variants, prompts]
         if check:
