@@ -150,6 +150,7 @@ class ModelOptions(Config):
                                          "transformer_lens runs TransformerLens' bridge")
     device: str = option("cpu", "torch device, e.g. cpu, cuda, cuda:1, mps")
     dtype: DType = option("float32", "weights' dtype")
+    remote: bool = option(False, "run every forward on NDIF: --model is a hub id NDIF hosts, NDIF_API_KEY is set")
     device_map: str = option("", "spread the model over devices: auto, balanced, sequential (GPUs, then CPU, then disk) "
                                  "or a JSON file {module path: device or disk}; replaces --device")
     attention: Literal["eager", "auto", "sdpa"] = option("eager", "attention implementation: eager, auto (SDPA where the "
@@ -176,7 +177,7 @@ class ModelOptions(Config):
         from interp.loading import load_model
 
         return load_model(self.model, backend=self.backend, device=self.device, dtype=getattr(torch, self.dtype),
-                          attention=self.attention, device_map=self.device_map or None)
+                          attention=self.attention, device_map=self.device_map or None, remote=self.remote)
 
 
 def check_dtype(device: str, dtype: str) -> None:

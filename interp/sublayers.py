@@ -45,7 +45,7 @@ class Sublayers:
             raise UnsupportedArchitectureError(
                 f"this analysis recomputes parts of {model.config.name} from its weights (as DLA, the lens, the edge "
                 "methods, AtP*'s QK fix and transcoder graphs do), and a remote model's weights stay on NDIF: run it on "
-                "a local copy, or use exact patching, AtP without the QK fix, steering or generation")
+                "a local copy, or use exact patching, steering or generation")
         self.config = model.config
         self.layout = model.layout
         self._root = model.hf_model

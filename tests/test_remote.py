@@ -9,6 +9,7 @@ import shutil
 
 import nnsight
 import pytest
+import torch
 
 import interp
 from interp.loading import ModelLoadError, resolve_model_dir
@@ -106,3 +107,15 @@ def test_analyses_that_read_weights_refuse_a_remote_model_in_one_line(hub):
     with pytest.raises(UnsupportedArchitectureError) as info:
         direct_logit_attribution(model, [1, 2, 3], 5, 7)
     assert "a remote model's weights stay on NDIF" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(NotImplementedError, match="gradients .* are not taken through NDIF here"):
+        model.gradients(torch.tensor([[1, 2, 3]]), lambda logits: logits[:, -1, 0].sum(), ["L0.RESID_PRE"])
+
+
+def test_the_cli_loads_a_remote_model_and_refuses_local_options(hub, tmp_path, capsys):
+    from interp.ui import cli
+
+    base = ["patch", "--model", REPO, "--remote", "--task", "ioi", "--n-prompts", "2", "--out", str(tmp_path / "r")]
+    assert cli.main(base + ["--dtype", "bfloat16"]) == 2
+    assert "drop --device, --device-map, --dtype and --attention" in capsys.readouterr().err
+    assert cli.main(base) == 2  # the load works; the first request cannot reach NDIF from here
+    assert "interp: error: the request to NDIF failed: " in capsys.readouterr().err

@@ -35,10 +35,25 @@ class NNsightBackend(Backend):
                 raise NotImplementedError(
                     "editing attention patterns is not supported on the nnsight backend; use backend='transformer_lens'"
                 )
+        if self.remote and spec.keep_grad:
+            raise NotImplementedError("gradients (AtP, AtP*, EAP, probes' attributions, steering vectors from gradients) "
+                                      "are not taken through NDIF here: run them on a local copy of the model")
         if any(site.kind == "resid_mid" for site in spec.sites):
             raise NotImplementedError("resid_mid is not exposed on the nnsight backend; use backend='transformer_lens'")
         c = self.config
-        logits, activations, cache = run_trace(
-            self.lm, self.layout, c.n_heads, c.n_kv_heads, c.d_head, spec, self.model_kwargs(spec), self.remote
-        )
+        try:
+            logits, activations, cache = run_trace(
+                self.lm, self.layout, c.n_heads, c.n_kv_heads, c.d_head, spec, self.model_kwargs(spec), self.remote
+            )
+        except Exception as exc:
+            if not self.remote:
+                raise
+            # the network, the hub and NDIF raise many kinds; the cause stays chained for a debugger
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            raise RemoteRunError(f"the request to NDIF failed: {type(exc).__name__}: {reason[:300]}") from exc
         return RunOutput(logits, activations, cache)
+
+
+class RemoteRunError(ValueError):
+    """A forward sent to NDIF that did not come back (network, NDIF, the hub): not a bug in interp,
+    so the command line says it in one line, as it does a bad input."""
