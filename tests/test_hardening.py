@@ -287,8 +287,14 @@ def test_the_diagnostics_shared_prefix_is_checked(llama, mixed, monkeypatch):
     from interp.shortcuts import ShortcutError
 
     result = attribution_patching(llama, mixed, "heads", method="atp", progress=False)
+    from interp import hf_compat
+
     real = verification.kv_prefix
-    monkeypatch.setattr(verification, "kv_prefix", lambda cache, position, rows=None: real(cache, position, rows.flip(0)))
+
+    def rows_swapped(cache, position, rows=None, devices=None, repeats=1):  # each row gets another row's prefix
+        n_rows = hf_compat.layer_states(cache)[0][0].shape[0]
+        return real(cache, position, torch.arange(n_rows).flip(0), devices, repeats)
+    monkeypatch.setattr(verification, "kv_prefix", rows_swapped)
     with pytest.raises(ShortcutError, match=r"^the target run started at position \d+ on a shared KV prefix gives"):
         diagnose(llama, mixed, result, samples=8, p=0.3, progress=False)
 

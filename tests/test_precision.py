@@ -36,8 +36,13 @@ def test_dtypes_a_device_cannot_compute_in_are_one_line():
     check_dtype("cpu", "bfloat16")
 
 
-def test_a_bf16_sweep_agrees_with_float32_on_smollm2(smollm2_nnsight):
-    half = interp.load_model("smollm2-135m", dtype=torch.bfloat16)
+@pytest.fixture(scope="module")
+def smollm2_bf16():
+    return interp.load_model("smollm2-135m", dtype=torch.bfloat16)
+
+
+def test_a_bf16_sweep_agrees_with_float32_on_smollm2(smollm2_nnsight, smollm2_bf16):
+    half = smollm2_bf16
     assert half.dtype == torch.bfloat16
     found = {}
     for name, model in (("float32", smollm2_nnsight), ("bfloat16", half)):
@@ -53,7 +58,7 @@ def test_a_bf16_sweep_agrees_with_float32_on_smollm2(smollm2_nnsight):
     assert np.abs(exact_full - exact_half).max() < 0.03 and np.corrcoef(exact_full, exact_half)[0, 1] > 0.99
 
 
-def test_dictionary_metrics_in_bf16_agree_with_float32_on_smollm2(smollm2_nnsight):
+def test_dictionary_metrics_in_bf16_agree_with_float32_on_smollm2(smollm2_nnsight, smollm2_bf16):
     """An SAE trained on the float32 model, evaluated on the same held-out text with the model in
     float32 and in bfloat16: its statistics are float32 sums either way, and they agree within
     bf16's rounding of the activations (stated tolerances below)."""
@@ -65,7 +70,7 @@ def test_dictionary_metrics_in_bf16_agree_with_float32_on_smollm2(smollm2_nnsigh
 
     model = smollm2_nnsight
     train, held = load_corpus("python-docs").split(held_out=0.1, seed=0)
-    chunks = train.token_chunks(model.tokenizer, 64, seed=0)[:160]
+    chunks = train.token_chunks(model.tokenizer, 64, seed=0)[:96]
     x, _ = read_pairs(model, "L6.RESID_POST", "sae", chunks)
     parts = [part for part in x.split(256) if len(part) == 256]
     batches = iter([(part, part) for _ in range(4) for part in parts])  # four epochs
@@ -73,10 +78,10 @@ def test_dictionary_metrics_in_bf16_agree_with_float32_on_smollm2(smollm2_nnsigh
     trained = train_dictionary(batches, config, TrainingConfig(total_tokens=4 * len(parts) * 256, batch_tokens=256,
                                                                lr=2e-3, decay_fraction=0.0), progress=False)
     held_chunks = held.token_chunks(model.tokenizer, 64, seed=0)[:8]
-    half = interp.load_model("smollm2-135m", dtype=torch.bfloat16)
+    half = smollm2_bf16
     full_metrics = evaluate_dictionary(model, trained.dictionary, held_chunks)
     half_metrics = evaluate_dictionary(half, trained.dictionary, held_chunks)
-    assert full_metrics["explained_variance"] > 0.8  # the dictionary learned something (0.90)
-    assert abs(full_metrics["explained_variance"] - half_metrics["explained_variance"]) < 0.005  # measured 0.0006
+    assert full_metrics["explained_variance"] > 0.8  # the dictionary learned something (0.87)
+    assert abs(full_metrics["explained_variance"] - half_metrics["explained_variance"]) < 0.005  # measured 0.0004
     assert abs(full_metrics["l0"] - half_metrics["l0"]) < 0.5
-    assert abs(full_metrics["ce_recovered"] - half_metrics["ce_recovered"]) < 0.01  # measured 0.0009
+    assert abs(full_metrics["ce_recovered"] - half_metrics["ce_recovered"]) < 0.01  # measured 0.0007
