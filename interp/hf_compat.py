@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from interp.errors import first_line
+
 _CACHE_ARGUMENTS = ("cache", "past_key_values", "layer_past")  # newest first
 
 
@@ -194,9 +196,8 @@ def boot_bridge(model_dir: str, hf_model: torch.nn.Module, tokenizer, attention_
     try:
         bridge = TransformerBridge.boot_transformers(model_dir, hf_model=hf_model, tokenizer=tokenizer)
     except Exception as exc:  # the bridge raises many kinds for an architecture it has no adapter for
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise BridgeError(f"TransformerLens' bridge cannot run {type(hf_model).__name__} ({type(exc).__name__}: "
-                          f"{reason[:200]}); load it with backend='nnsight'") from None
+        raise BridgeError(f"TransformerLens' bridge cannot run {type(hf_model).__name__} ({first_line(exc, 200)}); "
+                          "load it with backend='nnsight'") from None
     for owner, name in owners:
         wrapper = getattr(owner, name)
         if wrapper is not None and hasattr(wrapper, "_original_component"):
@@ -246,9 +247,8 @@ def check_kv_cache(model, n_tokens: int = 6) -> None:
     except Exception as exc:  # the first forward through TransformerLens' reimplementation of the model
         if model.backend.name != "transformer_lens":
             raise
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        raise BridgeError(f"TransformerLens' bridge cannot run {model.config.architecture} ({type(exc).__name__}: "
-                          f"{reason[:200]}); load it with backend='nnsight'") from None
+        raise BridgeError(f"TransformerLens' bridge cannot run {model.config.architecture} ({first_line(exc, 200)}); "
+                          "load it with backend='nnsight'") from None
     recorded = model.forward(RunSpec(tokens, logits_to_keep=1, return_cache=True)).past_key_values
     split = n_tokens // 2
     rows = torch.tensor([1, 0, 1], device=model.device)

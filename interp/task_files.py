@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from interp.jsonl import read_jsonl
+from interp.errors import first_line
 
 if TYPE_CHECKING:
     from interp.model import Model
@@ -134,8 +135,7 @@ def hf_rows(spec: str, limit: int = 100_000) -> tuple[str, list[tuple[str, dict]
         stream = datasets.load_dataset(dataset, split=split or "train", streaming=True)
         rows = [(f"{spec} row {i}", dict(row)) for i, row in zip(range(limit), stream)]
     except Exception as exc:  # the hub raises many kinds (offline, unknown dataset, bad split)
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        raise _error(f"cannot read Hugging Face dataset {dataset!r} ({type(exc).__name__}: {reason[:200]})") from None
+        raise _error(f"cannot read Hugging Face dataset {dataset!r} ({first_line(exc, 200)})") from None
     return dataset.split("/")[-1], rows
 
 
