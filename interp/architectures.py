@@ -170,8 +170,12 @@ def _fail(model_name: str, architecture: str, part: str, looked: str) -> Unsuppo
     )
 
 
-def discover_layout(hf_model: torch.nn.Module, shapes: Shapes, model_name: str) -> Layout:
-    """The :class:`Layout` of ``hf_model`` (a Hugging Face causal LM, not yet wrapped by a backend)."""
+def discover_layout(hf_model: torch.nn.Module, shapes: Shapes, model_name: str,
+                    probe_model: torch.nn.Module | None = None) -> Layout:
+    """The :class:`Layout` of ``hf_model`` (a Hugging Face causal LM, not yet wrapped by a backend).
+
+    ``probe_model`` is the model whose forward the probe runs: ``hf_model`` itself by default, a
+    :func:`stand_in` when ``hf_model`` has no weights here (pass one already built to reuse it)."""
     architecture = type(hf_model).__name__
     override = OVERRIDES.get(architecture, {})
 
@@ -199,7 +203,8 @@ def discover_layout(hf_model: torch.nn.Module, shapes: Shapes, model_name: str) 
     if found["final_norm"] is None:
         raise fail("the final norm", "a norm module outside the decoder layers")
     found.update(override)
-    probe_model = stand_in(hf_model) if weightless(hf_model) else hf_model
+    if probe_model is None:
+        probe_model = stand_in(hf_model) if weightless(hf_model) else hf_model
     probe_fields = _probe(probe_model, get_path(probe_model, layers_path)[0], found, shapes, fail)
     found.update({k: v for k, v in probe_fields.items() if k not in override})
     layout = Layout(**found)
@@ -237,8 +242,7 @@ def stand_in(hf_model: torch.nn.Module) -> torch.nn.Module:
     for key in ("intermediate_size", "moe_intermediate_size", "n_inner"):
         if isinstance(getattr(config, key, None), int):
             setattr(config, key, STAND_IN_MLP)
-    generator = torch.random.fork_rng()
-    with generator:
+    with torch.random.fork_rng():
         torch.manual_seed(0)
         model = type(hf_model)(config).eval().requires_grad_(False)
     model.set_attn_implementation("eager")  # the probe and its verification read attention probabilities

@@ -24,6 +24,7 @@ from interp import hf_compat, placement
 from interp.architectures import Layout, Shapes, decoder_layers, discover_layout, get_path, stand_in, verify_layout
 from interp.backends import BACKENDS
 from interp.config import config_from_hf
+from interp.errors import first_line
 from interp.model import Model
 from interp.resources import available_memory, readable
 from interp.shortcuts import ShortcutError
@@ -91,8 +92,7 @@ def convert_gguf(gguf_path: Path) -> Path:
         except Exception as exc:  # transformers raises many types for unreadable GGUF
             architecture = gguf_architecture(gguf_path)
             what = "" if architecture is None else f" (architecture {architecture!r})"
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-            reason = f"{type(exc).__name__}: {reason}" if isinstance(exc, KeyError) or not reason else reason
+            reason = first_line(exc, with_type=isinstance(exc, KeyError)) or type(exc).__name__
             raise ModelLoadError(f"cannot read GGUF file {gguf_path}{what} with transformers: {reason}") from None
         model.config.architectures = [type(model).__name__]  # GGUF configs may lack it
         if hasattr(model.config, "quantization_config"):
@@ -157,8 +157,7 @@ def _hub_snapshot(name: str) -> Path:
     try:
         return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
     except Exception as exc:  # the hub client raises many kinds (offline, no such repository, gated, ...)
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        raise ModelLoadError(f"cannot load model {name!r} from the Hugging Face hub: {type(exc).__name__}: {reason[:300]}") from None
+        raise ModelLoadError(f"cannot load model {name!r} from the Hugging Face hub: {first_line(exc)}") from None
 
 
 def unembed_contiguously(hf_model: torch.nn.Module) -> None:
@@ -218,6 +217,14 @@ def _device_memory(device: str) -> int | None:
     return available_memory() if parsed.type == "cpu" else None
 
 
+def _might_not_fit(model_dir: Path, dtype: torch.dtype, device: str) -> bool:
+    """Whether the checkpoint's files, read as weights of at least one byte each, could exceed the
+    device's free memory in ``dtype`` (a bound from file sizes alone; :func:`_check_fits` counts)."""
+    stored = sum(path.stat().st_size for pattern in ("*.safetensors", "*.bin") for path in model_dir.glob(pattern))
+    free = _device_memory(device)
+    return free is not None and stored * dtype.itemsize > free
+
+
 def _check_fits(empty: torch.nn.Module, dtype: torch.dtype, device: str, spec: str) -> None:
     """A one-line :class:`ModelLoadError` when the weights alone exceed the device's free memory
     (estimated from the empty model, before anything is loaded)."""
@@ -240,8 +247,7 @@ def _fast_attention(hf_model: torch.nn.Module, spec: str, required: bool) -> str
         hf_model.set_attn_implementation("sdpa")
     except (ValueError, ImportError, AttributeError) as exc:
         if required:
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-            raise ModelLoadError(f"{spec} cannot run SDPA attention here: {reason[:200]}") from None
+            raise ModelLoadError(f"{spec} cannot run SDPA attention here: {first_line(exc, 200, with_type=False)}") from None
         return "eager"
     return "sdpa"
 
@@ -252,10 +258,12 @@ def _local_model(spec: str, model_dir: Path, dtype: torch.dtype, device: str, de
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     placed = {} if device_map is None else {"device_map": device_map, "offload_folder": str(_offload_dir(model_dir))}
-    try:
-        empty = _empty_model(model_dir)
-    except Exception:  # an unreadable config: the load below says why in one line
-        empty = None
+    empty = None  # the model on the meta device: built only for an explicit map, or a size check that might fail
+    if isinstance(device_map, dict) or (device_map is None and _might_not_fit(model_dir, dtype, device)):
+        try:
+            empty = _empty_model(model_dir)
+        except Exception:  # an unreadable config: the load below says why in one line
+            pass
     if empty is not None and device_map is None:
         _check_fits(empty, dtype, device, spec)
     if empty is not None and isinstance(device_map, dict):
@@ -269,8 +277,7 @@ def _local_model(spec: str, model_dir: Path, dtype: torch.dtype, device: str, de
             hf_model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager",
                                                                   output_loading_info=True, **placed)
         except Exception as exc:  # transformers, safetensors and torch raise many kinds for a user's unreadable files
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-            raise ModelLoadError(f"cannot load {spec} ({model_dir}): {type(exc).__name__}: {reason[:300]}") from None
+            raise ModelLoadError(f"cannot load {spec} ({model_dir}): {first_line(exc)}") from None
     missing = [key for key in info.get("missing_keys", ()) if key not in _derived_weights(hf_model)]
     if missing:
         raise ModelLoadError(f"{spec} ({model_dir}): the checkpoint lacks {len(missing)} of the model's weights (e.g. "
@@ -310,20 +317,28 @@ def _remote_model(spec: str) -> tuple:
             tokenizer = AutoTokenizer.from_pretrained(spec)
             lm = LanguageModel(spec, tokenizer=tokenizer)  # not dispatched: the modules hold meta tensors
         except Exception as exc:  # the hub client and transformers raise many kinds (offline, gated, no such repo)
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-            raise ModelLoadError(f"cannot read {spec}'s config and tokenizer from the hub: {type(exc).__name__}: "
-                                 f"{reason[:300]}") from None
+            raise ModelLoadError(f"cannot read {spec}'s config and tokenizer from the hub: {first_line(exc)}") from None
     hf_model = lm._module if hasattr(lm, "_module") else lm._model  # nnsight >= 0.6 / older
     hf_model.eval().requires_grad_(False)
     return tokenizer, hf_model, lm
 
 
-def _verify_on_stand_in(model: Model) -> Layout:
-    """``verify_layout`` run on a one-layer local model of the remote model's family
+def _check_local_simulation() -> None:
+    """One line when this nnsight release cannot simulate NDIF locally."""
+    try:
+        from nnsight.intervention.backends.local import LocalSimulationBackend  # noqa: F401
+    except ImportError:
+        import nnsight
+
+        raise ModelLoadError(f"remote='local' needs nnsight's local simulation of NDIF, which nnsight "
+                             f"{nnsight.__version__} lacks; upgrade nnsight") from None
+
+
+def _verify_on_stand_in(model: Model, probe: torch.nn.Module) -> Layout:
+    """``verify_layout`` run on ``probe``, a one-layer local model of the remote model's family
     (``architectures.stand_in``): its layout, with what the run measured."""
     from interp.backends.nnsight_backend import NNsightBackend
 
-    probe = stand_in(model.hf_model)
     config = config_from_hf(probe.config, model.config.name)
     config = dataclasses.replace(config, parallel_attn_mlp=model.layout.parallel, n_experts=model.layout.n_experts)
     with warnings.catch_warnings():
@@ -333,7 +348,7 @@ def _verify_on_stand_in(model: Model) -> Layout:
 
 
 def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu",
-               dtype: torch.dtype = torch.float32, remote: bool = False, attention: str = "eager",
+               dtype: torch.dtype = torch.float32, remote: bool | str = False, attention: str = "eager",
                device_map: placement.DeviceMap | None = None) -> Model:
     """Load a causal LM and wrap it in a :class:`~interp.model.Model`.
 
@@ -347,7 +362,10 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
         device: torch device string. dtype: weights' dtype.
         remote: nnsight only: run every forward on NDIF. ``spec`` must be a hub id NDIF hosts; only
             its config and tokenizer are read here (the modules live on the meta device). Needs an
-            API key (``NDIF_API_KEY``). Each forward is one request.
+            API key (``NDIF_API_KEY``). A sweep sends its forwards in a few requests
+            (:meth:`Model.forwards`). ``"local"``: ``spec`` is any model here, and every request is
+            serialized, deserialized without interp's packages importable, and run here by
+            nnsight's local simulation of NDIF (a dry run: what passes it should run on NDIF).
         attention: ``"eager"`` (the default), ``"auto"`` (PyTorch's scaled-dot-product attention
             where the family and backend allow it, else eager) or ``"sdpa"``. A run that reads or
             edits attention probabilities runs eager either way; SDPA is checked against eager at
@@ -359,9 +377,10 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
             logits then live on the embedding's device, each read and edit on its layer's
             (``interp.placement``). nnsight backend only.
     """
-
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if remote not in (False, True, "local"):
+        raise ModelLoadError(f"remote must be False, True or 'local', got {remote!r}")
     if remote and backend != "nnsight":
         raise ModelLoadError("remote=True needs backend='nnsight'")
     if attention not in ATTENTION:
@@ -383,8 +402,14 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
         if device_map is not None or device != "cpu" or dtype != torch.float32 or attention != "eager":
             raise ModelLoadError("remote=True runs the model on NDIF, which places it and picks its dtype and attention; "
                                  "drop --device, --device-map, --dtype and --attention")
-        tokenizer, hf_model, lm = _remote_model(spec)
-        model_dir, name = spec, spec
+        if remote == "local":
+            _check_local_simulation()
+            model_dir, name = resolve_model_dir(spec)
+            tokenizer, hf_model, device = _local_model(spec, model_dir, dtype, device, None)
+            lm = None
+        else:
+            tokenizer, hf_model, lm = _remote_model(spec)
+            model_dir, name = spec, spec
     else:
         model_dir, name = resolve_model_dir(spec)
         tokenizer, hf_model, device = _local_model(spec, model_dir, dtype, device, device_map)
@@ -392,8 +417,9 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
     config = config_from_hf(hf_model.config, name)
+    probe = stand_in(hf_model) if remote else None  # a remote model's forwards run on it, built once
     layout = discover_layout(hf_model, Shapes(config.n_layers, config.n_heads, config.n_kv_heads, config.d_head,
-                                              config.d_model), name)
+                                              config.d_model), name, probe_model=probe)
     config = dataclasses.replace(config, parallel_attn_mlp=layout.parallel, n_experts=layout.n_experts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -408,7 +434,7 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
             runner = NNsightBackend(hf_model, tokenizer, config, layout, remote=remote, lm=lm)
     model = Model(runner, tokenizer, config, layout, source=str(model_dir), device=device)
     if remote:  # the checks below run forwards, which need weights here: the layout's runs on a stand-in
-        model.layout = _verify_on_stand_in(model)
+        model.layout = _verify_on_stand_in(model, probe)
         model.full_forwards = True
         model.padding_problem = ("padded batches are not checked on a remote model (the check runs at load, locally); "
                                  "use prompts of one length")

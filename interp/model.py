@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Iterator, Mapping, Sequence, Union
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
 
@@ -22,6 +22,14 @@ from interp.splicing import Splice, with_splices
 PatchValue = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 ComponentLike = Union[Component, str]
 TokensLike = Union[torch.Tensor, Tokens, str, Sequence[str]]  # ids, padded ids, or text (tokenized as tokenize does)
+
+
+# what one remote request (a group of a sweep's forwards) may return in logits
+REMOTE_REQUEST_LOGITS_BYTES = 2**30
+
+
+class RemoteUnsupportedError(ValueError):
+    """A run a remote model cannot do (it needs the local modules' hooks)."""
 
 
 class TokenizationError(ValueError):
@@ -287,6 +295,14 @@ class Model:
         spliced dictionaries run at their hosts. ``window`` = (offset, prompt length): the
         positions run are ``offset``, ``offset + 1``, ... of a generation from a prompt of that
         length, and every component edit is shifted to them (:meth:`ComponentEdit.at`)."""
+        spec = self._prepared(spec, window)
+        needs_eager = self.attention != "eager" and any(site.kind == "pattern" for site in spec.sites)
+        with self.eager_attention() if needs_eager else nullcontext():
+            return self._forward(spec, resume)
+
+    def _prepared(self, spec: RunSpec, window: tuple[int, int] | None = None) -> RunSpec:
+        """``spec`` with the active ``patch`` contexts' edits first (shifted to ``window``); a
+        padded batch refused where padding is known to give wrong numbers."""
         if self.padding_problem and spec.attention_mask is not None and not bool(spec.attention_mask.all()):
             raise PaddingError(self.padding_problem)
         if self._active_edits or window is not None:
@@ -297,9 +313,58 @@ class Model:
                 merged = {site: [e.at(*window) if isinstance(e, ComponentEdit) else e for e in edits]
                           for site, edits in merged.items()}
             spec = dataclasses.replace(spec, edits=merged)  # the caller's spec stays as it was
-        needs_eager = self.attention != "eager" and any(site.kind == "pattern" for site in spec.sites)
-        with self.eager_attention() if needs_eager else nullcontext():
-            return self._forward(spec, resume)
+        return spec
+
+    @property
+    def remote(self) -> bool:
+        """Whether forwards run remotely (on NDIF, or nnsight's local simulation of it)."""
+        return bool(self.backend.remote)
+
+    def forwards(self, runs: Iterable[tuple[RunSpec, Resume | None]]) -> Iterator[RunOutput]:
+        """:meth:`forward` of each (spec, resume), in order, for a sweep of many forwards.
+
+        A local model runs each one when the next output is asked for (one at a time in memory).
+        A remote model sends them in groups, each group one request (an nnsight session), as
+        large as keeps the logits a request returns under ``REMOTE_REQUEST_LOGITS_BYTES``; a
+        remote sweep has no resumes (:attr:`full_forwards`)."""
+        if not self.remote:
+            for spec, resume in runs:
+                yield self.forward(spec, resume)
+            return
+        group: list[RunSpec] = []
+        size = 0
+        for spec, resume in runs:
+            if resume is not None:
+                raise ValueError("a remote model runs every forward in full: no resume")
+            group.append(self._prepared(spec))
+            size += self._logits_bytes(spec)
+            if size >= REMOTE_REQUEST_LOGITS_BYTES:
+                yield from self._sent(group)
+                group, size = [], 0
+        if group:
+            yield from self._sent(group)
+
+    def _sent(self, specs: list[RunSpec]) -> list[RunOutput]:
+        """A remote model's forwards of already prepared ``specs``, in one request."""
+        for spec in specs:
+            self._check_remote(spec)
+        outputs = self.backend.forward_many(specs)
+        for out in outputs:
+            out.logits = out.logits.to(self.device)
+        return outputs
+
+    def _check_remote(self, spec: RunSpec) -> None:
+        """One line when a remote model is asked for what runs only on the local modules."""
+        if any(site.kind == "expert" for site in spec.sites) or self._splices:
+            raise RemoteUnsupportedError("expert sites and spliced dictionaries run as hooks on the local modules, "
+                                         "which NDIF does not run; use a local copy of the model")
+
+    def _logits_bytes(self, spec: RunSpec) -> int:
+        """Bytes of the logits ``spec``'s forward returns."""
+        batch, length = spec.input_ids.shape
+        kept = (spec.logit_positions.shape[1] if spec.logit_positions is not None
+                else min(spec.logits_to_keep or length, length))
+        return batch * kept * self.config.d_vocab * self.dtype.itemsize
 
     @contextmanager
     def eager_attention(self) -> Iterator["Model"]:
@@ -315,10 +380,13 @@ class Model:
             self.hf_model.set_attn_implementation(self.attention)
 
     def _forward(self, spec: RunSpec, resume: Resume | None) -> RunOutput:
+        if self.remote:
+            self._check_remote(spec)
         virtual_reads: dict[Site, torch.Tensor] = {}
         if self._splices:
             spec = with_splices(spec, self.splices, virtual_reads)
-        with expert_sites(self, spec, virtual_reads) as spec, self._unembedding_at(spec.logit_positions):
+        gather = None if self.backend.gathers_logit_positions else spec.logit_positions
+        with expert_sites(self, spec, virtual_reads) as spec, self._unembedding_at(gather):
             if resume is None:
                 out = self.backend.forward(spec)
             else:

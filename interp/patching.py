@@ -20,14 +20,15 @@ recorded (noising: corrupt -> clean run; denoising: clean -> corrupt run). Exact
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp.backends.base import Edit
+from interp.backends.base import Edit, RunOutput, RunSpec
 from interp.components import INDEX_AXIS, POSITION_AXIS, SPLICE_GRANULARITIES, Component, Site, get_granularity
 from interp.corruption import RunInput, check_settings, clean_and_corrupt, first_differences, target_and_source
 from interp.hf_compat import kv_prefix
@@ -309,21 +310,29 @@ def activation_patching(
         forward_equivalents = float(n_forward)
         bar = tqdm(total=len(components), initial=len(unchanged), desc=f"patching {label}", disable=not progress,
                    unit="component")
-        for (layer, start), members in sorted(groups.items()):
-            if batch_size:
-                per_batch = max(1, batch_size // n_rows)
-            else:
-                per_batch = max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_rows, n_positions, start)))
-            for chunk_start in range(0, len(members), per_batch):
-                chunk = members[chunk_start:chunk_start + per_batch]
-                values = _patched_forward(model, runs, [(components[i], place) for i, place in chunk], layer, start, n_rows,
-                                          metric_of, check=chunk_start == 0)
-                patched[:, [i for i, _ in chunk]] = values.T.cpu()
-                n_forward += 1
-                variants = len(chunk) + (chunk_start == 0)  # the first chunk of a group carries the resume check
-                n_layers = model.config.n_layers
-                forward_equivalents += variants * (n_positions - start) / n_positions * (n_layers - layer) / n_layers
-                bar.update(len(chunk))
+        waiting: deque[tuple[list[int], _PatchedRun]] = deque()  # asked for, output not yet back
+
+        def patched_runs() -> Iterator[tuple[RunSpec, Resume | None]]:
+            for (layer, start), members in sorted(groups.items()):
+                if batch_size:
+                    per_batch = max(1, batch_size // n_rows)
+                else:
+                    per_batch = max(1, int(memory_budget_mb * 2**20 // _variant_bytes(model, n_rows, n_positions, start)))
+                for chunk_start in range(0, len(members), per_batch):
+                    chunk = members[chunk_start:chunk_start + per_batch]
+                    run = _patched_run(model, runs, [(components[i], place) for i, place in chunk], layer, start, n_rows,
+                                       check=chunk_start == 0)
+                    waiting.append(([i for i, _ in chunk], run))
+                    yield run.spec, run.resume
+
+        n_layers = model.config.n_layers
+        for out in model.forwards(patched_runs()):
+            indices, run = waiting.popleft()
+            patched[:, indices] = _patched_values(model, runs, run, out, metric_of).T.cpu()
+            n_forward += 1
+            variants = len(indices) + run.check  # the first chunk of a group carries the resume check
+            forward_equivalents += variants * (n_positions - run.start) / n_positions * (n_layers - run.layer) / n_layers
+            bar.update(len(indices))
         bar.close()
 
     present = present_in_prompts(task, components, rows_of)
@@ -421,15 +430,24 @@ class ResumeCheckError(ShortcutError):
     """A resumed run disagrees with the plain forward: a bug, never a user error."""
 
 
-def _patched_forward(model: Model, runs: _Runs, members: list[tuple[Component, _Placement]], layer: int, start: int,
-                     n_rows: int, metric_of, check: bool = False) -> torch.Tensor:
-    """Metric [variants, n_rows] with each component patched in its own batch rows.
+@dataclass
+class _PatchedRun:
+    """One forward of a sweep: ``n_variants`` copies of the task's rows, each with its components
+    patched; with ``check`` the last copy runs unpatched through the same shortcut."""
 
-    With ``check``, one more variant runs unpatched through the same shortcut (replayed layers
-    below ``layer``, the KV prefix of positions before ``start``): it must give the target run's
-    metric from its plain forward, or :class:`ResumeCheckError` is raised."""
+    spec: RunSpec
+    resume: Resume
+    layer: int
+    start: int
+    n_variants: int
+    check: bool
+
+
+def _patched_run(model: Model, runs: _Runs, members: list[tuple[Component, _Placement]], layer: int, start: int,
+                 n_rows: int, check: bool = False) -> _PatchedRun:
+    """The forward that patches each component in its own batch rows, resumed at ``layer`` from
+    position ``start`` (replayed layers below, the KV prefix of positions before)."""
     n_variants = len(members) + check
-    rows = torch.arange(n_rows, device=runs.target.tokens.device).repeat(n_variants)
     by_site: dict[Site, list[tuple[int, Component, _Placement]]] = defaultdict(list)
     for variant, (component, place) in enumerate(members):
         by_site[component.site].append((variant, component, place))
@@ -441,11 +459,27 @@ def _patched_forward(model: Model, runs: _Runs, members: list[tuple[Component, _
         resid = resid.to(devices[layer])
     resume = Resume(layer, start, resid, kv_prefix(runs.target_cache, start, None, devices, repeats=n_variants))
     # the target run's own edits below ``layer`` (noise, ablations) are in the residual stream it replays
-    out = model.forward(runs.target.spec(start, n_variants, edits=edits, from_layer=layer), resume)
-    values = metric_of(out.logits, rows).view(n_variants, n_rows)
-    if check:
-        shortcuts.check(f"a run resumed at layer {layer} from position {start} (layers replayed, a KV prefix, logits "
-                        "at the read positions only)", values[-1], runs.target_metric,
+    spec = runs.target.spec(start, n_variants, edits=edits, from_layer=layer)
+    return _PatchedRun(spec, None if model.full_forwards else resume, layer, start, n_variants, check)
+
+
+def _patched_values(model: Model, runs: _Runs, run: _PatchedRun, out: RunOutput, metric_of) -> torch.Tensor:
+    """Metric [variants, n_rows] of a patched run's output. With ``run.check`` the unpatched
+    variant must give the target run's metric from its plain forward, or :class:`ResumeCheckError`
+    is raised."""
+    n_rows = runs.target_metric.shape[0]
+    rows = torch.arange(n_rows, device=runs.target.tokens.device).repeat(run.n_variants)
+    values = metric_of(out.logits, rows).view(run.n_variants, n_rows)
+    if run.check:
+        shortcuts.check(f"a run resumed at layer {run.layer} from position {run.start} (layers replayed, a KV prefix, "
+                        "logits at the read positions only)", values[-1], runs.target_metric,
                         f"{model.config.name}, {model.backend.name} backend", rtol=1e-3, error=ResumeCheckError, dtype=model.dtype)
         values = values[:-1]
     return values
+
+
+def _patched_forward(model: Model, runs: _Runs, members: list[tuple[Component, _Placement]], layer: int, start: int,
+                     n_rows: int, metric_of, check: bool = False) -> torch.Tensor:
+    """:func:`_patched_run` run and measured: metric [variants, n_rows]."""
+    run = _patched_run(model, runs, members, layer, start, n_rows, check)
+    return _patched_values(model, runs, run, model.forward(run.spec, run.resume), metric_of)

@@ -41,7 +41,7 @@ class Sublayers:
     """Recompute attention inputs, MLP outputs and per-head output contributions of ``model``."""
 
     def __init__(self, model: Model) -> None:
-        if weightless(model.hf_model):
+        if model.remote or weightless(model.hf_model):
             raise UnsupportedArchitectureError(
                 f"this analysis recomputes parts of {model.config.name} from its weights (as DLA, the lens, the edge "
                 "methods, AtP*'s QK fix and transcoder graphs do), and a remote model's weights stay on NDIF: run it on "

@@ -180,6 +180,9 @@ def test_a_model_too_big_for_memory_is_refused_before_loading(monkeypatch):
     loaded = sum(p.numel() for p in interp.load_model("random-llama").hf_model.parameters())
     empty = loading._empty_model(loading.resolve_model_dir("random-llama")[0])
     assert sum(p.numel() for p in empty.parameters()) == loaded  # the estimate counts what loads
+    with monkeypatch.context() as patched:  # with memory to spare the meta model is not even built
+        patched.setattr(loading, "_empty_model", lambda folder: pytest.fail("built the meta model"))
+        interp.load_model("random-llama")
     monkeypatch.setattr(loading, "available_memory", lambda: 1_000_000)
     with pytest.raises(ModelLoadError) as info:
         interp.load_model("random-llama")

@@ -1,18 +1,28 @@
 """``load_model(remote=True)``: what can be checked without NDIF. The model is built from a hub
 id's config and tokenizer alone (a fake hub cache here), on the meta device; every refusal is one
-line. Requests themselves need NDIF and are not tested here."""
+line.
+
+The requests themselves go through nnsight's local simulation of NDIF (``remote="local"``, where
+this nnsight has one): each is serialized, deserialized with interp's packages unimportable (as on
+NDIF, which does not install interp; nnsight's simulation alone would find interp here, installed)
+and run on the local model. Nothing here reaches NDIF itself."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.abc
 import shutil
+import sys
 
 import nnsight
+import numpy as np
 import pytest
 import torch
 
 import interp
+from interp import tasks
 from interp.loading import ModelLoadError, resolve_model_dir
+from interp.patching import activation_patching
 from interp.toy_models import RANDOM_FAMILIES
 
 REPO = "interp-test/tiny-llama"
@@ -119,3 +129,118 @@ def test_the_cli_loads_a_remote_model_and_refuses_local_options(hub, tmp_path, c
     assert "drop --device, --device-map, --dtype and --attention" in capsys.readouterr().err
     assert cli.main(base) == 2  # the load works; the first request cannot reach NDIF from here
     assert "interp: error: the request to NDIF failed: " in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- requests (local simulation)
+class _NotOnNDIF(importlib.abc.MetaPathFinder):
+    """Makes interp's packages unimportable, as they are on NDIF's machines."""
+
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("interp", "circuits", "probes", "tests"):
+            raise ModuleNotFoundError(f"No module named {name!r} (on NDIF)")
+        return None
+
+
+@pytest.fixture
+def ndif_here(monkeypatch):
+    """nnsight's local simulation of NDIF with interp unimportable while a request is
+    deserialized; returns the list that counts the requests sent."""
+    local = pytest.importorskip("nnsight.intervention.backends.local", reason="this nnsight cannot simulate NDIF")
+    from nnsight.schema.request import RequestModel
+
+    deserialize = RequestModel.deserialize
+
+    def without_interp(*args, **kwargs):
+        finder = _NotOnNDIF()
+        sys.meta_path.insert(0, finder)
+        try:
+            return deserialize(*args, **kwargs)
+        finally:
+            sys.meta_path.remove(finder)
+
+    monkeypatch.setattr(RequestModel, "deserialize", staticmethod(without_interp))
+    requests = []
+    send = local.LocalSimulationBackend.__call__
+    monkeypatch.setattr(local.LocalSimulationBackend, "__call__", lambda self, tracer: (requests.append(1), send(self, tracer))[1])
+    return requests
+
+
+def test_a_sweep_sent_to_simulated_ndif_gives_the_local_numbers_in_a_few_requests(ndif_here):
+    local = interp.load_model("random-llama")
+    remote = interp.load_model("random-llama", remote="local")
+    assert remote.remote and remote.full_forwards and not ndif_here  # loading sends nothing
+    task = tasks.ioi(local, n_prompts=4, seed=1)
+    expected = activation_patching(local, task, "heads_pos", progress=False)
+    sent = activation_patching(remote, task, "heads_pos", batch_size=8, progress=False)  # two variants a forward
+    np.testing.assert_allclose(sent.scores, expected.scores, atol=1e-5)
+    assert abs(sent.scores).max() > 0.05
+    assert sent.n_forward_passes >= 30 and len(ndif_here) <= 5  # the sweep's forwards: one session
+
+
+def test_requests_are_as_large_as_their_logits_allow(ndif_here, monkeypatch):
+    from interp import model as model_module
+
+    remote = interp.load_model("random-llama", remote="local")
+    task = tasks.ioi(remote, n_prompts=4, seed=1)
+    whole = activation_patching(remote, task, "heads", batch_size=8, progress=False)
+    few = len(ndif_here)
+    ndif_here.clear()
+    one_forward = 8 * remote.config.d_vocab * 4  # 8 rows, one read position, float32
+    monkeypatch.setattr(model_module, "REMOTE_REQUEST_LOGITS_BYTES", 3 * one_forward)
+    split = activation_patching(remote, task, "heads", batch_size=8, progress=False)
+    np.testing.assert_array_equal(split.scores, whole.scores)
+    sweep = split.n_forward_passes - 3  # less the two reference runs and the skip check
+    assert len(ndif_here) - few >= sweep // 3 - 1 > 0
+
+
+def test_generation_caches_and_patches_through_simulated_ndif(ndif_here):
+    local = interp.load_model("random-llama")
+    remote = interp.load_model("random-llama", remote="local")
+    ids = local.to_tokens("The cat sat on the mat and")
+    assert torch.equal(remote.generate(ids, 4), local.generate(ids, 4))
+    names = ["L1.H2", "L0.MLP", "L1.RESID_PRE"]
+    _, theirs = remote.run_with_cache(ids, names)
+    _, mine = local.run_with_cache(ids, names)
+    for name in names:
+        torch.testing.assert_close(theirs[name], mine[name], rtol=0, atol=1e-6)
+    with remote.patch({"L0.H1": lambda z: 3 * z}), local.patch({"L0.H1": lambda z: 3 * z}):
+        torch.testing.assert_close(remote.run(ids), local.run(ids), rtol=0, atol=1e-6)
+    assert len(ndif_here) == 4 + 1 + 1  # a request per generated token (no KV cache), the cached run, the run
+
+
+def test_without_shipping_interp_the_request_fails_on_ndif(ndif_here, monkeypatch):
+    """What the simulation guards against: NDIF cannot import interp, so a request that names it
+    instead of carrying its code fails there (it would pass in a simulation that can import it)."""
+    import cloudpickle
+
+    from interp.backends import nnsight_backend
+    from interp.backends.nnsight_backend import RemoteRunError
+
+    remote = interp.load_model("random-llama", remote="local")
+    monkeypatch.setattr(nnsight_backend, "SHIPPED_BY_VALUE", ())
+    shipped = [name for name in ("interp", "circuits", "probes") if name in cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES]
+    for name in shipped:
+        cloudpickle.unregister_pickle_by_value(sys.modules[name])
+    try:
+        with pytest.raises(RemoteRunError, match="No module named 'interp"):
+            remote.run(remote.to_tokens("The cat"))
+    finally:
+        for name in shipped:
+            cloudpickle.register_pickle_by_value(sys.modules[name])
+
+
+def test_what_runs_only_on_local_modules_is_refused_remotely(ndif_here):
+    from interp.model import RemoteUnsupportedError
+
+    remote = interp.load_model("random-mixtral", remote="local")
+    ids = remote.to_tokens("The cat sat")
+    with pytest.raises(RemoteUnsupportedError, match="^expert sites and spliced dictionaries run as hooks"):
+        remote.run_with_cache(ids, ["L0.E1"])
+    handle = remote.hf_model.get_output_embeddings().register_forward_hook(lambda *args: None)
+    try:  # a hook interp forgot: a bug, so a traceback, never a silently different number
+        with pytest.raises(RuntimeError, match="would not run on NDIF"):
+            remote.run(ids)
+    finally:
+        handle.remove()
+    with pytest.raises(ModelLoadError, match="remote must be False, True or 'local'"):
+        interp.load_model("random-llama", remote="yes")

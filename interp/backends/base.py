@@ -63,9 +63,19 @@ class Backend(ABC):
     name: str
     hf_model: torch.nn.Module
 
+    # True: ``forward`` unembeds only ``spec.logit_positions`` itself; False: the model gathers
+    # the unembedding's input with a hook around the backend's forward
+    gathers_logit_positions = False
+    # False, or how the model runs remotely (``interp.backends.nnsight_backend``)
+    remote: bool | str = False
+
     @abstractmethod
     def forward(self, spec: RunSpec) -> RunOutput:
         """Run one forward pass as described by ``spec``."""
+
+    def forward_many(self, specs: list[RunSpec]) -> list[RunOutput]:
+        """``forward`` of each spec, in order (a remote backend sends them in one request)."""
+        return [self.forward(spec) for spec in specs]
 
     def model_kwargs(self, spec: RunSpec) -> dict:
         """Keyword arguments for the Hugging Face forward shared by every backend. A run that

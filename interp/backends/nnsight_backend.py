@@ -2,25 +2,46 @@
 
 Remote execution needs an NDIF API key: ``nnsight.CONFIG.set_default_api_key("...")`` once, or
 the ``NDIF_API_KEY`` environment variable. Only models hosted by NDIF can run remotely.
+
+A remote request carries the trace's code and every object it uses, pickled. NDIF's machines
+have torch, transformers and nnsight but not interp, so interp's packages are registered with
+cloudpickle to travel by value (their functions' and classes' code, not an import by name).
+``remote="local"`` runs the same requests through nnsight's local simulation of NDIF
+(serialized, deserialized with local packages hidden, run here).
 """
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import torch
 
+from interp import hf_compat
 from interp.architectures import Layout
 from interp.backends.base import Backend, RunOutput, RunSpec
-from interp.backends.nnsight_trace import run_trace
+from interp.backends.nnsight_trace import run_session, run_trace
 from interp.config import ModelConfig
+from interp.errors import first_line
+
+# packages whose code a remote request may carry (an edit's class, a trace's helpers)
+SHIPPED_BY_VALUE = ("interp", "circuits", "probes")
+
+
+# packages whose hooks on the modules are their own business (nnsight's, Accelerate's placement);
+# any other hook is interp's (or its user's), which NDIF's copy of the model would not have
+LIBRARY_HOOKS = ("nnsight", "accelerate", "torch", "transformers")
 
 
 class NNsightBackend(Backend):
     name = "nnsight"
+    gathers_logit_positions = True
 
-    def __init__(self, hf_model: torch.nn.Module, tokenizer, config: ModelConfig, layout: Layout, remote: bool = False,
-                 lm=None) -> None:
-        """``lm``: nnsight's model built from a hub id (what NDIF needs to name the model);
-        None: one built around ``hf_model``."""
+    def __init__(self, hf_model: torch.nn.Module, tokenizer, config: ModelConfig, layout: Layout,
+                 remote: bool | str = False, lm=None) -> None:
+        """``remote``: False (run here), True (each request to NDIF) or ``"local"`` (nnsight's
+        local simulation of NDIF). ``lm``: nnsight's model built from a hub id (what NDIF needs to
+        name the model); None: one built around ``hf_model``."""
         from nnsight import LanguageModel
 
         self.hf_model = hf_model
@@ -28,30 +49,77 @@ class NNsightBackend(Backend):
         self.layout = layout
         self.remote = remote
         self.lm = LanguageModel(hf_model, tokenizer=tokenizer) if lm is None else lm
+        unembedding = hf_model.get_output_embeddings()
+        self.unembed = next(name for name, module in hf_model.named_modules() if module is unembedding)
 
-    def forward(self, spec: RunSpec) -> RunOutput:
+    def _check(self, spec: RunSpec) -> None:
         for site, edits in spec.edits.items():
             if site.kind == "pattern" and edits:
                 raise NotImplementedError(
                     "editing attention patterns is not supported on the nnsight backend; use backend='transformer_lens'"
                 )
-        if self.remote and spec.keep_grad:
-            raise NotImplementedError("gradients (AtP, AtP*, EAP, probes' attributions, steering vectors from gradients) "
-                                      "are not taken through NDIF here: run them on a local copy of the model")
         if any(site.kind == "resid_mid" for site in spec.sites):
             raise NotImplementedError("resid_mid is not exposed on the nnsight backend; use backend='transformer_lens'")
+        if not self.remote:
+            return
+        if spec.keep_grad:
+            raise NotImplementedError("gradients (AtP, AtP*, EAP, probes' attributions, steering vectors from gradients) "
+                                      "are not taken through NDIF here: run them on a local copy of the model")
+        hooked = [name or "the model" for name, module in self.hf_model.named_modules()
+                  for hook in (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
+                  if getattr(hook, "__module__", "").split(".")[0] not in LIBRARY_HOOKS]
+        if hooked:  # a bug: whatever registered it would silently not run on NDIF's copy of the model
+            raise RuntimeError(f"a hook on the local modules ({hooked[0]}) would not run on NDIF; this run cannot be "
+                               "sent as it is")
+        for name in SHIPPED_BY_VALUE:
+            if name in sys.modules:
+                import cloudpickle
+
+                cloudpickle.register_pickle_by_value(sys.modules[name])
+
+    def _run(self, spec: RunSpec, remote: bool | str) -> functools.partial:
+        """The call of :func:`run_trace` that runs ``spec``."""
         c = self.config
+        model_kwargs = self.model_kwargs(spec)
+        mask = model_kwargs.pop("attention_mask", None)
+        if mask is None:
+            batch, length = spec.input_ids.shape
+            past = hf_compat.cache_length(spec.past_key_values)
+            mask = torch.ones(batch, past + length, dtype=torch.long, device=spec.input_ids.device)
+        inputs = {"input_ids": spec.input_ids, "attention_mask": mask}
+        cache_field = hf_compat.cache_output_field() if spec.return_cache else None
+        return functools.partial(run_trace, self.lm, self.layout, c.n_heads, c.n_kv_heads, c.d_head, spec, inputs,
+                                 model_kwargs, cache_field, remote, self.unembed)
+
+    def _output(self, spec: RunSpec, logits: torch.Tensor, activations: dict, cache) -> RunOutput:
+        missing = [site for site, value in activations.items() if value is None]
+        if missing and missing[0].kind == "pattern":
+            raise RemoteRunError(f"the model computed no attention probabilities at {missing[0]} (NDIF runs it with an "
+                                 "attention implementation that returns none); read patterns from a local model")
+        return RunOutput(logits, activations, cache)
+
+    def forward(self, spec: RunSpec) -> RunOutput:
+        self._check(spec)
         try:
-            logits, activations, cache = run_trace(
-                self.lm, self.layout, c.n_heads, c.n_kv_heads, c.d_head, spec, self.model_kwargs(spec), self.remote
-            )
+            logits, activations, cache = self._run(spec, self.remote)()
         except Exception as exc:
             if not self.remote:
                 raise
             # the network, the hub and NDIF raise many kinds; the cause stays chained for a debugger
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-            raise RemoteRunError(f"the request to NDIF failed: {type(exc).__name__}: {reason[:300]}") from exc
-        return RunOutput(logits, activations, cache)
+            raise RemoteRunError(f"the request to NDIF failed: {first_line(exc)}") from exc
+        return self._output(spec, logits, activations, cache)
+
+    def forward_many(self, specs: list[RunSpec]) -> list[RunOutput]:
+        """Remote: all of ``specs`` in one request (an nnsight session holding one trace each)."""
+        if not self.remote or len(specs) < 2:
+            return [self.forward(spec) for spec in specs]
+        for spec in specs:
+            self._check(spec)
+        try:
+            results = run_session(self.lm, [self._run(spec, False) for spec in specs], self.remote)
+        except Exception as exc:
+            raise RemoteRunError(f"the request to NDIF failed: {first_line(exc)}") from exc
+        return [self._output(spec, *result) for spec, result in zip(specs, results)]
 
 
 class RemoteRunError(ValueError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import nnsight
 import torch
 
-from interp import hf_compat
 from interp.architectures import Layout, get_path, join_fused_qkv, split_fused_qkv
 from interp.backends.base import RunSpec, apply_edits
 from interp.components import ACTIVATION_KINDS, PORT_ORDER, Site
@@ -44,19 +43,22 @@ def _visit(spec: RunSpec, site: Site, module, attribute: str, view: tuple[int, .
     return value
 
 
-def run_trace(lm, layout: Layout, n_heads: int, n_kv: int, d_head: int, spec: RunSpec, model_kwargs: dict, remote: bool):
-    """Run ``spec`` through nnsight; returns (logits, activations by site, past_key_values)."""
+def run_trace(lm, layout: Layout, n_heads: int, n_kv: int, d_head: int, spec: RunSpec, inputs: dict, model_kwargs: dict,
+              cache_field: str | None, remote: bool | str, unembed: str):
+    """Run ``spec`` through nnsight; returns (logits, activations by site, past_key_values).
+
+    ``inputs``: the token ids and attention mask; ``model_kwargs``: the rest of the Hugging Face
+    forward's arguments; ``cache_field``: the output's KV cache field, None when none is returned.
+    ``unembed`` is the unembedding's module path: with ``spec.logit_positions`` its input is
+    gathered at those positions inside the trace (so a remote model unembeds only them too).
+
+    A remote request pickles this function and what it uses (``interp.backends.nnsight_backend``):
+    it calls no module-level cached function and names no module of interp's."""
     by_layer: dict[int, set[str]] = {}
     for site in spec.sites:
         by_layer.setdefault(site.layer, set()).add(site.kind)
     saved: dict[Site, torch.Tensor] = {}
     layers = get_path(lm, layout.layers)
-    batch, length = spec.input_ids.shape
-    past = hf_compat.cache_length(spec.past_key_values)
-    mask = model_kwargs.pop("attention_mask", None)
-    if mask is None:
-        mask = torch.ones(batch, past + length, dtype=torch.long, device=spec.input_ids.device)
-    inputs = {"input_ids": spec.input_ids, "attention_mask": mask}
     with lm.trace(inputs, remote=remote, **model_kwargs):
         for layer in sorted(by_layer):
             kinds = by_layer[layer]
@@ -92,10 +94,23 @@ def run_trace(lm, layout: Layout, n_heads: int, n_kv: int, d_head: int, spec: Ru
                     for kind, path, n in zip(("q", "k", "v"), layout.qkv, (n_heads, n_kv, n_kv)):
                         if kind in kinds:
                             saved[Site(kind, layer)] = _visit(spec, Site(kind, layer), get_path(block, path), "output", (n, d_head))
+        if spec.logit_positions is not None:
+            unembedding = get_path(lm, unembed)
+            hidden = unembedding.input
+            index = spec.logit_positions.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1])
+            unembedding.input = hidden.gather(1, index)
         output = lm.output
         results = nnsight.save({
             "logits": output.logits,
-            "cache": getattr(output, hf_compat.cache_output_field()) if spec.return_cache else None,
+            "cache": None if cache_field is None else getattr(output, cache_field),
             "activations": {site: saved[site] for site in spec.reads},
         })
     return results["logits"], results["activations"], results["cache"]
+
+
+def run_session(lm, runs: list, remote: bool | str) -> list:
+    """Each of ``runs`` (calls of :func:`run_trace` with ``remote=False``) in one nnsight session:
+    with ``remote``, one request to NDIF that runs them all. Returns their results, in order."""
+    with lm.session(remote=remote):
+        results = nnsight.save([run() for run in runs])
+    return results
