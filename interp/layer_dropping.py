@@ -144,6 +144,11 @@ def _owner_and_name(layer: torch.nn.Module, path: str) -> tuple[torch.nn.Module,
 @contextmanager
 def dropped(model, units: Iterable[Union[Unit, str]]) -> Iterator[object]:
     """Within the block, ``model`` runs without the given units (``Unit``s or names like "L5.ATTN")."""
+    if model.remote:
+        from interp.model import RemoteUnsupportedError
+
+        raise RemoteUnsupportedError("dropping layers swaps modules of the local copy, which NDIF does not run; "
+                                     "drop layers of a local model")
     sublayers = sublayers_of(units, model.config)
     layers = model.decoder_layers()
     swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []

@@ -242,5 +242,18 @@ def test_what_runs_only_on_local_modules_is_refused_remotely(ndif_here):
             remote.run(ids)
     finally:
         handle.remove()
+    from interp.layer_dropping import dropped
+
+    with pytest.raises(RemoteUnsupportedError, match="^dropping layers swaps modules of the local copy"):
+        with dropped(remote, ["L0.ATTN"]):
+            pass
+    attention = remote.decoder_layers()[0].self_attn
+    remote.decoder_layers()[0].self_attn = torch.nn.Identity()
+    try:  # any module swapped here (a bug) is refused the same way
+        with pytest.raises(RuntimeError, match=r"a local module was replaced \(model.layers.0.self_attn\)"):
+            remote.run(ids)
+    finally:
+        remote.decoder_layers()[0].self_attn = attention
+    remote.run(ids)
     with pytest.raises(ModelLoadError, match="remote must be False, True or 'local'"):
         interp.load_model("random-llama", remote="yes")

@@ -51,6 +51,9 @@ class NNsightBackend(Backend):
         self.lm = LanguageModel(hf_model, tokenizer=tokenizer) if lm is None else lm
         unembedding = hf_model.get_output_embeddings()
         self.unembed = next(name for name, module in hf_model.named_modules() if module is unembedding)
+        # the modules as loaded: a remote run checks that none was swapped here since (NDIF's
+        # copy of the model would still run the original)
+        self._modules = {name: id(module) for name, module in hf_model.named_modules()}
 
     def _check(self, spec: RunSpec) -> None:
         for site, edits in spec.edits.items():
@@ -71,6 +74,10 @@ class NNsightBackend(Backend):
         if hooked:  # a bug: whatever registered it would silently not run on NDIF's copy of the model
             raise RuntimeError(f"a hook on the local modules ({hooked[0]}) would not run on NDIF; this run cannot be "
                                "sent as it is")
+        swapped = [name for name, module in self.hf_model.named_modules() if self._modules.get(name) != id(module)]
+        if swapped:  # a bug, as above
+            raise RuntimeError(f"a local module was replaced ({swapped[0]}); NDIF would run the original, so this run "
+                               "cannot be sent as it is")
         for name in SHIPPED_BY_VALUE:
             if name in sys.modules:
                 import cloudpickle
