@@ -153,7 +153,7 @@ class ModelOptions(Config):
     remote: bool = option(False, "run every forward on NDIF: --model is a hub id NDIF hosts, NDIF_API_KEY is set")
     device_map: str = option("", "spread the model over devices: auto, balanced, sequential (GPUs, then CPU, then disk) "
                                  "or a JSON file {module path: device or disk}; replaces --device")
-    attention: Literal["eager", "auto", "sdpa"] = option("eager", "attention implementation: eager, auto (SDPA where the "
+    attention: Literal["eager", "auto", "sdpa"] = option("auto", "attention implementation: eager, auto (SDPA where the "
                                                                   "family and backend allow it, else eager) or sdpa; runs "
                                                                   "that read attention probabilities run eager")
 

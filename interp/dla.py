@@ -39,25 +39,32 @@ class Attribution:
     total: float
     logit_diff: float
     neurons: torch.Tensor | None = None  # [n_layers, d_mlp]: each MLP neuron's part of its layer's L<l>.MLP
+    # [n_layers, n_heads, n_positions]: each head's part split over the source positions it reads
+    by_source: torch.Tensor | None = None
 
 
 @torch.no_grad()
 def direct_logit_attribution(model: Model, ids: list[int], answer: int, wrong: int | None = None,
-                             neurons: bool = False) -> Attribution:
+                             neurons: bool = False, by_source: bool = False) -> Attribution:
     """The direct logit attribution of one prompt's last position (see module doc); raises a
     one-line error for families whose residual stream is not the sum of its writes, and
     :class:`~interp.shortcuts.ShortcutError` if the parts do not sum to the model's value.
 
     ``neurons``: also split each MLP's part into its neurons' a_n W_out[:, n] (through the MLP's
     output norm with its scale frozen, where it has one); with the output bias they are checked
-    to sum to the MLP's part. Mixture-of-experts MLPs are refused in one line."""
+    to sum to the MLP's part. Mixture-of-experts MLPs are refused in one line.
+
+    ``by_source``: also split each head's part over the source positions s it attends to from the
+    last position: z_h = sum_s A_h[-1, s] v_g(h)[s] (g(h): the head's KV group), so the part of
+    source s is the projection of A_h[-1, s] v_g(h)[s] W_O^h. Checked: the sources' z sum to the
+    head's z, and their parts to the head's part. Reading the pattern runs the forward eager."""
     sublayers = Sublayers(model)
     sublayers.require_additive_writes("direct logit attribution", post_norms=True)
     post_normed = model.layout.attn_post_norm is not None
     n = model.config.n_layers
     if neurons:
         sublayers.require_dense_mlp("direct logit attribution to neurons")
-    kinds = ("z", "attn_out", "mlp_out") + (("mlp_post",) if neurons else ())
+    kinds = ("z", "attn_out", "mlp_out") + (("mlp_post",) if neurons else ()) + (("pattern", "v") if by_source else ())
     sites = [Site("resid_pre", 0), Site("resid_post", n - 1)] + [Site(kind, layer) for layer in range(n) for kind in kinds]
     _, cache = model.run_with_cache(torch.tensor([ids], device=model.device), sites)
 
@@ -79,6 +86,7 @@ def direct_logit_attribution(model: Model, ids: list[int], answer: int, wrong: i
 
     parts = {"EMBED": project(last(Site("resid_pre", 0)))}
     per_neuron: list[torch.Tensor] = []
+    per_source: list[torch.Tensor] = []
     for layer in range(n):
         writes = sublayers.head_outputs(layer, last(Site("z", layer)).float()[None], before_post_norm=True)[0].double()
         if post_normed:  # [n_heads, d_model] through the attention's output norm, its scale frozen
@@ -88,6 +96,9 @@ def direct_logit_attribution(model: Model, ids: list[int], answer: int, wrong: i
             writes = sublayers.norm_linear_part("attn_post", layer, writes.float()).double() / frozen
         for h in range(model.config.n_heads):
             parts[f"L{layer}.H{h}"] = project(writes[h])
+        if by_source:
+            per_source.append(_source_parts(model, sublayers, layer, cache, project_rows,
+                                            frozen if post_normed else None, parts))
         parts[f"L{layer}.ATTN_BIAS"] = project(last(Site("attn_out", layer)) - writes.sum(0))
         parts[f"L{layer}.MLP"] = project(last(Site("mlp_out", layer)))
         if neurons:
@@ -104,7 +115,29 @@ def direct_logit_attribution(model: Model, ids: list[int], answer: int, wrong: i
     value = float(logits[answer] - (logits[wrong] if wrong is not None else 0))
     shortcuts.check("direct logit attribution's parts (residual = embeddings + heads + biases + MLPs)",
                     torch.tensor([total]), torch.tensor([value]), model.config.name, rtol=1e-5, what="a sum", dtype=model.dtype)
-    return Attribution(parts, total, value, torch.stack(per_neuron) if neurons else None)
+    return Attribution(parts, total, value, torch.stack(per_neuron) if neurons else None,
+                       torch.stack(per_source) if by_source else None)
+
+
+def _source_parts(model: Model, sublayers: Sublayers, layer: int, cache, project_rows, frozen: torch.Tensor | None,
+                  parts: dict[str, float]) -> torch.Tensor:
+    """Each head's part of layer ``layer`` split over its source positions [n_heads, n_positions]
+    (see :func:`direct_logit_attribution`), checked against the head's z and its part."""
+    c = model.config
+    pattern = cache[Site("pattern", layer)][0, :, -1].double()  # [n_heads, pos]: from the last position
+    values = cache[Site("v", layer)][0].double()  # [pos, n_kv_heads, d_head]
+    group = torch.arange(c.n_heads, device=values.device) // (c.n_heads // c.n_kv_heads)
+    z = pattern.to(values.device)[..., None] * values[:, group].transpose(0, 1)  # [n_heads, pos, d_head]
+    shortcuts.check(f"L{layer}: the heads' values weighted by their attention (sum over the sources)", z.sum(1),
+                    cache[Site("z", layer)][0, -1].double(), model.config.name, rtol=1e-4, what="z", dtype=model.dtype)
+    writes = sublayers.head_outputs(layer, z.transpose(0, 1).float(), before_post_norm=True).double()  # [pos, heads, d_model]
+    if frozen is not None:
+        writes = sublayers.norm_linear_part("attn_post", layer, writes.float()).double() / frozen
+    found = project_rows(writes).T  # [n_heads, pos]
+    heads = torch.tensor([parts[f"L{layer}.H{h}"] for h in range(c.n_heads)], dtype=torch.float64)
+    shortcuts.check(f"L{layer}: direct logit attribution's sources of each head", found.sum(1).cpu(), heads,
+                    model.config.name, rtol=1e-4, what="a sum", dtype=model.dtype)
+    return found.cpu()
 
 
 def _neuron_parts(sublayers: Sublayers, layer: int, activation: torch.Tensor, project_rows, mlp_part: float,

@@ -10,6 +10,7 @@ own logit difference, which equal each other (checked on every prompt).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,9 @@ class DLAConfig(Config):
 
     neurons: int = option(0, "also split every MLP into its neurons and list the N largest (array neurons: every "
                               "neuron's mean part; 0: no split)", minimum=0)
+    by_source: bool = option(False, "also split every head's part over the source positions it attends to (array "
+                                    "by_source [prompts, layers, heads, positions], positions counted from the last "
+                                    "token; the payload lists the largest)")
     progress: bool = option(True, "show progress bars")
 
 
@@ -42,6 +46,9 @@ class DLAPayload:
     total: float
     logit_diff: float
     top_neurons: list | None = None  # [[L<l>.N<n>, mean part], ...], largest |part| first (--neurons)
+    # [[L<l>.H<h>, source position (from the last token: -1 is the last), its token in the first
+    # prompt, mean part], ...], the 20 largest |part| first (--by-source)
+    top_sources: list | None = None
 
 
 def run_dla(model: Model, task: Task, config: DLAConfig = DLAConfig()) -> Result:
@@ -53,7 +60,8 @@ def run_dla(model: Model, task: Task, config: DLAConfig = DLAConfig()) -> Result
     found = []
     for i, ids in enumerate(task.prompt_ids):
         wrong = task.wrong_ids[i][0] if task.wrong_ids else None
-        found.append(direct_logit_attribution(model, ids, task.answer_ids[i][0], wrong, neurons=config.neurons > 0))
+        found.append(direct_logit_attribution(model, ids, task.answer_ids[i][0], wrong, neurons=config.neurons > 0,
+                                              by_source=config.by_source))
     mean = {name: float(np.mean([a.parts[name] for a in found])) for name in found[0].parts}
     names = [f"L{layer}.H{h}" for layer in range(n) for h in range(heads)]
     payload = DLAPayload(mean["EMBED"], mean["FINAL_NORM_BIAS"], mean["UNEMBED_BIAS"],
@@ -65,17 +73,42 @@ def run_dla(model: Model, task: Task, config: DLAConfig = DLAConfig()) -> Result
         payload.top_neurons = [[f"L{k // per_neuron.shape[1]}.N{k % per_neuron.shape[1]}", float(per_neuron.flat[k])]
                                for k in order]
         extra_arrays["neurons"] = per_neuron
+    if config.by_source:
+        extra_arrays["by_source"], payload.top_sources = _by_source(model, task, found)
     return Result(
         method="dla", analysis="dla", model=model.config.name, task=task.name,
         metric="logit_diff" if task.wrong_ids else "logit", granularity="heads", components=names,
         scores=np.array([mean[name] for name in names]), shape=[n, heads], axes=["layer", "head"],
-        clean_metric=payload.logit_diff, wall_seconds=time.perf_counter() - start, n_forward_passes=len(found),
-        settings={"n_prompts": len(found), "frozen_norm_scale": True, "neurons": config.neurons},
+        clean_metric=payload.logit_diff, tokens=list(task.first_tokens), wall_seconds=time.perf_counter() - start,
+        n_forward_passes=len(found),
+        settings={"n_prompts": len(found), "frozen_norm_scale": True, "neurons": config.neurons,
+                  "by_source": config.by_source},
         arrays={"mlp": np.array([mean[f"L{layer}.MLP"] for layer in range(n)]),
                 "attn_bias": np.array([mean[f"L{layer}.ATTN_BIAS"] for layer in range(n)]),
                 "per_prompt": np.array([[a.parts[name] for name in names] for a in found]), **extra_arrays},
         extra=vars(payload),
     )
+
+
+def _by_source(model: Model, task: Task, found: list, top: int = 20) -> tuple[np.ndarray, list]:
+    """The sources' parts [n_prompts, n_layers, n_heads, longest prompt], each prompt's aligned at
+    its last token (NaN before a shorter prompt's first), and the ``top`` largest mean parts."""
+    width = max(a.by_source.shape[-1] for a in found)
+    stacked = np.full((len(found), *found[0].by_source.shape[:2], width), np.nan)
+    for i, attribution in enumerate(found):
+        stacked[i, ..., width - attribution.by_source.shape[-1]:] = attribution.by_source.numpy()
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a position no prompt has: NaN
+        mean = np.nanmean(stacked, axis=0)
+    first = model.to_str_tokens(task.prompt_ids[0])
+    order = np.argsort(-np.nan_to_num(np.abs(mean), nan=-1.0), axis=None, kind="stable")[:top]
+    listed = []
+    for k in order:
+        layer, head, column = np.unravel_index(k, mean.shape)
+        offset = int(column) - width  # -1: the last token
+        token = first[offset] if -offset <= len(first) else ""
+        listed.append([f"L{layer}.H{head}", offset, token, float(mean[layer, head, column])])
+    return stacked, listed
 
 
 register(Analysis(

@@ -348,7 +348,7 @@ def _verify_on_stand_in(model: Model, probe: torch.nn.Module) -> Layout:
 
 
 def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu",
-               dtype: torch.dtype = torch.float32, remote: bool | str = False, attention: str = "eager",
+               dtype: torch.dtype = torch.float32, remote: bool | str = False, attention: str = "auto",
                device_map: placement.DeviceMap | None = None) -> Model:
     """Load a causal LM and wrap it in a :class:`~interp.model.Model`.
 
@@ -366,8 +366,8 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
             (:meth:`Model.forwards`). ``"local"``: ``spec`` is any model here, and every request is
             serialized, deserialized without interp's packages importable, and run here by
             nnsight's local simulation of NDIF (a dry run: what passes it should run on NDIF).
-        attention: ``"eager"`` (the default), ``"auto"`` (PyTorch's scaled-dot-product attention
-            where the family and backend allow it, else eager) or ``"sdpa"``. A run that reads or
+        attention: ``"auto"`` (the default: PyTorch's scaled-dot-product attention where the family
+            and backend allow it and it passes the check below, else eager), ``"eager"`` or ``"sdpa"``. A run that reads or
             edits attention probabilities runs eager either way; SDPA is checked against eager at
             load (it differs from eager by float rounding, about 1e-6 relative). TransformerLens'
             bridge runs its own attention, so that backend is always eager.
@@ -399,7 +399,7 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
     if device_map is not None and device != "cpu":
         raise ModelLoadError(f"give a device map or a device ({device}), not both: the map places every module")
     if remote:
-        if device_map is not None or device != "cpu" or dtype != torch.float32 or attention != "eager":
+        if device_map is not None or device != "cpu" or dtype != torch.float32 or attention != "auto":
             raise ModelLoadError("remote=True runs the model on NDIF, which places it and picks its dtype and attention; "
                                  "drop --device, --device-map, --dtype and --attention")
         if remote == "local":

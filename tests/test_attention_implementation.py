@@ -16,7 +16,8 @@ def test_auto_picks_sdpa_where_it_can():
     assert interp.load_model("random-llama", attention="auto").attention == "sdpa"
     assert interp.load_model("random-gemma2", attention="auto").attention == "eager"  # transformers has no SDPA for Gemma-2
     assert interp.load_model("random-llama", backend="transformer_lens", attention="auto").attention == "eager"
-    assert interp.load_model("random-llama").attention == "eager"  # the default
+    assert interp.load_model("random-llama").attention == "sdpa"  # the default is auto
+    assert interp.load_model("random-llama", attention="eager").attention == "eager"
     with pytest.raises(ModelLoadError, match="random-gemma2 cannot run SDPA attention"):
         interp.load_model("random-gemma2", attention="sdpa")
     with pytest.raises(ModelLoadError, match="needs backend='nnsight'"):
@@ -25,7 +26,7 @@ def test_auto_picks_sdpa_where_it_can():
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3", "phi3"])
 def test_sdpa_gives_eager_numbers_and_patterns_run_eager(family):
-    fast, eager = interp.load_model(f"random-{family}", attention="sdpa"), interp.load_model(f"random-{family}")
+    fast, eager = interp.load_model(f"random-{family}", attention="sdpa"), interp.load_model(f"random-{family}", attention="eager")
     assert fast.attention == "sdpa"
     tokens = fast.tokenize(TEXTS)
     real = tokens.mask

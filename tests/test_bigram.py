@@ -141,8 +141,8 @@ def test_maskable_matrices_are_exactly_the_attention_and_mlp_weights(random_llam
 
 def test_masks_act_the_same_through_both_backends():
     outputs = []
-    for backend in ("transformer_lens", "nnsight"):
-        model = interp.load_model("random-gemma", backend=backend)
+    for backend in ("transformer_lens", "nnsight"):  # both eager (the bridge's attention): bit for bit
+        model = interp.load_model("random-gemma", backend=backend, attention="eager")
         generator = torch.Generator().manual_seed(0)
         masks = {m.name: torch.rand(m.shape, generator=generator) > 0.5 for m in maskable_matrices(model)}
         with masked(model, masks):

@@ -44,7 +44,7 @@ def test_interrupted_sweep_writes_nothing(tmp_path, monkeypatch, capsys):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(patching, "_patched_forward", interrupt)
+    monkeypatch.setattr(patching, "_patched_values", interrupt)
     assert cli.main(BASE + ["--out", str(tmp_path / "r")]) == 130
     assert not (tmp_path / "r" / "result.json").exists()
     assert "no result was written" in capsys.readouterr().err

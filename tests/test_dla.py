@@ -4,6 +4,7 @@ projected by hand, on Llama and through Gemma-2's frozen attention output norm."
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,3 +146,71 @@ def test_a_neurons_part_is_its_activation_times_its_output_row_projected_by_hand
     assert len(top) == 5 and abs(top[0][1]) == pytest.approx(float(abs(result.arrays["neurons"]).max()))
     with pytest.raises(ValueError, match="mixtures of"):
         direct_logit_attribution(interp.load_model("random-mixtral"), ids[0].tolist(), 100, 200, neurons=True)
+
+
+def test_a_heads_sources_are_its_attention_times_values_projected_by_hand():
+    """Llama with 2 KV groups for 4 heads: head 3 of layer 1 reads source s as A[-1, s] v_1[s]
+    (its KV group's value); through o_proj's slice and the frozen final RMSNorm onto W_U[a] - W_U[b].
+    The sources sum to the head's part."""
+    model = interp.load_model("random-llama")
+    hf = model.hf_model
+    ids = torch.tensor([model.tokenizer(TEXT)["input_ids"]])
+    attention = hf.model.layers[1].self_attn
+    values = {}
+    handle = attention.v_proj.register_forward_hook(lambda m, args, out: values.update(v=out[0].detach()))
+    with torch.no_grad(), model.eager_attention():  # eager: the probabilities are returned
+        out = hf(ids, output_attentions=True, output_hidden_states=True)
+    handle.remove()
+    d_head, group = model.config.d_head, 3 // (model.config.n_heads // model.config.n_kv_heads)
+    pattern = out.attentions[1][0, 3, -1].double()  # [pos]
+    v = values["v"][:, group * d_head:(group + 1) * d_head].double()  # [pos, d_head]
+    writes = (pattern[:, None] * v) @ attention.o_proj.weight[:, 3 * d_head:4 * d_head].double().T  # [pos, d_model]
+    final = out.hidden_states[-1][0, -1]  # after the final norm: recompute its input's scale instead
+    seen = _last_inputs(hf, ids, {"final": hf.model.norm})
+    norm = hf.model.norm
+    rms = torch.sqrt(seen["final"].double().pow(2).mean() + norm.variance_epsilon)
+    direction = hf.lm_head.weight[100].double() - hf.lm_head.weight[200].double()
+    expected = (norm.weight.double() * writes / rms) @ direction
+    found = direct_logit_attribution(model, ids[0].tolist(), 100, 200, by_source=True)
+    assert final is not None and found.by_source.shape == (3, 4, ids.shape[1])
+    torch.testing.assert_close(found.by_source[1, 3], expected, rtol=1e-4, atol=1e-6)
+    assert found.by_source[1, 3].sum().item() == pytest.approx(found.parts["L1.H3"], abs=1e-6)
+    assert found.by_source[1, 3].abs().max() > 1e-3
+
+
+def test_the_induction_head_writes_the_answer_from_the_token_after_the_earlier_match():
+    """Known ground truth: on [BOS] r1..rn r1..r(n-1) the toy induction model predicts rn by
+    attending from the last token to rn's first occurrence; the largest source part of any head
+    is there, and nearly all of the logit difference comes from it."""
+    model = interp.load_model("toy-induction")
+    task = interp.tasks.induction(model, n_prompts=4, seed=0)
+    result = run_dla(model, task, DLAConfig(by_source=True, progress=False))
+    by_source = result.arrays["by_source"]  # [prompts, layers, heads, positions]
+    bos = len(task.prompt_ids[0]) - 2 * 10 + 1  # 1 where the tokenizer adds BOS
+    answer_at = bos + 10 - 1  # rn's first occurrence
+    for i in range(len(task)):
+        flat = abs(by_source[i]).reshape(-1, by_source.shape[-1])
+        assert int(flat.max(0).argmax()) == answer_at, i
+    from_there = by_source[:, :, :, answer_at].sum((1, 2)).mean()  # all heads (layer 1's four are induction heads)
+    assert from_there > 0.9 * result.extra["logit_diff"] > 5
+    head, offset, token, part = result.extra["top_sources"][0]
+    assert head.startswith("L1.") and offset == answer_at - by_source.shape[-1] and part > 1
+    assert token == model.to_str_tokens(task.prompt_ids[0])[answer_at]
+
+
+@pytest.mark.parametrize("family", ["gemma2", "phi3", "gpt2"])
+def test_sources_sum_to_each_head_on_other_families(family, tmp_path):
+    """Gemma-2's attention output norm (frozen), Phi-3's fused q/k/v, GPT-2's value bias: the
+    function checks the sums; the command writes the array and the largest parts."""
+    out = tmp_path / family
+    assert cli.main(["dla", "--model", f"random-{family}", "--task", "ioi", "--n-prompts", "2", "--by-source",
+                     "--no-progress", "--out", str(out)]) == 0
+    from interp.results import Result
+
+    result = Result.load(out)
+    model = interp.load_model(f"random-{family}")
+    assert result.arrays["by_source"].shape[:3] == (2, model.config.n_layers, model.config.n_heads)
+    heads = result.arrays["per_prompt"].reshape(2, model.config.n_layers, model.config.n_heads)
+    assert abs(result.arrays["by_source"]).max() > 1e-4
+    np.testing.assert_allclose(np.nansum(result.arrays["by_source"], -1), heads, atol=1e-5)
+    assert len(result.extra["top_sources"]) == 20

@@ -62,10 +62,10 @@ def quick(tmp_path, monkeypatch, smollm2_nnsight):
     rows = [json.loads(line) for line in interp.tasks.LANDMARKS.read_text().splitlines()[:4]]
     for name in ("pairs.jsonl", "my_pairs.jsonl"):
         Path(name).write_text("\n".join(json.dumps(row) for row in rows))
-    loaded = {("smollm2-135m", "nnsight", "cpu", "float32", "eager", None): smollm2_nnsight}
+    loaded = {("smollm2-135m", "nnsight", "cpu", "float32", "auto", None): smollm2_nnsight}
     real = interp.loading.load_model
 
-    def load_once(spec="smollm2-135m", backend="nnsight", device="cpu", dtype=None, remote=False, attention="eager",
+    def load_once(spec="smollm2-135m", backend="nnsight", device="cpu", dtype=None, remote=False, attention="auto",
                   device_map=None):
         key = (spec, backend, device, str(dtype).removeprefix("torch."), attention, device_map)
         if key not in loaded:

@@ -303,7 +303,8 @@ def test_atp_agrees_across_backends_and_with_a_plain_gradient(family):
     granularity = "experts_pos" if family in MOE else "heads_pos"
     results = [attribution_patching(_model(family, b), task, granularity, method="atp", progress=False) for b in BACKENDS]
     per_prompt = results[0].arrays["per_prompt"]
-    np.testing.assert_allclose(per_prompt, results[1].arrays["per_prompt"], atol=1e-5, rtol=1e-4)
+    # nnsight runs SDPA (the default), the bridge eager: float32 rounding, up to 1.1e-4 of Qwen3's largest values
+    np.testing.assert_allclose(per_prompt, results[1].arrays["per_prompt"], atol=1e-5, rtol=2e-4)
     node = int(np.abs(per_prompt).sum(0).argmax())
     component = interp.Component.parse(results[0].components[node])
     clean_logits, clean = plain_run(family, task.clean_tokens, reads={component.site})

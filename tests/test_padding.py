@@ -194,7 +194,9 @@ def test_attribution_of_a_padded_batch_equals_each_prompt_alone(family, method, 
         result = attribution_patching(model, mixed, granularity, method=method, progress=False)
         ones = [attribution_patching(model, one, granularity, method=method, positions="end", progress=False) for one in alone]
         difference = result.corrupt_metric - result.clean_metric
-        _assert_per_prompt(result, ones, "per_prompt", (difference, [one.corrupt_metric - one.clean_metric for one in ones]))
+        # Mixtral's padded rows through SDPA and its experts: up to 1.1e-5 relative from the prompt alone
+        _assert_per_prompt(result, ones, "per_prompt", (difference, [one.corrupt_metric - one.clean_metric for one in ones]),
+                           rel=2e-5 if family == "mixtral" else 1e-5)
         if method == "atp*" and granularity == "heads":  # GradDrop's importance: the mean of each prompt's
             expected = np.mean([one.arrays["importance"] * abs(one.corrupt_metric - one.clean_metric) for one in ones], 0)
             np.testing.assert_allclose(result.arrays["importance"] * abs(difference), expected, atol=1e-5)

@@ -4,6 +4,7 @@ non-negative quantities on the sequential one."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -401,15 +402,36 @@ def dla_figures(result: Result) -> list[go.Figure]:
     bars.update_layout(title=f"the 20 largest parts (they sum to {result.extra['total']:.4g}; the model's value "
                              f"{result.extra['logit_diff']:.4g}); red raises the logit difference, blue lowers it",
                        xaxis_title="contribution (logits)", template="plotly_white", height=600)
+    figures = [heads, bars]
     top_neurons = result.extra.get("top_neurons")
-    if not top_neurons:
-        return [heads, bars]
-    names, values = [n for n, _ in top_neurons][::-1], [v for _, v in top_neurons][::-1]
-    neurons = go.Figure(go.Bar(x=values, y=names, orientation="h", marker_color=[colors.sign_color(v) for v in values],
-                               hovertemplate="%{y}: %{x:.4g}<extra></extra>"))
-    neurons.update_layout(title=f"the {len(names)} largest MLP neurons (each a share of its layer's MLP part)",
-                          xaxis_title="contribution (logits)", template="plotly_white", height=200 + 18 * len(names))
-    return [heads, bars, neurons]
+    if top_neurons:
+        names, values = [n for n, _ in top_neurons][::-1], [v for _, v in top_neurons][::-1]
+        neurons = go.Figure(go.Bar(x=values, y=names, orientation="h", marker_color=[colors.sign_color(v) for v in values],
+                                   hovertemplate="%{y}: %{x:.4g}<extra></extra>"))
+        neurons.update_layout(title=f"the {len(names)} largest MLP neurons (each a share of its layer's MLP part)",
+                              xaxis_title="contribution (logits)", template="plotly_white", height=200 + 18 * len(names))
+        figures.append(neurons)
+    if "by_source" in result.arrays:
+        figures.append(_dla_sources(result))
+    return figures
+
+
+def _dla_sources(result: Result, n_heads: int = 12) -> go.Figure:
+    """The ``n_heads`` heads with the largest parts, each split over the source positions it
+    reads (mean over prompts, positions counted from the last token, the first prompt's tokens)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a position no prompt has
+        mean = np.nanmean(result.arrays["by_source"], axis=0)  # [layers, heads, positions]
+    flat = mean.reshape(-1, mean.shape[-1])
+    order = np.argsort(-np.abs(result.scores), kind="stable")[:n_heads]
+    width = mean.shape[-1]
+    first = result.tokens  # the first prompt's
+    labels = [f"{offset}" + (f" {first[offset]!r}" if -offset <= len(first) else "") for offset in range(-width, 0)]
+    figure = heatmap(flat[order], labels, [result.components[i] for i in order],
+                     f"where the largest heads read their part from · {result.task} · {result.model} (mean over "
+                     f"{result.settings['n_prompts']} prompts; they sum to each head's part)", "source position", "head",
+                     "logits")
+    return figure
 
 
 def steering_figures(result: Result) -> list[go.Figure]:
