@@ -1,5 +1,5 @@
-"""The steering analysis (``interp steer``): a vector added at one site for a sweep of
-coefficients, and what it does to generated text, to a task's logit difference and to the
+"""The steering analysis (``interp steer``): a vector added at one site (or one at each of
+several) for a sweep of coefficients, and what it does to generated text, to a task's logit difference and to the
 distribution on neutral text.
 
 Each coefficient is one row: the model runs with ``coefficient * vector`` added at the site
@@ -35,6 +35,7 @@ from circuits.dictionary import DictionaryError
 from circuits.dictionary_io import load_dictionary
 from circuits.dictionary_evaluation import spliced
 from interp.analysis import Analysis, Config, ConfigError, Printed, note, option, register
+from interp.components import Component
 from interp.metrics import kl_divergence, measure
 from interp.model import Model
 from interp.results import Result
@@ -44,14 +45,16 @@ from interp.tasks import Task
 
 @dataclass(frozen=True)
 class SteerConfig(Config):
-    """``interp steer``: a steering vector at one site, swept over coefficients."""
+    """``interp steer``: a steering vector at one site or several, swept over coefficients."""
 
     vector: str = option("contrast", "contrast (mean activation over --positive minus over --negative) | "
                                      "probe:<probe run folder> | feature:<dictionary folder>:<latent> (its decoder "
                                      "row) | none (only --ablate / --clamp)")
     site: str | None = option(None, "where the vector is added: L<l>.RESID_PRE, .RESID_POST, .ATTN or .MLP, "
                                     "optionally @<position> (default: a third of the way up, L<n/3>.RESID_PRE; a "
-                                    "feature: its dictionary's site)")
+                                    "feature: its dictionary's site); several, comma-separated: a vector at each "
+                                    "(contrast and probe vectors computed there, a feature's row added at each), "
+                                    "all scaled by the same coefficient")
     positive: str = option("sentiment-positive", "positive prompt set: a bundled set, a .txt file (a text per line) or "
                                                  ".jsonl (text or prompt fields)")
     negative: str = option("sentiment-negative", "negative prompt set (as --positive)")
@@ -113,7 +116,8 @@ class SteerPayload:
     """``steered[row][prompt]``: the text generated in each row (coefficient) after each prompt;
     ``unsteered[prompt]``: the plain model's; ``baseline_logit_diff``: the task's mean logit
     difference on the plain model; ``vector_norm`` and ``site_norm``: the vector's norm and the
-    site activation's mean norm on the task's prompts (how big a coefficient of 1 is)."""
+    site activation's mean norm on the task's prompts (how big a coefficient of 1 is), at the
+    first site; ``sites``, ``vector_norms`` and ``site_norms``: the same at every site."""
 
     prompts: list
     unsteered: list
@@ -121,19 +125,35 @@ class SteerPayload:
     baseline_logit_diff: float
     vector_norm: float
     site_norm: float
+    sites: list | None = None
+    vector_norms: list | None = None
+    site_norms: list | None = None
 
 
-def _vector(model: Model, config: SteerConfig) -> tuple[torch.Tensor | None, str | None]:
-    """(the steering vector, the site it is added at) of the config."""
+def _vectors(model: Model, config: SteerConfig) -> list[tuple[torch.Tensor | None, Component | None]]:
+    """(the steering vector, the component it is added at) for each site of the config; one line
+    when a site repeats."""
+    sites = [site.strip() for site in config.site.split(",")] if config.site else [None]
+    found = [_vector(model, config, site) for site in sites]
+    components = [(vector, steering_site(model, site) if site is not None else None) for vector, site in found]
+    named = [str(component) for _, component in components if component is not None]
+    repeated = next((name for name in named if named.count(name) > 1), None)
+    if repeated is not None:
+        raise SteeringError(f"--site names {repeated} twice; each site gets one vector")
+    return components
+
+
+def _vector(model: Model, config: SteerConfig, site: str | None) -> tuple[torch.Tensor | None, str | None]:
+    """(the steering vector, the site it is added at) of the config at ``site`` (None: the default)."""
     kind, _, rest = config.vector.partition(":")
     default_site = f"L{model.config.n_layers // 3}.RESID_PRE"
     if kind == "none":
-        return None, config.site
+        return None, site
     if kind == "feature":
         folder, _, latent = rest.rpartition(":")
-        vector, site = feature_vector(model, folder, int(latent))
-        return vector, config.site or site
-    site = config.site or default_site
+        vector, own = feature_vector(model, folder, int(latent))
+        return vector, site or own
+    site = site or default_site
     if kind == "probe":
         return probe_vector(model, rest, site), site
     return contrast_vector(model, read_texts(config.positive, "--positive"), read_texts(config.negative, "--negative"),
@@ -174,8 +194,8 @@ def run_steering(model: Model, task: Task, config: SteerConfig = SteerConfig()) 
     if task.multi_token or not task.wrong_ids:
         raise ConfigError(f"steering measures a logit difference of single-token answers; task {task.name!r} has "
                           "answers of several tokens or no wrong answer")
-    vector, site = _vector(model, config)
-    component = steering_site(model, site) if site is not None else None
+    steering = _vectors(model, config)
+    vector = steering[0][0]
     prompts = read_texts(config.prompts, "--prompts")
     neutral = load_corpus(config.neutral).token_chunks(model.tokenizer, config.neutral_length, config.neutral_chunks,
                                                         config.seed).to(model.device)
@@ -191,19 +211,23 @@ def run_steering(model: Model, task: Task, config: SteerConfig = SteerConfig()) 
         plain_text = model.generate_text(prompts, config.new_tokens, **options)
         baseline = measure(model, task).float()
         plain_neutral = model.run(neutral).float().log_softmax(-1)
-        site_norm = math.nan
-        if component is not None:
-            _, cache = model.run_with_cache(task.clean_tokens, [component.site], attention_mask=task.attention_mask)
-            activation = cache[component.site].float()
-            mask = task.attention_mask if task.attention_mask is not None else torch.ones(activation.shape[:2], dtype=torch.bool)
-            site_norm = float(activation.norm(dim=-1)[mask.to(activation.device)].mean())
+        site_norms = [math.nan] * len(steering)
+        sites = [component.site for _, component in steering if component is not None]
+        if sites:
+            _, cache = model.run_with_cache(task.clean_tokens, sites, attention_mask=task.attention_mask)
+            for i, (_, component) in enumerate(steering):
+                activation = cache[component.site].float()
+                mask = (task.attention_mask if task.attention_mask is not None
+                        else torch.ones(activation.shape[:2], dtype=torch.bool))
+                site_norms[i] = float(activation.norm(dim=-1)[mask.to(activation.device)].mean())
         coefficients = config.coefficients if vector is not None else (1.0,)
         rows = {"logit_diff": [], "kl_neutral": [], "per_prompt": []}
         steered = []
         for k, coefficient in enumerate(coefficients):
             patches = dict(fixed)
-            if vector is not None:
-                patches[str(component)] = steering_edit(vector.to(model.device), coefficient, config.mode)
+            for site_vector, component in steering:
+                if site_vector is not None:
+                    patches[str(component)] = steering_edit(site_vector.to(model.device), coefficient, config.mode)
             note(config.progress, f"steer: row {k + 1}/{len(coefficients)} (coefficient {coefficient:g})")
             with model.patch(patches):
                 steered.append(model.generate_text(prompts, config.new_tokens, **options))
@@ -212,13 +236,15 @@ def run_steering(model: Model, task: Task, config: SteerConfig = SteerConfig()) 
             rows["per_prompt"].append(per_prompt.cpu().numpy())
             rows["logit_diff"].append(float(per_prompt.mean() + baseline.mean()))
     labels = [f"{c:+g}" if vector is not None else "fixed" for c in coefficients]
+    norms = [float(v.norm()) if v is not None else math.nan for v, _ in steering]
     scores = np.array([float(p.mean()) for p in rows["per_prompt"]])
     return Result(
         method="steering", analysis="steer", model=model.config.name, task=task.name, metric="logit_diff",
         granularity="coefficients", components=labels, scores=scores, shape=[len(labels)], axes=["coefficient"],
         clean_metric=float(baseline.mean()), wall_seconds=time.perf_counter() - start,
         n_forward_passes=len(coefficients) * (config.new_tokens + 2) + config.new_tokens + 3,
-        settings={"vector": config.vector, "site": str(component) if component is not None else None, "mode": config.mode,
+        settings={"vector": config.vector, "mode": config.mode,
+                  "site": ",".join(str(c) for _, c in steering if c is not None) or None,
                   "coefficients": list(coefficients), "positive": config.positive, "negative": config.negative,
                   "reduce": config.reduce, "new_tokens": config.new_tokens, "do_sample": config.do_sample,
                   "temperature": config.temperature, "seed": config.seed, "neutral": config.neutral,
@@ -227,8 +253,8 @@ def run_steering(model: Model, task: Task, config: SteerConfig = SteerConfig()) 
         tokens=[model.tokenizer.decode([t]) for t in task.prompt_ids[0]],
         arrays={"logit_diff": np.array(rows["logit_diff"]), "kl_neutral": np.array(rows["kl_neutral"]),
                 "per_prompt": np.stack(rows["per_prompt"], axis=1)},
-        extra=vars(SteerPayload(prompts, plain_text, steered, float(baseline.mean()),
-                                float(vector.norm()) if vector is not None else math.nan, site_norm)),
+        extra=vars(SteerPayload(prompts, plain_text, steered, float(baseline.mean()), norms[0], site_norms[0],
+                                [str(c) if c is not None else None for _, c in steering], norms, site_norms)),
     )
 
 

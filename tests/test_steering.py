@@ -84,6 +84,30 @@ def test_the_sweep_equals_the_measurements_made_by_hand(random_llama):
     assert result.extra["vector_norm"] == pytest.approx(float(vector.norm()), rel=1e-4)
 
 
+def test_vectors_at_several_sites_equal_the_edits_made_by_hand(random_llama):
+    """``--site L0.RESID_PRE,L2.MLP@-1``: the contrast vector of each site added there, both under
+    one coefficient; a repeated site is one line."""
+    task = _task(random_llama)
+    config = SteerConfig(site="L0.RESID_PRE, L2.MLP@-1", coefficients=(0.0, 2.0), new_tokens=2, neutral_chunks=2,
+                         neutral_length=16, progress=False)
+    result = run_steering(random_llama, task, config)
+    positive, negative = read_texts("sentiment-positive", ""), read_texts("sentiment-negative", "")
+    vectors = [contrast_vector(random_llama, positive, negative, site) for site in ("L0.RESID_PRE", "L2.MLP")]
+    base = metrics.measure(random_llama, task)
+    last = task.clean_tokens.shape[1] - 1  # L2.MLP@-1: left-padded, the last column is every prompt's last token
+    with random_llama.patch({"L0.RESID_PRE": lambda x: x + 2 * vectors[0], f"L2.MLP@{last}": lambda x: x + 2 * vectors[1]}):
+        by_hand = metrics.measure(random_llama, task) - base
+    with random_llama.patch({"L0.RESID_PRE": lambda x: x + 2 * vectors[0]}):
+        first_only = metrics.measure(random_llama, task) - base
+    assert result.scores[1] == pytest.approx(by_hand.mean().item(), abs=1e-4)
+    assert abs(result.scores[1] - first_only.mean().item()) > 1e-3  # the second site does something
+    assert result.settings["site"] == "L0.RESID_PRE,L2.MLP@-1" and result.extra["sites"] == ["L0.RESID_PRE", "L2.MLP@-1"]
+    assert result.extra["vector_norms"] == pytest.approx([float(v.norm()) for v in vectors], rel=1e-4)
+    assert result.extra["vector_norm"] == result.extra["vector_norms"][0] and len(result.extra["site_norms"]) == 2
+    with pytest.raises(SteeringError, match="--site names L0.RESID_PRE twice"):
+        run_steering(random_llama, task, SteerConfig(site="L0.RESID_PRE,L0.RESID_PRE", progress=False))
+
+
 def test_feature_vectors_and_sites(random_llama, tmp_path):
     dictionary = SparseDictionary(DictionaryConfig(d_in=64, d_sae=32, k=4, kind="transcoder", site="L1.MLP",
                                                    model_name=random_llama.config.name))
