@@ -129,23 +129,36 @@ def evaluate_dictionary(model: Model, dictionary: SparseDictionary, chunks: torc
 
 
 @torch.no_grad()
+def latent_activations(model: Model, dictionary: SparseDictionary, chunks: torch.Tensor, latents: list[int],
+                       site: str | None = None) -> torch.Tensor:
+    """The activations [n_chunks, length, len(latents)] (float32, CPU) of ``latents`` at every
+    token of ``chunks`` [n_chunks, length], one chunk per forward."""
+    site = site or dictionary.config.site
+    _check_site(model, dictionary, site)
+    rows = []
+    for row in range(len(chunks)):
+        x, _ = read_pairs(model, site, dictionary.config.kind, chunks[row:row + 1].to(model.device), exclude_special=False)
+        rows.append(dictionary.encode(x)[:, latents].float().cpu())
+    return torch.stack(rows) if rows else torch.zeros(0, chunks.shape[1], len(latents))
+
+
+def strongest(activations: torch.Tensor, k: int) -> list[tuple[float, int, int]]:
+    """(value, chunk, position) of the ``k`` largest positive entries of ``activations`` [n_chunks,
+    length], largest first."""
+    flat = activations.reshape(-1)
+    values, indices = flat.topk(min(k, flat.numel()))
+    width = activations.shape[1]
+    return [(float(v), int(i) // width, int(i) % width) for v, i in zip(values, indices) if v > 0]
+
+
 def top_contexts(model: Model, dictionary: SparseDictionary, chunks: torch.Tensor, latents: list[int], k: int = 5,
                  window: int = 8, site: str | None = None) -> dict[int, list[dict]]:
     """The ``k`` strongest activations of each latent in ``chunks``, with ``window`` tokens of context."""
-    site = site or dictionary.config.site
-    _check_site(model, dictionary, site)
-    best: dict[int, list[tuple[float, int, int]]] = {latent: [] for latent in latents}
-    for row in range(len(chunks)):
-        tokens = chunks[row:row + 1].to(model.device)
-        x, _ = read_pairs(model, site, dictionary.config.kind, tokens, exclude_special=False)
-        f = dictionary.encode(x)
-        for latent in latents:
-            values, positions = f[:, latent].topk(min(k, len(f)))
-            best[latent] += [(float(v), row, int(p)) for v, p in zip(values, positions) if v > 0]
+    activations = latent_activations(model, dictionary, chunks, latents, site)
     out = {}
-    for latent, found in best.items():
+    for j, latent in enumerate(latents):
         rows = []
-        for value, row, position in sorted(found, reverse=True)[:k]:
+        for value, row, position in strongest(activations[..., j], k):
             context = chunks[row, max(0, position - window):position + 1]
             rows.append({"activation": value, "chunk": row, "position": position,
                          "context": model.tokenizer.decode(context[:-1]), "token": model.tokenizer.decode(context[-1:])})

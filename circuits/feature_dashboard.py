@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from circuits.dictionary import SparseDictionary
-from circuits.dictionary_evaluation import _check_site
-from circuits.activation_store import read_pairs
+from circuits.dictionary_evaluation import latent_activations, strongest
 from interp import placement
 from interp.model import Model
 
@@ -49,23 +48,15 @@ def feature_dashboard(model: Model, dictionary: SparseDictionary, chunks: torch.
     """The dashboard of ``latent`` on ``chunks`` [n, length] (see the module doc)."""
     if not 0 <= latent < dictionary.config.d_sae:
         raise ValueError(f"latent {latent} is out of range: the dictionary has {dictionary.config.d_sae} latents")
-    site = dictionary.config.site
-    _check_site(model, dictionary, site)
-    values, found = [], []
-    for row in range(len(chunks)):
-        tokens = chunks[row:row + 1].to(model.device)
-        x, _ = read_pairs(model, site, dictionary.config.kind, tokens, exclude_special=False)
-        f = dictionary.encode(x)[:, latent].float().cpu()
-        values.append(f)
-        found += [(float(v), row, p) for p, v in enumerate(f.tolist()) if v > 0]
-    every = torch.cat(values) if values else torch.zeros(0)
+    values = latent_activations(model, dictionary, chunks, [latent])[..., 0]  # [n_chunks, length]
+    every = values.reshape(-1)
     contexts = []
-    for value, row, position in sorted(found, reverse=True)[:k]:
+    for value, row, position in strongest(values, k):
         start = max(0, position - window)
         ids = chunks[row, start:position + 1].tolist()
         contexts.append({"activation": value, "chunk": row, "position": position,
                          "tokens": [model.tokenizer.decode([i]) for i in ids],
-                         "activations": values[row][start:position + 1].tolist()})
+                         "activations": values[row, start:position + 1].tolist()})
     d_model = model.config.d_model
     promoted = suppressed = de_embedding = []
     if dictionary.W_dec.shape[1] == d_model:

@@ -158,7 +158,7 @@ def test_pruning_page_draws_a_drop_run_side_by_side_with_its_timings(app_env):
 
 def test_dictionary_page_shows_metrics_and_a_feature_dashboard(app_env):
     """A training run and its nested evaluation; the dashboard's top activation is the latent's
-    largest activation (checked in tests/test_feature_dashboard.py against brute force)."""
+    largest activation (checked in tests/test_figures.py against brute force)."""
     for run in ("sae", "sae/dictionary-eval"):
         at = _run("app/pages/8_Dictionary.py", selected_run=run)
         result = Result.load(app_env / run)

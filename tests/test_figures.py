@@ -11,6 +11,7 @@ import torch
 
 import interp
 from circuits.dictionary import DictionaryConfig, SparseDictionary
+from circuits.dictionary_evaluation import top_contexts
 from circuits.feature_dashboard import feature_dashboard
 from interp.results import Result
 from interp.ui import cli, colors
@@ -141,6 +142,8 @@ def test_the_feature_dashboard_equals_brute_force(llama):
     assert [(c["chunk"], c["position"]) for c in board.contexts] == [(r, p) for _, r, p in expected]
     assert [c["activation"] for c in board.contexts] == pytest.approx([v for v, _, _ in expected], rel=1e-5)
     assert board.contexts[0]["activations"][-1] == pytest.approx(expected[0][0], rel=1e-5)
+    listed = top_contexts(llama, dictionary, chunks, [3, latent], k=4, window=3)[latent]  # the same scan, two latents
+    assert [(c["chunk"], c["position"]) for c in listed] == [(r, p) for _, r, p in expected]
     assert board.frequency == pytest.approx(float((acts > 0).float().mean()))
     logits = llama.hf_model.get_output_embeddings().weight.detach() @ dictionary.W_dec[latent].detach()
     assert board.promoted[0][1] == pytest.approx(logits.max().item(), rel=1e-5)
