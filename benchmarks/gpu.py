@@ -84,9 +84,11 @@ def timed(fn):
     return value, time.perf_counter() - start
 
 
-def transformer_lens_sweep(model, task, layers: list[int]):
-    """TransformerLens' exact head x position sweep over the same cells (its generic sweep with the
-    setter of ``get_act_patch_attn_head_out_by_pos``), clean activations into the corrupt run."""
+def transformer_lens_sweep(model, task, layers: list[int] | None):
+    """TransformerLens' exact head x position sweep, clean activations into the corrupt run:
+    ``get_act_patch_attn_head_out_by_pos`` over every layer (``layers`` None; returned as [layer,
+    head, pos], interp's order), else its generic sweep with that function's setter over the cells
+    of ``layers`` (flat, layer-major, then head, then position)."""
     import pandas as pd
     from transformer_lens import patching as tl_patching
 
@@ -96,10 +98,13 @@ def transformer_lens_sweep(model, task, layers: list[int]):
     def metric(logits: torch.Tensor) -> torch.Tensor:
         return interp.metrics.logit_diff(logits[:, -1], task.answers, task.wrong_answers, None).mean()
 
-    index = pd.DataFrame([(l, p, h) for l in layers for h in range(model.config.n_heads) for p in range(positions)],
-                         columns=["layer", "pos", "head"])
     with torch.no_grad():
         _, clean_cache = bridge.run_with_cache(task.clean_tokens)
+        if layers is None:
+            grid = tl_patching.get_act_patch_attn_head_out_by_pos(bridge, task.corrupt_tokens, clean_cache, metric)
+            return grid.permute(0, 2, 1).float().cpu()
+        index = pd.DataFrame([(l, p, h) for l in layers for h in range(model.config.n_heads) for p in range(positions)],
+                             columns=["layer", "pos", "head"])
         grid = tl_patching.generic_activation_patch(bridge, task.corrupt_tokens, clean_cache, metric,
                                                     tl_patching.layer_pos_head_vector_patch_setter, "z", index_df=index)
     return grid.float().cpu()

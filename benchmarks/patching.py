@@ -23,10 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from gpu import transformer_lens_sweep  # noqa: E402
 from peak_memory import peak_rss_mb  # noqa: E402
 
 import interp  # noqa: E402
@@ -75,13 +75,6 @@ def main() -> None:
     with peak_rss_mb(memory, "one_batched_forward"), torch.no_grad():
         model.run(task.corrupt_tokens.repeat(c.n_heads, 1), logits_to_keep=1)
 
-    from transformer_lens import patching as tl_patching
-
-    bridge = model.backend.bridge
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        return interp.metrics.logit_diff(logits[:, -1], task.answers, task.wrong_answers, None).mean()
-
     if args.interp_only:
         print(f"interp {ours_seconds:.1f} s, peak {memory['interp']:.0f} MiB, {ours.n_forward_passes} forwards, "
               f"{ours.extra['forward_equivalents']:.1f} forward-equivalents; one batched forward of {batch} sequences "
@@ -90,18 +83,9 @@ def main() -> None:
 
     gc.collect()
     start = time.perf_counter()
-    with peak_rss_mb(memory, "transformer_lens"), torch.no_grad():
-        _, clean_cache = bridge.run_with_cache(task.clean_tokens)
-        if layers is None:
-            reference = tl_patching.get_act_patch_attn_head_out_by_pos(bridge, task.corrupt_tokens, clean_cache, metric)
-        else:
-            index = pd.DataFrame([(l, p, h) for l in layers for h in range(c.n_heads) for p in range(positions)],
-                                 columns=["layer", "pos", "head"])
-            reference = tl_patching.generic_activation_patch(
-                bridge, task.corrupt_tokens, clean_cache, metric, tl_patching.layer_pos_head_vector_patch_setter,
-                "z", index_df=index)
+    with peak_rss_mb(memory, "transformer_lens"):
+        reference = transformer_lens_sweep(model, task, layers).reshape(ours.shape)
     tl_seconds = time.perf_counter() - start
-    reference = (reference.permute(0, 2, 1) if layers is None else reference.reshape(ours.shape)).float()
 
     n_components = len(ours.components)
     # the FLOP lower bound of an exhaustive sweep: each component's forward from its own layer on
