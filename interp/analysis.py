@@ -151,6 +151,8 @@ class ModelOptions(Config):
     device: str = option("cpu", "torch device, e.g. cpu, cuda, cuda:1, mps")
     dtype: DType = option("float32", "weights' dtype")
     remote: bool = option(False, "run every forward on NDIF: --model is a hub id NDIF hosts, NDIF_API_KEY is set")
+    remote_dry_run: bool = option(False, "send every request as --remote would, through nnsight's local simulation of "
+                                         "NDIF, on --model here (any local model)")
     device_map: str = option("", "spread the model over devices: auto, balanced, sequential (GPUs, then CPU, then disk) "
                                  "or a JSON file {module path: device or disk}; replaces --device")
     attention: Literal["eager", "auto", "sdpa"] = option("auto", "attention implementation: eager, auto (SDPA where the "
@@ -160,6 +162,8 @@ class ModelOptions(Config):
     def validate(self) -> None:
         check_device(self.device)
         check_dtype(self.device, self.dtype)
+        if self.remote and self.remote_dry_run:
+            raise ConfigError("give --remote or --remote-dry-run, not both")
         if self.device_map:
             from interp.placement import PlacementError, parse_device_map
 
@@ -177,7 +181,8 @@ class ModelOptions(Config):
         from interp.loading import load_model
 
         return load_model(self.model, backend=self.backend, device=self.device, dtype=getattr(torch, self.dtype),
-                          attention=self.attention, device_map=self.device_map or None, remote=self.remote)
+                          attention=self.attention, device_map=self.device_map or None,
+                          remote="local" if self.remote_dry_run else self.remote)
 
 
 def check_dtype(device: str, dtype: str) -> None:

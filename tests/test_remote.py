@@ -257,3 +257,17 @@ def test_what_runs_only_on_local_modules_is_refused_remotely(ndif_here):
     remote.run(ids)
     with pytest.raises(ModelLoadError, match="remote must be False, True or 'local'"):
         interp.load_model("random-llama", remote="yes")
+
+
+def test_the_cli_dry_run_sends_the_requests_through_the_simulation(ndif_here, tmp_path, capsys):
+    from interp.results import Result
+    from interp.ui import cli
+
+    base = ["patch", "--model", "random-llama", "--task", "ioi", "--n-prompts", "2", "--granularity", "heads", "--no-progress"]
+    assert cli.main(base + ["--out", str(tmp_path / "local")]) == 0 and not ndif_here
+    assert cli.main(base + ["--remote-dry-run", "--out", str(tmp_path / "sent")]) == 0
+    assert ndif_here  # the forwards went as requests
+    np.testing.assert_allclose(Result.load(tmp_path / "sent").scores, Result.load(tmp_path / "local").scores, atol=1e-5)
+    capsys.readouterr()
+    assert cli.main(base + ["--remote", "--remote-dry-run", "--out", str(tmp_path / "both")]) == 2
+    assert "give --remote or --remote-dry-run, not both" in capsys.readouterr().err
