@@ -468,6 +468,7 @@ def verify_layout(model) -> Layout:
     is its input plus the attention and MLP outputs (Granite's residual multiplier breaks that).
     """
     from interp.components import Site
+    from interp.shortcuts import rounding_rtol
     from interp.sublayers import Sublayers
 
     config, layout = model.config, model.layout
@@ -481,7 +482,7 @@ def verify_layout(model) -> Layout:
                             v.repeat_interleave(config.heads_per_kv_group, dim=2))
     z = cache[Site("z", 0)].float()
     gap = max(v_gap, (expected - z).abs().max().item())
-    if not gap <= 1e-3 * max(1.0, z.abs().max().item(), v.abs().max().item()):
+    if not gap <= rounding_rtol(1e-3, model.dtype, ulps=4) * max(1.0, z.abs().max().item(), v.abs().max().item()):
         fused = f" (fused, read in {layout.fused_qkv!r} order)" if layout.fused_qkv else ""
         raise UnsupportedArchitectureError(
             f"{config.name} ({config.architecture}): layer 0's head outputs (the input of {layout.z_proj}) are not the "
@@ -491,5 +492,6 @@ def verify_layout(model) -> Layout:
         )
     written = cache[Site("resid_pre", 0)] + cache[Site("attn_out", 0)] + cache[Site("mlp_out", 0)]
     residual = cache[Site("resid_post", 0)]
-    adds = (written - residual).abs().max().item() <= 1e-4 * max(1.0, residual.abs().max().item())
+    adds = (written - residual).abs().max().item() <= rounding_rtol(1e-4, model.dtype, ulps=4) * max(1.0, residual.abs().max().item())
     return replace(layout, writes_add=adds)
+

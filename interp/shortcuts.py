@@ -34,6 +34,15 @@ def versions() -> str:
 LOW_PRECISION_ULPS = 32  # a bf16/fp16 model's shortcut may differ from the plain run by this many of its eps
 
 
+def rounding_rtol(rtol: float, dtype: torch.dtype | None, ulps: int = LOW_PRECISION_ULPS) -> float:
+    """``rtol``, a tolerance that holds in float32, widened to ``ulps`` of a half-precision
+    ``dtype``'s eps (bf16 rounds to 2**-8 of a value, so two computations of one bf16 number near 1
+    differ by far more than 1e-3); unchanged for float32 and float64."""
+    if dtype is not None and dtype.is_floating_point and torch.finfo(dtype).bits <= 16:
+        return max(rtol, ulps * torch.finfo(dtype).eps)
+    return rtol
+
+
 def check(name: str, shortcut: torch.Tensor, plain: torch.Tensor, where: str, rtol: float = 1e-4,
           error: type[ShortcutError] = ShortcutError, what: str = "the metric", dtype: torch.dtype | None = None) -> None:
     """Raise ``error`` unless ``shortcut`` equals ``plain`` to ``rtol`` relative to the larger of 1
@@ -41,8 +50,7 @@ def check(name: str, shortcut: torch.Tensor, plain: torch.Tensor, where: str, rt
     ``dtype``: the model's; in half precision (bf16, fp16) two computations of one number round
     differently, so ``rtol`` is at least :data:`LOW_PRECISION_ULPS` times that dtype's eps (bf16:
     0.125, fp16: 0.03), which still catches a shortcut that is wrong rather than rounded."""
-    if dtype is not None and torch.finfo(dtype).bits <= 16:
-        rtol = max(rtol, LOW_PRECISION_ULPS * torch.finfo(dtype).eps)
+    rtol = rounding_rtol(rtol, dtype)
     shortcut, plain = shortcut.detach().double().cpu(), plain.detach().double().cpu()
     gap = (shortcut - plain).abs().max().item() if shortcut.numel() else 0.0
     scale = max(1.0, plain.abs().max().item() if plain.numel() else 0.0)

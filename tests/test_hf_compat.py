@@ -131,13 +131,14 @@ def test_an_empty_cache_layer_is_named():
         hf_compat.layer_states(cache)
 
 
-@pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
-def test_a_fused_projection_read_in_the_wrong_order_is_caught_at_load(backend):
+@pytest.mark.parametrize("backend, dtype", [("nnsight", torch.float32), ("transformer_lens", torch.float32),
+                                            ("nnsight", torch.bfloat16)])  # bf16: a wider tolerance, still caught
+def test_a_fused_projection_read_in_the_wrong_order_is_caught_at_load(backend, dtype):
     saved = dict(OVERRIDES["GPTNeoXForCausalLM"])
     register_override("GPTNeoXForCausalLM", fused_qkv="concat")  # NeoX is per head
     try:
         with pytest.raises(UnsupportedArchitectureError, match="random-neox .*layer 0's head outputs .*'concat' order"):
-            interp.load_model("random-neox", backend=backend)
+            interp.load_model("random-neox", backend=backend, dtype=dtype)
     finally:
         OVERRIDES["GPTNeoXForCausalLM"] = saved
     with pytest.raises(ValueError, match="unknown layout fields \\['qkv_order'\\]"):
