@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal
 
@@ -121,7 +121,7 @@ def run_training(model: Model, corpus: Corpus, config: DictionaryTrainingConfig)
     from circuits.dictionary_training import train_dictionary
 
     start = time.perf_counter()
-    training = config.training()
+    training = replace(config.training(), device=str(model.device))  # the pairs wait on the CPU, the steps run here
     d_model = model.config.d_model
     site = config.site.upper()
     dictionary_config = DictionaryConfig(

@@ -21,7 +21,8 @@ from circuits.dictionary import DictionaryConfig, DictionaryError, SparseDiction
 
 @dataclass
 class TrainingConfig:
-    """``total_tokens`` / ``batch_tokens`` steps of Adam(``lr``)."""
+    """``total_tokens`` / ``batch_tokens`` steps of Adam(``lr``) on ``device`` (the batches may
+    live elsewhere: each is moved there as it is used)."""
 
     total_tokens: int = 1_000_000
     batch_tokens: int = 4096
@@ -30,6 +31,7 @@ class TrainingConfig:
     decay_fraction: float = 0.2
     log_every: int = 50
     seed: int = 0
+    device: str = "cpu"
 
     @property
     def steps(self) -> int:
@@ -40,6 +42,10 @@ class TrainingConfig:
             raise DictionaryError(f"need total_tokens >= batch_tokens >= 1, got {self.total_tokens} and {self.batch_tokens}")
         if not self.lr > 0:
             raise DictionaryError(f"learning rate must be positive, got {self.lr}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise DictionaryError(f"training device must name a torch device, got {self.device!r}") from None
         return self
 
 
@@ -75,7 +81,8 @@ def _learning_rate(step: int, steps: int, config: TrainingConfig) -> float:
 def train_dictionary(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], config: DictionaryConfig,
                      training: TrainingConfig | None = None, progress: bool = True,
                      log: Callable[[str], None] | None = None) -> TrainedDictionary:
-    """Train a dictionary on ``batches`` of (x [n, d_in], y [n, d_out]) (for an SAE, y is x).
+    """Train a dictionary on ``batches`` of (x [n, d_in], y [n, d_out]) (for an SAE, y is x), on
+    ``training.device``; the trained dictionary comes back on the CPU, as one loaded from disk.
 
     A non-finite loss stops training with a :class:`DictionaryError` naming the step and the term.
     """
@@ -83,7 +90,7 @@ def train_dictionary(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], confi
 
     training = (training or TrainingConfig()).validate()
     torch.manual_seed(training.seed)
-    dictionary = SparseDictionary(config)
+    dictionary = SparseDictionary(config).to(training.device)
     optimizer = torch.optim.Adam(dictionary.parameters(), lr=training.lr)
     steps = training.steps
     history: dict[str, list[float]] = {"step": [], "mse": [], "l0": [], "explained_variance": [], "dead_fraction": []}
@@ -96,7 +103,7 @@ def train_dictionary(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], confi
             x, y = next(batches)
         except StopIteration:
             raise DictionaryError(f"the activation source ran out after {step} of {steps} steps; give more tokens") from None
-        x, y = x.float(), y.float()
+        x, y = x.to(training.device).float(), y.to(training.device).float()
         if scale_in is None:
             scale_in = math.sqrt(config.d_in / x.pow(2).sum(-1).mean().clamp_min(1e-12).item())
             scale_out = scale_in if config.kind == "sae" else math.sqrt(config.d_out / y.pow(2).sum(-1).mean().clamp_min(1e-12).item())
@@ -130,8 +137,11 @@ def train_dictionary(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], confi
                             ev=f"{history['explained_variance'][-1]:.3f}", dead=f"{history['dead_fraction'][-1]:.2f}")
         bar.update()
     bar.close()
+    if torch.device(training.device).type == "cuda":
+        torch.cuda.synchronize(training.device)  # the clock reads finished work
     seconds = time.perf_counter() - start
     dictionary.eval()
+    dictionary.to("cpu")
     dictionary.fold_scaling(scale_in, scale_out)
     if log:
         log(f"trained {steps} steps on {tokens:,} tokens in {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s)")

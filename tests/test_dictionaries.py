@@ -308,6 +308,8 @@ def test_more_bad_dictionary_inputs(tmp_path):
         TrainingConfig(total_tokens=4, batch_tokens=8).validate()
     with pytest.raises(DictionaryError, match="learning rate must be positive, got 0"):
         TrainingConfig(lr=0).validate()
+    with pytest.raises(DictionaryError, match="training device must name a torch device, got 'gpu0'"):
+        TrainingConfig(device="gpu0").validate()
     with pytest.raises(DictionaryError, match="ran out after 1 of 4 steps"):
         train_dictionary(iter([(torch.randn(8, 8), torch.randn(8, 8))]), DictionaryConfig(d_in=8, d_sae=16, k=2),
                          TrainingConfig(total_tokens=32, batch_tokens=8), progress=False)
