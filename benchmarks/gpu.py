@@ -2,6 +2,7 @@
 
     python benchmarks/gpu.py                 # CUDA present: a 1B-class Llama and a Gemma-2-2B-shaped model, bf16
     python benchmarks/gpu.py --tiny          # any machine: tiny random models in float32 (CI runs this)
+    python benchmarks/gpu.py --tiny --device cuda --dtype bfloat16   # a smoke test of the CUDA paths
 
 Random weights (no download): a Llama-style model of about 1.2B parameters (16 layers, d_model
 2048, 32 heads, 8 KV heads, MLP 8192) and one shaped like Gemma-2-2B (26 layers, d_model 2304, 8
@@ -28,6 +29,7 @@ import json
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import interp  # noqa: E402
 from interp.attribution import attribution_patching  # noqa: E402
+from interp.components import Component  # noqa: E402
 from interp.layer_dropping import parameter_count  # noqa: E402
 from interp.patching import activation_patching  # noqa: E402
 from interp.pruning import speed_comparison  # noqa: E402
@@ -55,18 +58,19 @@ TINY = {
 }
 
 
-def build(folder: Path, class_name: str, shape: dict, dtype: torch.dtype) -> Path:
-    """A random-weight model of ``shape`` with SmolLM2's tokenizer, saved in ``folder``."""
+def build(folder: Path, class_name: str, shape: dict, dtype: torch.dtype, tokenizer_folder: str | None) -> Path:
+    """A random-weight model of ``shape`` with SmolLM2's tokenizer (from ``tokenizer_folder``, else
+    from the bundled GGUF), saved in ``folder``."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from interp.loading import bundled_gguf_path, convert_gguf
 
-    tokenizer = AutoTokenizer.from_pretrained(convert_gguf(bundled_gguf_path()))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder or convert_gguf(bundled_gguf_path()))
     config = getattr(transformers, class_name)(vocab_size=len(tokenizer), max_position_embeddings=2048,
                                                tie_word_embeddings=True, **shape)
     torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # fast random initialisation
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.config.architectures = [type(model).__name__]
     model.save_pretrained(folder)
@@ -110,50 +114,123 @@ def transformer_lens_sweep(model, task, layers: list[int] | None):
     return grid.float().cpu()
 
 
-def ideal_speedup(model, units: list[str]) -> float:
-    """Per-token matrix FLOPs of the intact model over the pruned one (parameters outside the
-    embeddings, each used once per token; attention's own O(positions) work left out)."""
-    total = sum(p.numel() for p in model.hf_model.parameters()) - model.hf_model.get_input_embeddings().weight.numel()
-    return total / (total - parameter_count(model, units))
+def ideal_speedups(model, units: list[str], batch: int, context: float) -> tuple[float, float]:
+    """Two ceilings for the generation speed-up of dropping the attention ``units``.
+
+    FLOPs: per-token matrix FLOPs of the intact model over the pruned one (every parameter outside
+    the input embedding used once per token, the unembedding included; attention's own
+    O(positions) work left out). Bytes: what one decoding step of ``batch`` sequences reads, the
+    weights once plus the KV cache at ``context`` positions, intact over pruned: the ceiling for a
+    step bound by memory traffic, as small-batch decoding is. Neither counts the per-kernel launch
+    cost that dominates a small model's step; removing launches can beat both."""
+    hf = model.hf_model
+    weights = sum(p.numel() for p in hf.parameters()) - hf.get_input_embeddings().weight.numel()
+    weights += hf.get_output_embeddings().weight.numel() if hf.config.tie_word_embeddings else 0
+    removed = parameter_count(model, units)
+    c = model.config
+    kv_per_layer = 2 * c.n_kv_heads * c.d_head * context * batch  # elements
+    attention_layers = len({Component.parse(u).layer for u in units if Component.parse(u).kind == "attn_out"})
+    flops = weights / (weights - removed)
+    elements = weights + c.n_layers * kv_per_layer
+    return flops, elements / (elements - removed - attention_layers * kv_per_layer)
 
 
 def benchmark(name: str, folder: Path, dtype: str, device: str, args) -> dict:
-    row: dict = {"model": name, "dtype": dtype, "device": device}
-    tl = interp.load_model(str(folder), backend="transformer_lens", device=device, dtype=getattr(torch, dtype))
-    c = tl.config
-    row["parameters"] = sum(p.numel() for p in tl.hf_model.parameters())
-    task = interp.tasks.ioi(tl, n_prompts=args.n_prompts, seed=0)
-    layers = sorted({0, c.n_layers // 2, c.n_layers - 1})
-    ours, seconds = timed(lambda: activation_patching(tl, task, "heads_pos", direction="denoising", layers=layers,
-                                                      progress=False))
-    row["sweep_seconds"] = seconds
-    grid = torch.tensor(ours.arrays["patched_metric"]).mean(0).reshape(ours.shape)
-    if not args.skip_transformer_lens:
-        reference, tl_seconds = timed(lambda: transformer_lens_sweep(tl, task, layers))
-        row["transformer_lens_sweep_seconds"] = tl_seconds
-        row["sweep_speedup"] = tl_seconds / seconds
-        row["sweep_max_abs_difference"] = (grid - reference.reshape(grid.shape)).abs().max().item()
-    model = interp.load_model(str(folder), device=device, dtype=getattr(torch, dtype), attention="auto")
-    row["attention"] = model.attention
-    exhaustive, row["exhaustive_heads_seconds"] = timed(lambda: activation_patching(model, task, "heads", progress=False))
-    star, row["atp_star_seconds"] = timed(lambda: attribution_patching(model, task, "heads", method="atp*", progress=False))
-    k = min(20, len(exhaustive.components))
-    row["atp_star_top20_overlap"] = len(set(exhaustive.ranking()[:k].tolist()) & set(star.ranking()[:k].tolist())) / k
-    row["sae_tokens_per_second"] = sae_speed(model, c.n_layers // 2, args)
-    dropped = [f"L{layer}.ATTN" for layer in range(c.n_layers - args.drop, c.n_layers)]
-    prompts = task.clean_tokens[: args.gen_batch]
-    speed = speed_comparison(model, dropped, prompts, args.new_tokens, repeats=args.repeats)
-    row["generation_speedup"] = speed["full_generation_tokens_per_s"] and (
-        speed["dropped_generation_tokens_per_s"] / speed["full_generation_tokens_per_s"])
-    row["generation_ideal_speedup"] = ideal_speedup(model, dropped)
-    row["generation_fraction_of_ideal"] = (row["generation_speedup"] - 1) / max(row["generation_ideal_speedup"] - 1, 1e-9)
-    row["attention_layers_dropped"] = args.drop
+    """One model's row. A part that raises is recorded under ``errors`` (its traceback printed) and
+    the next part runs: one broken part must not cost the others' figures on a lent GPU."""
+    row: dict = {"model": name, "dtype": dtype, "device": device, "errors": {}, "part_seconds": {}}
+    state: dict = {}
+
+    def part(label: str, fn) -> None:
+        start = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - recorded and printed, the run goes on
+            traceback.print_exc()
+            row["errors"][label] = f"{type(exc).__name__}: {exc}"[:500]
+        row["part_seconds"][label] = time.perf_counter() - start
+        if torch.cuda.is_available():
+            row.setdefault("peak_gib", {})[label] = torch.cuda.max_memory_allocated() / 2**30
+
+    def load_bridge() -> None:
+        state["tl"] = tl = interp.load_model(str(folder), backend="transformer_lens", device=device,
+                                             dtype=getattr(torch, dtype))
+        row["parameters"] = sum(p.numel() for p in tl.hf_model.parameters())
+        state["task"] = task = interp.tasks.ioi(tl, n_prompts=args.n_prompts, seed=0)
+        row["positions"], row["prompts"] = int(task.clean_tokens.shape[1]), int(task.clean_tokens.shape[0])
+        timed(lambda: tl.run(task.clean_tokens))  # warm-up: CUDA context, kernels, allocator
+
+    def sweeps() -> None:
+        tl, task = state["tl"], state["task"]
+        c = tl.config
+        layers = sorted({0, c.n_layers // 2, c.n_layers - 1})
+        row["sweep_layers"] = layers
+        ours, row["sweep_seconds"] = timed(lambda: activation_patching(
+            tl, task, "heads_pos", direction="denoising", layers=layers, progress=False))
+        grid = torch.tensor(ours.arrays["patched_metric"]).mean(0).reshape(ours.shape)
+        if not args.skip_transformer_lens:
+            reference, tl_seconds = timed(lambda: transformer_lens_sweep(tl, task, layers))
+            row["transformer_lens_sweep_seconds"] = tl_seconds
+            row["sweep_speedup"] = tl_seconds / row["sweep_seconds"]
+            row["sweep_max_abs_difference"] = (grid - reference.reshape(grid.shape)).abs().max().item()
+            row["sweep_max_abs_value"] = grid.abs().max().item()
+
+    def load_nnsight() -> None:
+        state.pop("tl", None)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        state["model"] = model = interp.load_model(str(folder), device=device, dtype=getattr(torch, dtype),
+                                                   attention="auto")
+        row["attention"] = model.attention
+        timed(lambda: model.run(state["task"].clean_tokens))  # warm-up
+
+    def atp_star() -> None:
+        model, task = state["model"], state["task"]
+        exhaustive, row["exhaustive_heads_seconds"] = timed(lambda: activation_patching(model, task, "heads",
+                                                                                        progress=False))
+        star, row["atp_star_seconds"] = timed(lambda: attribution_patching(model, task, "heads", method="atp*",
+                                                                           progress=False))
+        k = min(20, len(exhaustive.components))
+        row["atp_star_top20_overlap"] = len(set(exhaustive.ranking()[:k].tolist())
+                                            & set(star.ranking()[:k].tolist())) / k
+
+    def sae() -> None:
+        row["sae_tokens_per_second"] = sae_speed(state["model"], state["model"].config.n_layers // 2, args)
+
+    def generation() -> None:
+        model, task = state["model"], state["task"]
+        n_layers = model.config.n_layers
+        dropped = [f"L{layer}.ATTN" for layer in range(n_layers - args.drop, n_layers)]
+        prompts = task.clean_tokens.repeat(-(-args.gen_batch // len(task.clean_tokens)), 1)[: args.gen_batch]
+        if args.gen_prompt_length:  # the prompts repeated along the sequence to this many tokens
+            prompts = prompts.repeat(1, -(-args.gen_prompt_length // prompts.shape[1]))[:, : args.gen_prompt_length]
+        row["generation_batch"], row["generation_prompt_length"] = list(prompts.shape)
+        speed = speed_comparison(model, dropped, prompts, args.new_tokens,
+                                 repeats=args.repeats)
+        row["generation_tokens_per_s"] = speed["full_generation_tokens_per_s"]
+        row["generation_speedup"] = speed["generation_speedup"]
+        context = prompts.shape[1] + args.new_tokens / 2  # the mean KV length while decoding
+        row["generation_ideal_speedup"], row["generation_bytes_ideal_speedup"] = ideal_speedups(
+            model, dropped, prompts.shape[0], context)
+        for key, ideal in (("generation_fraction_of_ideal", "generation_ideal_speedup"),
+                           ("generation_fraction_of_bytes_ideal", "generation_bytes_ideal_speedup")):
+            row[key] = (row["generation_speedup"] - 1) / max(row[ideal] - 1, 1e-9)
+        row["attention_layers_dropped"] = args.drop
+
+    for label, fn in (("load_bridge", load_bridge), ("sweeps", sweeps), ("load_nnsight", load_nnsight),
+                      ("atp_star", atp_star), ("sae", sae), ("generation", generation)):
+        if label != "load_bridge" and "task" not in state:
+            break
+        if label.startswith("load") or label in args.parts:
+            part(label, fn)
     return row
 
 
 def sae_speed(model, layer: int, args) -> float:
     """TopK SAE training throughput on ``L<layer>.RESID_POST``, tokens per second (after the
-    activations are cached: the training step itself)."""
+    activations are cached and moved to the model's device: the training steps themselves)."""
     from circuits.activation_store import ActivationStore
     from circuits.dictionary import DictionaryConfig
     from circuits.dictionary_training import TrainingConfig, train_dictionary
@@ -163,13 +240,13 @@ def sae_speed(model, layer: int, args) -> float:
     site = f"L{layer}.RESID_POST"
     store = ActivationStore(model, site, "sae", tokens, batch_tokens=args.sae_batch, buffer_tokens=tokens.numel(),
                             forward_batch=8)
-    batches = list(itertools.islice(iter(store), tokens.numel() // 2 // args.sae_batch))  # half a buffer: no refill
+    on_device = (x.to(model.device) for x, _ in itertools.islice(iter(store), tokens.numel() // 2 // args.sae_batch))
+    batches = [(x, x) for x in on_device]  # half a buffer (no refill); an SAE's target is its input
     config = DictionaryConfig(d_in=model.config.d_model, d_sae=8 * model.config.d_model, k=32, kind="sae", site=site)
     total = sum(len(x) for x, _ in batches)
-    _, seconds = timed(lambda: train_dictionary(iter(batches), config, TrainingConfig(total_tokens=total,
-                                                                                       batch_tokens=args.sae_batch),
-                                                progress=False))
-    return total / seconds
+    trained = train_dictionary(iter(batches), config, TrainingConfig(total_tokens=total, batch_tokens=args.sae_batch,
+                                                                     device=str(model.device)), progress=False)
+    return trained.tokens_per_second
 
 
 def main() -> None:
@@ -180,34 +257,60 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-transformer-lens", action="store_true")
+    parser.add_argument("--device", default=None, help="default: cuda when present (cpu with --tiny)")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--models", default=None, help="a comma-separated subset of the models (default: all)")
+    parser.add_argument("--parts", default="sweeps,atp_star,sae,generation",
+                        help="a comma-separated subset of sweeps, atp_star, sae, generation")
+    parser.add_argument("--gen-batch", type=int, default=None, help="prompts generated from at once (default 8)")
+    parser.add_argument("--gen-prompt-length", type=int, default=None,
+                        help="prompt tokens for the generation timing (default: the task's prompts as they are)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="a folder holding SmolLM2's tokenizer (default: converted from the bundled GGUF)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu.json"))
     args = parser.parse_args()
-    cuda = torch.cuda.is_available() and not args.tiny
-    shapes, dtype, device = (SHAPES, "bfloat16", "cuda") if cuda else (TINY, "float32", "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    cuda = device.startswith("cuda") and not args.tiny  # the full-size settings
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    shapes = SHAPES if cuda else TINY
     defaults = {"n_prompts": 8 if cuda else 2, "drop": 4 if cuda else 1, "new_tokens": 64 if cuda else 4}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.gen_batch, args.chunk_length = (8, 128) if cuda else (2, 16)
-    args.sae_chunks, args.sae_batch = (256, 4096) if cuda else (8, 32)
+    args.chunk_length = 128 if cuda else 16
+    args.gen_batch = args.gen_batch or (8 if cuda else 2)
+    args.parts = set(args.parts.split(","))
+    if args.models:
+        unknown = set(args.models.split(",")) - set(shapes)
+        if unknown:
+            parser.error(f"unknown models {sorted(unknown)}; these are {sorted(shapes)}")
+        shapes = {name: shapes[name] for name in args.models.split(",")}
+    args.sae_chunks, args.sae_batch = (1024, 4096) if cuda else (8, 32)
     rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for name, (class_name, shape) in shapes.items():
-            folder = build(Path(scratch) / name, class_name, shape, getattr(torch, dtype))
-            rows.append(benchmark(name, folder, dtype, device, args))
-            print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "versions": interp.results.versions(),
-                               "gpu": torch.cuda.get_device_name() if cuda else None}, indent=1))
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, (class_name, shape) in shapes.items():
+            folder = build(Path(scratch) / name, class_name, shape, getattr(torch, dtype), args.tokenizer)
+            rows.append(benchmark(name, folder, dtype, device, args))
+            print(json.dumps(rows[-1]), flush=True)
+            out.write_text(json.dumps({"rows": rows, "versions": interp.results.versions(),
+                                       "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None},
+                                      indent=1))
     print(f"\n{'model':18}{'sweep s':>9}{'TL s':>9}{'x TL':>7}{'exh. s':>8}{'AtP* s':>8}{'top-20':>8}"
-          f"{'SAE tok/s':>11}{'gen x':>7}{'ideal':>7}")
+          f"{'SAE tok/s':>11}{'gen x':>7}{'FLOPs':>7}{'bytes':>7}")
+    nan = float("nan")
     for r in rows:
-        print(f"{r['model']:18}{r['sweep_seconds']:9.2f}{r.get('transformer_lens_sweep_seconds', float('nan')):9.2f}"
-              f"{r.get('sweep_speedup', float('nan')):7.1f}{r['exhaustive_heads_seconds']:8.2f}{r['atp_star_seconds']:8.2f}"
-              f"{r['atp_star_top20_overlap']:8.2f}{r['sae_tokens_per_second']:11.0f}{r['generation_speedup']:7.2f}"
-              f"{r['generation_ideal_speedup']:7.2f}")
+        g = r.get
+        print(f"{r['model']:18}{g('sweep_seconds', nan):9.2f}{g('transformer_lens_sweep_seconds', nan):9.2f}"
+              f"{g('sweep_speedup', nan):7.1f}{g('exhaustive_heads_seconds', nan):8.2f}{g('atp_star_seconds', nan):8.2f}"
+              f"{g('atp_star_top20_overlap', nan):8.2f}{g('sae_tokens_per_second', nan):11.0f}"
+              f"{g('generation_speedup', nan):7.2f}{g('generation_ideal_speedup', nan):7.2f}"
+              f"{g('generation_bytes_ideal_speedup', nan):7.2f}")
     print(f"wrote {out}")
+    failed = {r["model"]: r["errors"] for r in rows if r["errors"]}
+    if failed:
+        sys.exit(f"gpu.py: parts failed (tracebacks above): {json.dumps(failed)}")
 
 
 if __name__ == "__main__":

@@ -178,11 +178,18 @@ def evaluate(model, units: Sequence[Unit | str], evaluation: EvaluationSet, meas
 
 def generation_speed(model, prompts: torch.Tensor, new_tokens: int) -> float:
     """Greedy generation throughput with the KV cache, new tokens per second (whole batch),
-    after a one-token warm-up generation."""
+    after a one-token warm-up generation (CUDA work finished before each clock read)."""
     model.generate(prompts, 1)
+    _synchronize()
     start = time.perf_counter()
     model.generate(prompts, new_tokens)
+    _synchronize()
     return prompts.shape[0] * new_tokens / (time.perf_counter() - start)
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def speed_comparison(model, units: Sequence[Unit | str], prompts: torch.Tensor, new_tokens: int,
