@@ -15,8 +15,13 @@ Gemma's 256,000). Per model, side by side in one run:
 2. AtP* over every head against interp's exhaustive head sweep (wall time, top-20 overlap);
 3. TopK SAE training on the middle layer's residual stream: tokens per second (SAELens runs in its
    own environment: ``benchmarks/dictionaries.py``);
-4. greedy generation with k attention layers dropped (the last k): measured speed-up against the
-   FLOP-ideal one, the ratio of the per-token matrix FLOPs of the intact and the pruned model.
+4. greedy generation with k attention layers dropped (the last k): measured speed-up against two
+   ceilings, the ratio of the per-token matrix FLOPs and of the bytes one decoding step reads
+   (weights and KV cache) of the intact and the pruned model (``ideal_speedups``).
+
+``--parts``, ``--models``, ``--dtype`` and ``--gen-batch``/``--gen-prompt-length`` run a part of it;
+``--tokenizer`` takes SmolLM2's tokenizer as a folder where the bundled GGUF is not installed.
+Figures from an H200: ``docs/benchmarks.md``, "On a GPU".
 
 Writes ``benchmarks/results/gpu.json`` (or ``--out``) and prints a table.
 """
