@@ -134,13 +134,12 @@ def _vectors(model: Model, config: SteerConfig) -> list[tuple[torch.Tensor | Non
     """(the steering vector, the component it is added at) for each site of the config; one line
     when a site repeats."""
     sites = [site.strip() for site in config.site.split(",")] if config.site else [None]
-    found = [_vector(model, config, site) for site in sites]
-    components = [(vector, steering_site(model, site) if site is not None else None) for vector, site in found]
-    named = [str(component) for _, component in components if component is not None]
+    named = [str(steering_site(model, site)) for site in sites if site is not None]  # before any vector is computed
     repeated = next((name for name in named if named.count(name) > 1), None)
     if repeated is not None:
         raise SteeringError(f"--site names {repeated} twice; each site gets one vector")
-    return components
+    found = [_vector(model, config, site) for site in sites]
+    return [(vector, steering_site(model, site) if site is not None else None) for vector, site in found]
 
 
 def _vector(model: Model, config: SteerConfig, site: str | None) -> tuple[torch.Tensor | None, str | None]:

@@ -19,8 +19,10 @@ s_o and the rest (``ATTN_BIAS``). An MLP's normed output is one part as it is.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from interp import placement, shortcuts
@@ -157,3 +159,11 @@ def _neuron_parts(sublayers: Sublayers, layer: int, activation: torch.Tensor, pr
     shortcuts.check(f"direct logit attribution's neurons of L{layer}.MLP (their parts and the output bias's)",
                     torch.tensor([float(found.sum()) + rest]), torch.tensor([mlp_part]), name, rtol=1e-5, what="a sum")
     return found
+
+
+def mean_by_source(stacked: np.ndarray) -> np.ndarray:
+    """The mean over prompts of sources' parts stacked as ``[n_prompts, ..., positions]`` with NaN
+    where a shorter prompt has no position (aligned at the last token); NaN where none has one."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a position no prompt has: NaN
+        return np.nanmean(stacked, axis=0)

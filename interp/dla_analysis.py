@@ -10,14 +10,13 @@ own logit difference, which equal each other (checked on every prompt).
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from interp.analysis import Analysis, Config, ConfigError, option, register
-from interp.dla import direct_logit_attribution
+from interp.dla import direct_logit_attribution, mean_by_source
 from interp.model import Model
 from interp.results import Result
 from interp.tasks import Task
@@ -97,9 +96,7 @@ def _by_source(model: Model, task: Task, found: list, top: int = 20) -> tuple[np
     stacked = np.full((len(found), *found[0].by_source.shape[:2], width), np.nan)
     for i, attribution in enumerate(found):
         stacked[i, ..., width - attribution.by_source.shape[-1]:] = attribution.by_source.numpy()
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a position no prompt has: NaN
-        mean = np.nanmean(stacked, axis=0)
+    mean = mean_by_source(stacked)
     first = model.to_str_tokens(task.prompt_ids[0])
     order = np.argsort(-np.nan_to_num(np.abs(mean), nan=-1.0), axis=None, kind="stable")[:top]
     listed = []

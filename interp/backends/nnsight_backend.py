@@ -56,6 +56,7 @@ class NNsightBackend(Backend):
         self._modules = {name: id(module) for name, module in hf_model.named_modules()}
 
     def _check(self, spec: RunSpec) -> None:
+        """What one run asks that this backend cannot do (NotImplementedError)."""
         for site, edits in spec.edits.items():
             if site.kind == "pattern" and edits:
                 raise NotImplementedError(
@@ -63,11 +64,15 @@ class NNsightBackend(Backend):
                 )
         if any(site.kind == "resid_mid" for site in spec.sites):
             raise NotImplementedError("resid_mid is not exposed on the nnsight backend; use backend='transformer_lens'")
-        if not self.remote:
-            return
-        if spec.keep_grad:
+        if self.remote and spec.keep_grad:
             raise NotImplementedError("gradients (AtP, AtP*, EAP, probes' attributions, steering vectors from gradients) "
                                       "are not taken through NDIF here: run them on a local copy of the model")
+
+    def _check_request(self) -> None:
+        """Before a request leaves (once, whatever it holds): no local hook or swapped module that
+        NDIF's copy of the model would lack, and interp's code registered to travel by value."""
+        if not self.remote:
+            return
         hooked = [name or "the model" for name, module in self.hf_model.named_modules()
                   for hook in (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
                   if getattr(hook, "__module__", "").split(".")[0] not in LIBRARY_HOOKS]
@@ -107,6 +112,7 @@ class NNsightBackend(Backend):
 
     def forward(self, spec: RunSpec) -> RunOutput:
         self._check(spec)
+        self._check_request()
         try:
             logits, activations, cache = self._run(spec, self.remote)()
         except Exception as exc:
@@ -122,6 +128,7 @@ class NNsightBackend(Backend):
             return [self.forward(spec) for spec in specs]
         for spec in specs:
             self._check(spec)
+        self._check_request()
         try:
             results = run_session(self.lm, [self._run(spec, False) for spec in specs], self.remote)
         except Exception as exc:

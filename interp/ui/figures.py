@@ -4,7 +4,6 @@ non-negative quantities on the sequential one."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -419,9 +418,9 @@ def dla_figures(result: Result) -> list[go.Figure]:
 def _dla_sources(result: Result, n_heads: int = 12) -> go.Figure:
     """The ``n_heads`` heads with the largest parts, each split over the source positions it
     reads (mean over prompts, positions counted from the last token, the first prompt's tokens)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a position no prompt has
-        mean = np.nanmean(result.arrays["by_source"], axis=0)  # [layers, heads, positions]
+    from interp.dla import mean_by_source
+
+    mean = mean_by_source(result.arrays["by_source"])  # [layers, heads, positions]
     flat = mean.reshape(-1, mean.shape[-1])
     order = np.argsort(-np.abs(result.scores), kind="stable")[:n_heads]
     width = mean.shape[-1]
