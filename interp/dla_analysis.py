@@ -48,6 +48,7 @@ class DLAPayload:
     # [[L<l>.H<h>, source position (from the last token: -1 is the last), its token in the first
     # prompt, mean part], ...], the 20 largest |part| first (--by-source)
     top_sources: list | None = None
+    prompt_tokens: list | None = None  # each prompt's tokens, the by_source array's labels (--by-source)
 
 
 def run_dla(model: Model, task: Task, config: DLAConfig = DLAConfig()) -> Result:
@@ -74,6 +75,7 @@ def run_dla(model: Model, task: Task, config: DLAConfig = DLAConfig()) -> Result
         extra_arrays["neurons"] = per_neuron
     if config.by_source:
         extra_arrays["by_source"], payload.top_sources = _by_source(model, task, found)
+        payload.prompt_tokens = [model.to_str_tokens(ids) for ids in task.prompt_ids]
     return Result(
         method="dla", analysis="dla", model=model.config.name, task=task.name,
         metric="logit_diff" if task.wrong_ids else "logit", granularity="heads", components=names,

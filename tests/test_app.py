@@ -198,6 +198,27 @@ def test_dla_page_draws_heads_and_the_largest_parts(app_env):
     assert heads["layout"]["coloraxis"]["cmid"] == 0
     assert len(_array(bars["data"][0]["x"])) == min(20, len(result.components) + 2 * result.shape[0] + 3)
     assert f"{result.extra['total']:.4f}" in at.markdown[0].value
+    # by source: the mean over prompts, then one prompt's own parts, heads and tokens
+    sources = _figures(at)[-1]["data"][0]
+    assert np.allclose(_array(sources["z"]), _mean_rows(result, None), equal_nan=True)
+    picker = next(s for s in at.selectbox if s.label == "source positions of")
+    picker.select_index(3).run()  # the options: the mean, then prompts 0, 1, 2
+    assert not at.exception, [e.message for e in at.exception]
+    sources = _figures(at)[-1]["data"][0]
+    tokens = result.extra["prompt_tokens"][2]
+    assert np.allclose(_array(sources["z"]), _mean_rows(result, 2))
+    assert list(sources["x"])[-1] == f"-1 {tokens[-1]!r}" and len(sources["x"]) == len(tokens)
+
+
+def _mean_rows(result, prompt):
+    """The by-source rows of the 12 heads with the largest parts, recomputed from the arrays."""
+    by_source = result.arrays["by_source"]
+    if prompt is None:
+        values, scores = np.nanmean(by_source, axis=0), result.scores
+    else:
+        values, scores = by_source[prompt], result.arrays["per_prompt"][prompt]
+        values = values[..., by_source.shape[-1] - len(result.extra["prompt_tokens"][prompt]):]
+    return values.reshape(-1, values.shape[-1])[np.argsort(-np.abs(scores), kind="stable")[:12]]
 
 
 def test_steering_page_draws_the_sweep_and_generates_both_texts(app_env):
@@ -208,6 +229,9 @@ def test_steering_page_draws_the_sweep_and_generates_both_texts(app_env):
     assert np.allclose(_array(change["data"][0]["y"]), result.scores)
     assert np.allclose(_array(kl["data"][0]["y"]), result.arrays["kl_neutral"])
     assert texts["data"][0]["cells"]["values"][1] == [result.extra["unsteered"][0]] + [row[0] for row in result.extra["steered"]]
+    sites = at.dataframe[0].value  # one row per site: how big a coefficient of 1 is there
+    assert list(sites["site"]) == ["L0.RESID_PRE", "L1.RESID_PRE"] == result.extra["sites"]
+    assert list(sites["vector norm"]) == pytest.approx(result.extra["vector_norms"], rel=1e-3)
     next(t for t in at.text_input if t.label == "prompt").set_value("t5 t9 t3").run()
     at.button[0].click().run()
     assert not at.exception, [e.message for e in at.exception]

@@ -15,7 +15,12 @@ result = open_run("DLA", "Direct logit attribution: each part of the final resid
                          "direction through the final norm, its scale frozen at the clean run.")
 st.markdown(f"**{result.task}** on `{result.model}` · {result.settings['n_prompts']} prompts · parts sum to "
             f"{result.extra['total']:.4f}; the model's {result.metric} {result.extra['logit_diff']:.4f} · {timing_line(result)}")
-for figure in dla_figures(result):
+prompt = None
+if "by_source" in result.arrays:
+    texts = ["".join(tokens) for tokens in result.extra.get("prompt_tokens") or []]
+    prompt = st.selectbox("source positions of", [None, *range(len(texts))],
+                          format_func=lambda i: "the mean over prompts" if i is None else f"prompt {i}: {texts[i]}")
+for figure in dla_figures(result, prompt):
     chart(figure)
 order = result.ranking()[:25]
 table(pd.DataFrame({"head": [result.components[i] for i in order], "contribution": result.scores[order]}), key="heads")

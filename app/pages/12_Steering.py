@@ -6,9 +6,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app.shared import chart, default_model, header, load_model, model_lock, pick_run, timing_line  # noqa: E402
+from app.shared import chart, default_model, header, load_model, model_lock, pick_run, table, timing_line  # noqa: E402
 from interp.steering import contrast_vector, read_texts, steering_edit  # noqa: E402
 from interp.ui.figures import steering_figures  # noqa: E402
 
@@ -50,7 +51,11 @@ if submitted:
 st.subheader("Saved sweeps")
 result = pick_run("Steering")
 if result is not None:
+    sites = result.extra.get("sites") or [result.settings["site"]]
     st.markdown(f"**{result.task}** on `{result.model}` · vector `{result.settings['vector']}` at "
-                f"`{result.settings['site']}` ({result.settings['mode']}) · {timing_line(result)}")
+                f"{', '.join(f'`{site}`' for site in sites)} ({result.settings['mode']}) · {timing_line(result)}")
+    if result.extra.get("vector_norms"):  # how big a coefficient of 1 is at each site
+        table(pd.DataFrame({"site": sites, "vector norm": result.extra["vector_norms"],
+                            "mean activation norm there": result.extra["site_norms"]}), key="sites")
     for figure in steering_figures(result):
         chart(figure)

@@ -382,9 +382,10 @@ def lens_figures(result: Result) -> list[go.Figure]:
     return figures
 
 
-def dla_figures(result: Result) -> list[go.Figure]:
+def dla_figures(result: Result, prompt: int | None = None) -> list[go.Figure]:
     """A DLA run: each head's contribution (layer x head, signed, robust symmetric range) and the
-    largest parts of every kind as bars in the same colours."""
+    largest parts of every kind as bars in the same colours; with ``by_source``, where the largest
+    heads read their parts from (the mean over prompts, or prompt number ``prompt``)."""
     grid = result.grid()
     heads = heatmap(grid, [str(h) for h in range(grid.shape[1])], [f"L{l}" for l in range(grid.shape[0])],
                     f"direct logit attribution of each head · {result.task} · {result.model} ({result.metric}, logits)",
@@ -411,26 +412,32 @@ def dla_figures(result: Result) -> list[go.Figure]:
                               xaxis_title="contribution (logits)", template="plotly_white", height=200 + 18 * len(names))
         figures.append(neurons)
     if "by_source" in result.arrays:
-        figures.append(_dla_sources(result))
+        figures.append(_dla_sources(result, prompt))
     return figures
 
 
-def _dla_sources(result: Result, n_heads: int = 12) -> go.Figure:
+def _dla_sources(result: Result, prompt: int | None = None, n_heads: int = 12) -> go.Figure:
     """The ``n_heads`` heads with the largest parts, each split over the source positions it
-    reads (mean over prompts, positions counted from the last token, the first prompt's tokens)."""
+    reads (positions counted from the last token): the mean over prompts, labelled with the first
+    prompt's tokens, or prompt number ``prompt``'s own parts, heads and tokens."""
     from interp.dla import mean_by_source
 
-    mean = mean_by_source(result.arrays["by_source"])  # [layers, heads, positions]
-    flat = mean.reshape(-1, mean.shape[-1])
-    order = np.argsort(-np.abs(result.scores), kind="stable")[:n_heads]
-    width = mean.shape[-1]
-    first = result.tokens  # the first prompt's
-    labels = [f"{offset}" + (f" {first[offset]!r}" if -offset <= len(first) else "") for offset in range(-width, 0)]
-    figure = heatmap(flat[order], labels, [result.components[i] for i in order],
-                     f"where the largest heads read their part from · {result.task} · {result.model} (mean over "
-                     f"{result.settings['n_prompts']} prompts; they sum to each head's part)", "source position", "head",
-                     "logits")
-    return figure
+    by_source = result.arrays["by_source"]  # [prompts, layers, heads, positions]
+    width = by_source.shape[-1]
+    if prompt is None:
+        values, scores, tokens = mean_by_source(by_source), result.scores, result.tokens
+        which = f"mean over {result.settings['n_prompts']} prompts"
+    else:
+        values, scores = by_source[prompt], result.arrays["per_prompt"][prompt]
+        tokens = (result.extra.get("prompt_tokens") or [result.tokens])[prompt]
+        which = f"prompt {prompt}"
+    flat = values.reshape(-1, width)
+    order = np.argsort(-np.abs(scores), kind="stable")[:n_heads]
+    labels = [f"{offset}" + (f" {tokens[offset]!r}" if -offset <= len(tokens) else "") for offset in range(-width, 0)]
+    columns = slice(width - len(tokens), None) if prompt is not None else slice(None)  # a shorter prompt: its own
+    return heatmap(flat[order][:, columns], labels[columns], [result.components[i] for i in order],
+                   f"where the largest heads read their part from · {result.task} · {result.model} ({which}; they sum "
+                   "to each head's part)", "source position", "head", "logits")
 
 
 def steering_figures(result: Result) -> list[go.Figure]:
