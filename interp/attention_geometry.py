@@ -107,6 +107,9 @@ class AttentionGeometry:
     a padded batch, per attention mask: each row's own mask and rotary positions)."""
 
     def __init__(self, model) -> None:
+        from interp.sublayers import require_local_weights
+
+        require_local_weights(model)  # it runs the local modules to see what each attention is handed
         self.model = model
         self._cache: dict[object, list[LayerGeometry]] = {}
 

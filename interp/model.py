@@ -396,6 +396,8 @@ class Model:
                     out = self.backend.forward(spec)
         out.logits = out.logits.to(self.device)  # a device map unembeds on the last layer's device
         out.activations.update(virtual_reads)
+        if spec.after is not None and not self.remote:  # a remote backend ran it inside the request
+            out.after = spec.after(out.logits, out.activations)
         return out
 
     @contextmanager
@@ -559,14 +561,16 @@ class Model:
         """
         sites = self._sites(components)
         ids, mask = self._ids_and_mask(tokens, attention_mask)
-        with torch.enable_grad():
-            out = self.forward(RunSpec(ids, reads=sites, keep_grad=True, attention_mask=mask))
-            value = metric(out.logits)
+
+        def backward(logits: torch.Tensor, activations: dict) -> tuple:  # where the forward ran (NDIF too)
+            value = metric(logits)
             if value.dim() != 0:
                 raise ValueError(f"metric must return a scalar to differentiate, got shape {tuple(value.shape)}")
-            value.backward()
-        grads = {}
-        for site, act in out.activations.items():
-            grads[site] = act.grad if act.grad is not None else torch.zeros_like(act)
-        self.hf_model.zero_grad(set_to_none=True)
-        return value.detach(), ActivationCache({s: a.detach() for s, a in out.activations.items()}), ActivationCache(grads)
+            found = torch.autograd.grad(value, list(activations.values()), allow_unused=True)
+            grads = {site: torch.zeros_like(a) if g is None else g for (site, a), g in zip(activations.items(), found)}
+            return value.detach(), {site: a.detach() for site, a in activations.items()}, grads
+
+        with torch.enable_grad():
+            out = self.forward(RunSpec(ids, reads=sites, keep_grad=True, attention_mask=mask, after=backward))
+        value, activations, grads = out.after
+        return value, ActivationCache(activations), ActivationCache(grads)

@@ -37,15 +37,21 @@ def _bias(module: torch.nn.Module) -> torch.Tensor | None:
     return None if getattr(module, "bias", None) is None else placement.weight(module, "bias")
 
 
+def require_local_weights(model: Model) -> None:
+    """One line unless ``model``'s weights are here to recompute its parts from (a remote model's
+    stay on NDIF)."""
+    if model.remote or weightless(model.hf_model):
+        raise UnsupportedArchitectureError(
+            f"this analysis recomputes parts of {model.config.name} from its weights (as DLA, the lens, the edge "
+            "methods, AtP*'s QK fix and transcoder graphs do), and a remote model's weights stay on NDIF: run it on "
+            "a local copy, or use exact patching, AtP without the QK fix (qk_fix=False), steering or generation")
+
+
 class Sublayers:
     """Recompute attention inputs, MLP outputs and per-head output contributions of ``model``."""
 
     def __init__(self, model: Model) -> None:
-        if model.remote or weightless(model.hf_model):
-            raise UnsupportedArchitectureError(
-                f"this analysis recomputes parts of {model.config.name} from its weights (as DLA, the lens, the edge "
-                "methods, AtP*'s QK fix and transcoder graphs do), and a remote model's weights stay on NDIF: run it on "
-                "a local copy, or use exact patching, steering or generation")
+        require_local_weights(model)
         self.config = model.config
         self.layout = model.layout
         self._root = model.hf_model

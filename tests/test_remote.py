@@ -22,6 +22,9 @@ import torch
 import interp
 from interp import tasks
 from interp.loading import ModelLoadError, resolve_model_dir
+from interp.attribution import attribution_patching
+from interp.backends.base import RunSpec
+from interp.components import Site
 from interp.patching import activation_patching
 from interp.toy_models import RANDOM_FAMILIES
 
@@ -117,8 +120,8 @@ def test_analyses_that_read_weights_refuse_a_remote_model_in_one_line(hub):
     with pytest.raises(UnsupportedArchitectureError) as info:
         direct_logit_attribution(model, [1, 2, 3], 5, 7)
     assert "a remote model's weights stay on NDIF" in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(NotImplementedError, match="gradients .* are not taken through NDIF here"):
-        model.gradients(torch.tensor([[1, 2, 3]]), lambda logits: logits[:, -1, 0].sum(), ["L0.RESID_PRE"])
+    with pytest.raises(NotImplementedError, match="keeps its gradients only through RunSpec.after"):
+        model.forward(RunSpec(torch.tensor([[1, 2, 3]]), reads={Site("resid_pre", 0)}, keep_grad=True))
 
 
 def test_the_cli_loads_a_remote_model_and_refuses_local_options(hub, tmp_path, capsys):
@@ -175,6 +178,34 @@ def test_a_sweep_sent_to_simulated_ndif_gives_the_local_numbers_in_a_few_request
     np.testing.assert_allclose(sent.scores, expected.scores, atol=1e-5)
     assert abs(sent.scores).max() > 0.05
     assert sent.n_forward_passes >= 30 and len(ndif_here) <= 5  # the sweep's forwards: one session
+
+
+def test_gradients_are_taken_inside_the_request(ndif_here):
+    """The backward runs where the forward ran (``RunSpec.after``): Model.gradients and AtP* on a
+    model sent to simulated NDIF give the local numbers, one request per forward + backward."""
+    local = interp.load_model("random-llama")
+    remote = interp.load_model("random-llama", remote="local")
+    tokens = torch.tensor([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]])
+    sites = ["L0.RESID_PRE", "L1.ATTN", "L2.H1"]
+    expected = local.gradients(tokens, lambda logits: logits[:, -1, 7].sum(), sites)
+    found = remote.gradients(tokens, lambda logits: logits[:, -1, 7].sum(), sites)
+    assert len(ndif_here) == 1 and abs(found[0] - expected[0]) < 1e-5
+    for site, gradient in expected[2].items():
+        assert gradient.abs().max() > 1e-3
+        torch.testing.assert_close(found[2][site], gradient, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(found[1][site], expected[1][site], atol=1e-5, rtol=1e-4)
+    task = tasks.ioi(local, n_prompts=4, seed=1)
+    star = attribution_patching(local, task, "heads", method="atp*", progress=False)
+    ndif_here.clear()
+    sent = attribution_patching(remote, task, "heads", method="atp*", progress=False)
+    np.testing.assert_allclose(sent.scores, star.scores, atol=1e-5)
+    np.testing.assert_allclose(sent.arrays["importance"], star.arrays["importance"], atol=1e-5)
+    assert abs(star.scores).max() > 0.01 and 0 < len(ndif_here) <= sent.n_forward_passes
+    from interp.architectures import UnsupportedArchitectureError
+
+    with pytest.raises(UnsupportedArchitectureError, match="AtP without the QK fix") as info:  # q nodes: the QK fix
+        attribution_patching(remote, task, "q", method="atp*", progress=False)  # recomputes attention from weights
+    assert "\n" not in str(info.value)
 
 
 def test_requests_are_as_large_as_their_logits_allow(ndif_here, monkeypatch):

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp import shortcuts
-from interp.attribution.backward import layer_gradients, n_units, traced_run, units_below
+from interp.attribution.backward import TracedRun, layer_gradients, n_units, traced_run, units_below
 from interp.attribution.estimates import QK_KINDS, NodeEstimator
 from interp.corruption import RunInput, check_settings, clean_and_corrupt, first_difference, prompt_chunks, target_and_source
 from interp.metrics import normalized, task_metric
@@ -126,34 +126,43 @@ def attribution_patching(
         with torch.no_grad():
             source_out = model.forward(chunk_source.spec(start, reads=estimator.activation_sites(), past_key_values=prefix))
         source_metric[prompts] = chunk.fold(chunk_metric(source_out.logits)).cpu()
-        run = traced_run(model, chunk_target.spec(start, reads=estimator.activation_sites() | estimator.grad_sites(),
-                                                  past_key_values=prefix), chunk_metric, drop)
-        target_metric[prompts] = chunk.fold(run.metric).cpu()
+        mask = None if chunk_target.mask is None else chunk_target.mask[:, start:]
+
+        def estimated(run: TracedRun, source=source_out.activations, row_ids=row_ids, mask=mask) -> tuple[list, int, int]:
+            """Where the forward ran: the estimates of every (layer, unit), the block backwards that
+            did arithmetic, and those spent checking the batched ones."""
+            estimator.bind({s: a.detach() for s, a in run.activations.items()}, source, row_ids, mask)
+            found, blocks = [], 0
+            for layer, unit, grads in layer_gradients(run, estimator.grad_sites(), drop, lowest):
+                blocks += unit != (layer, "block")  # a block dropped at its own layer: the skip path, no arithmetic
+                found += [(layer, unit, live, values.detach()) for live, values in estimator.estimate(layer, grads)]
+            return found, blocks, run.checked_backwards
+
+        metric_values, (found, blocks, checked_backwards) = traced_run(
+            model, chunk_target.spec(start, reads=estimator.activation_sites() | estimator.grad_sites(),
+                                     past_key_values=prefix), chunk_metric, drop, estimated)
+        target_metric[prompts] = chunk.fold(metric_values).cpu()
         if n_chunks == 1:  # once per call: both runs' metrics through the shortcuts against the plain computation
             name = (f"starting both runs at position {start} on a shared KV prefix" if start else "") + \
                    (" and " if start else "") + "unembedding only the positions the metric reads"
             where = f"{task.name!r} on {model.config.name}, {model.backend.name} backend"
-            for label, shortcut, whole in (("target", run.metric, chunk_target), ("source", chunk_metric(source_out.logits),
+            for label, shortcut, whole in (("target", metric_values, chunk_target), ("source", chunk_metric(source_out.logits),
                                                                                   chunk_source)):
                 checked, plain = whole.plain_metric(model, metric_of, row_ids)
                 shortcuts.check(f"{name} ({label} run)", shortcut[checked], plain, where, dtype=model.dtype)
                 check_cost += (checked.stop - checked.start) / len(row_ids)
             n_forward += 2
-        mask = None if chunk_target.mask is None else chunk_target.mask[:, start:]
-        estimator.bind({s: a.detach() for s, a in run.activations.items()}, source_out.activations, row_ids, mask)
         n_forward += 2
-        for layer, unit, grads in layer_gradients(run, estimator.grad_sites(), drop, lowest):
-            block_backwards += unit != (layer, "block")  # a block dropped at its own layer: the skip path, no arithmetic
-            for live_indices, values in estimator.estimate(layer, grads):
-                indices = live_index[live_indices]
-                per_prompt = chunk.fold(values).cpu()  # a prompt's estimate: its rows' summed (before any |.|)
-                if unit is None:
-                    estimates[prompts[:, None], indices] = per_prompt
-                    dropped[prompts[:, None], indices] += units_below(layer, drop) * per_prompt.abs()
-                else:
-                    dropped[prompts[:, None], indices] += per_prompt.abs()
-        check_cost += 2.0 * run.checked_backwards / model.config.n_layers * (n_positions - start) / n_positions
-        del run
+        block_backwards += blocks
+        for layer, unit, live_indices, values in found:
+            indices = live_index[live_indices]
+            per_prompt = chunk.fold(values).cpu()  # a prompt's estimate: its rows' summed (before any |.|)
+            if unit is None:
+                estimates[prompts[:, None], indices] = per_prompt
+                dropped[prompts[:, None], indices] += units_below(layer, drop) * per_prompt.abs()
+            else:
+                dropped[prompts[:, None], indices] += per_prompt.abs()
+        check_cost += 2.0 * checked_backwards / model.config.n_layers * (n_positions - start) / n_positions
         bar.update(len(prompts))
     bar.close()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
@@ -28,6 +28,7 @@ GRAD_DROP_UNITS = ("block", "sublayer")
 ATTENTION_KINDS = frozenset(kind for kind, k in ACTIVATION_KINDS.items() if k.sublayer == "attn")
 MLP_KINDS = frozenset(kind for kind, k in ACTIVATION_KINDS.items() if k.sublayer == "mlp")
 
+T = TypeVar("T")
 Write = tuple[int, str]  # (layer, "block" | "attn" | "mlp"): a residual-stream write GradDrop can drop
 
 
@@ -49,13 +50,16 @@ class TracedRun:
         return "attn" if kind in ATTENTION_KINDS else "mlp" if kind in MLP_KINDS else None
 
 
-def traced_run(model, spec: RunSpec, metric_of, grad_drop: str | None) -> TracedRun:
-    """Run ``spec`` keeping the graph, cut at each block's input.
+def traced_run(model, spec: RunSpec, metric_of, grad_drop: str | None, then: Callable[[TracedRun], T]) -> tuple[torch.Tensor, T]:
+    """Run ``spec`` keeping the graph, cut at each block's input, and ``then`` on it.
 
     ``spec.reads`` are the activations whose gradients are wanted; ``metric_of(logits [n, k,
     d_vocab])`` gives one value per row (rows are independent, so the gradient of the sum is each
     row's own gradient). With ``spec.past_key_values`` (a KV cache of earlier positions, held
-    constant) the run holds the positions after them, and so do the activations.
+    constant) the run holds the positions after them, and so do the activations. ``then`` gets
+    the :class:`TracedRun` where the forward ran (inside the request, for a remote model), so it
+    must take every gradient it needs and return them detached. Returns (the per-row metric
+    values, detached; what ``then`` returned).
     """
     config = model.config
     reads = set(spec.reads)
@@ -68,12 +72,16 @@ def traced_run(model, spec: RunSpec, metric_of, grad_drop: str | None) -> Traced
     all_edits = {site: list(fns) for site, fns in spec.edits.items()}
     for layer in range(1, config.n_layers):
         all_edits.setdefault(Site("resid_pre", layer), []).append(torch.Tensor.detach)
+    n_layers, parallel, hosts = config.n_layers, config.parallel_attn_mlp, model.splice_hosts()
+
+    def after(logits: torch.Tensor, activations: dict[Site, torch.Tensor]) -> tuple[torch.Tensor, T]:
+        values = metric_of(logits)
+        run = TracedRun(values.detach(), values.sum(), activations, n_layers, parallel, hosts)
+        return run.metric, then(run)
+
     with torch.enable_grad():
-        out = model.forward(dataclasses.replace(spec, edits=all_edits, reads=reads, keep_grad=True))
-        values = metric_of(out.logits)
-        total = values.sum()
-    return TracedRun(values.detach(), total, out.activations, config.n_layers, config.parallel_attn_mlp,
-                     model.splice_hosts())
+        out = model.forward(dataclasses.replace(spec, edits=all_edits, reads=reads, keep_grad=True, after=after))
+    return out.after
 
 
 def _grad(outputs: torch.Tensor, inputs: list[torch.Tensor], cotangents: torch.Tensor) -> list[torch.Tensor]:

@@ -32,7 +32,9 @@ class RunSpec:
     autograd graph (``retain_grad``). ``attention_mask`` [batch, past + pos] marks real tokens
     (True) and padding (False) over the cached and the new positions; position ids follow from it
     (the count of real tokens before each one), so left and right padding give the same numbers.
-    None: every token is real.
+    None: every token is real. ``after(logits, reads)`` runs where the forward ran, with the
+    logits and the reads still in the autograd graph (``keep_grad``), and what it returns comes
+    back as ``RunOutput.after``: a remote model takes its gradients this way, inside the request.
     """
 
     input_ids: torch.Tensor
@@ -44,6 +46,7 @@ class RunSpec:
     keep_grad: bool = False
     attention_mask: torch.Tensor | None = None
     logit_positions: torch.Tensor | None = None
+    after: Callable[[torch.Tensor, dict[Site, Any]], Any] | None = None
 
     @property
     def sites(self) -> list[Site]:
@@ -55,6 +58,7 @@ class RunOutput:
     logits: torch.Tensor  # [batch, kept positions, d_vocab]
     activations: dict[Site, torch.Tensor]
     past_key_values: Any = None
+    after: Any = None  # what ``RunSpec.after`` returned
 
 
 class Backend(ABC):

@@ -12,6 +12,7 @@ cloudpickle to travel by value (their functions' and classes' code, not an impor
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 
@@ -64,9 +65,9 @@ class NNsightBackend(Backend):
                 )
         if any(site.kind == "resid_mid" for site in spec.sites):
             raise NotImplementedError("resid_mid is not exposed on the nnsight backend; use backend='transformer_lens'")
-        if self.remote and spec.keep_grad:
-            raise NotImplementedError("gradients (AtP, AtP*, EAP, probes' attributions, steering vectors from gradients) "
-                                      "are not taken through NDIF here: run them on a local copy of the model")
+        if self.remote and spec.keep_grad and spec.after is None:  # the graph would stay on NDIF
+            raise NotImplementedError("a remote run keeps its gradients only through RunSpec.after, which takes them "
+                                      "inside the request")
 
     def _check_request(self) -> None:
         """Before a request leaves (once, whatever it holds): no local hook or swapped module that
@@ -100,27 +101,29 @@ class NNsightBackend(Backend):
             mask = torch.ones(batch, past + length, dtype=torch.long, device=spec.input_ids.device)
         inputs = {"input_ids": spec.input_ids, "attention_mask": mask}
         cache_field = hf_compat.cache_output_field() if spec.return_cache else None
+        if not self.remote:  # the model runs ``after`` on what comes back (``Model._forward``)
+            spec = dataclasses.replace(spec, after=None)
         return functools.partial(run_trace, self.lm, self.layout, c.n_heads, c.n_kv_heads, c.d_head, spec, inputs,
                                  model_kwargs, cache_field, remote, self.unembed)
 
-    def _output(self, spec: RunSpec, logits: torch.Tensor, activations: dict, cache) -> RunOutput:
+    def _output(self, spec: RunSpec, logits: torch.Tensor, activations: dict, cache, after) -> RunOutput:
         missing = [site for site, value in activations.items() if value is None]
         if missing and missing[0].kind == "pattern":
             raise RemoteRunError(f"the model computed no attention probabilities at {missing[0]} (NDIF runs it with an "
                                  "attention implementation that returns none); read patterns from a local model")
-        return RunOutput(logits, activations, cache)
+        return RunOutput(logits, activations, cache, after)
 
     def forward(self, spec: RunSpec) -> RunOutput:
         self._check(spec)
         self._check_request()
         try:
-            logits, activations, cache = self._run(spec, self.remote)()
+            logits, activations, cache, after = self._run(spec, self.remote)()
         except Exception as exc:
             if not self.remote:
                 raise
             # the network, the hub and NDIF raise many kinds; the cause stays chained for a debugger
             raise RemoteRunError(f"the request to NDIF failed: {first_line(exc)}") from exc
-        return self._output(spec, logits, activations, cache)
+        return self._output(spec, logits, activations, cache, after)
 
     def forward_many(self, specs: list[RunSpec]) -> list[RunOutput]:
         """Remote: all of ``specs`` in one request (an nnsight session holding one trace each)."""

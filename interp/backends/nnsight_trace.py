@@ -45,7 +45,8 @@ def _visit(spec: RunSpec, site: Site, module, attribute: str, view: tuple[int, .
 
 def run_trace(lm, layout: Layout, n_heads: int, n_kv: int, d_head: int, spec: RunSpec, inputs: dict, model_kwargs: dict,
               cache_field: str | None, remote: bool | str, unembed: str):
-    """Run ``spec`` through nnsight; returns (logits, activations by site, past_key_values).
+    """Run ``spec`` through nnsight; returns (logits, activations by site, past_key_values, what
+    ``spec.after`` returned: it runs inside the trace, on the logits and reads in the graph).
 
     ``inputs``: the token ids and attention mask; ``model_kwargs``: the rest of the Hugging Face
     forward's arguments; ``cache_field``: the output's KV cache field, None when none is returned.
@@ -100,12 +101,19 @@ def run_trace(lm, layout: Layout, n_heads: int, n_kv: int, d_head: int, spec: Ru
             index = spec.logit_positions.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1])
             unembedding.input = hidden.gather(1, index)
         output = lm.output
+        reads = {site: saved[site] for site in spec.reads}
+        after = None
+        if spec.after is not None:  # a remote run's backward: the graph exists only here
+            with torch.enable_grad():
+                after = spec.after(output.logits, reads)
+            reads = {site: value.detach() for site, value in reads.items()}
         results = nnsight.save({
-            "logits": output.logits,
+            "logits": output.logits if spec.after is None else output.logits.detach(),
             "cache": None if cache_field is None else getattr(output, cache_field),
-            "activations": {site: saved[site] for site in spec.reads},
+            "activations": reads,
+            "after": after,
         })
-    return results["logits"], results["activations"], results["cache"]
+    return results["logits"], results["activations"], results["cache"], results["after"]
 
 
 def run_session(lm, runs: list, remote: bool | str) -> list:
