@@ -13,8 +13,9 @@ Gemma's 256,000). Per model, side by side in one run:
    against TransformerLens' generic sweep with ``get_act_patch_attn_head_out_by_pos``'s setter
    over the same cells (wall time, and the largest difference of the two grids);
 2. AtP* over every head against interp's exhaustive head sweep (wall time, top-20 overlap);
-3. TopK SAE training on the middle layer's residual stream: tokens per second (SAELens runs in its
-   own environment: ``benchmarks/dictionaries.py``);
+3. TopK SAE training on the middle layer's residual stream: tokens per second, and with
+   ``--saelens-python`` SAELens' on the same activations in its own environment
+   (``benchmarks/saelens_side.py``; ``benchmarks/dictionaries.py`` compares their quality);
 4. greedy generation with k attention layers dropped (the last k): measured speed-up against two
    ceilings, the ratio of the per-token matrix FLOPs and of the bytes one decoding step reads
    (weights and KV cache) of the intact and the pruned model (``ideal_speedups``).
@@ -202,7 +203,7 @@ def benchmark(name: str, folder: Path, dtype: str, device: str, args) -> dict:
                                             & set(star.ranking()[:k].tolist())) / k
 
     def sae() -> None:
-        row["sae_tokens_per_second"] = sae_speed(state["model"], state["model"].config.n_layers // 2, args)
+        row.update(sae_speed(state["model"], state["model"].config.n_layers // 2, args))
 
     def generation() -> None:
         model, task = state["model"], state["task"]
@@ -233,9 +234,11 @@ def benchmark(name: str, folder: Path, dtype: str, device: str, args) -> dict:
     return row
 
 
-def sae_speed(model, layer: int, args) -> float:
+def sae_speed(model, layer: int, args) -> dict:
     """TopK SAE training throughput on ``L<layer>.RESID_POST``, tokens per second (after the
-    activations are cached and moved to the model's device: the training steps themselves)."""
+    activations are cached and moved to the model's device: the training steps themselves); with
+    ``--saelens-python``, SAELens' TopK SAE on the same activations, batches, width, k and
+    learning rate, in that interpreter (its own environment) on the same device."""
     from circuits.activation_store import ActivationStore
     from circuits.dictionary import DictionaryConfig
     from circuits.dictionary_training import TrainingConfig, train_dictionary
@@ -249,9 +252,30 @@ def sae_speed(model, layer: int, args) -> float:
     batches = [(x, x) for x in on_device]  # half a buffer (no refill); an SAE's target is its input
     config = DictionaryConfig(d_in=model.config.d_model, d_sae=8 * model.config.d_model, k=32, kind="sae", site=site)
     total = sum(len(x) for x, _ in batches)
-    trained = train_dictionary(iter(batches), config, TrainingConfig(total_tokens=total, batch_tokens=args.sae_batch,
-                                                                     device=str(model.device)), progress=False)
-    return trained.tokens_per_second
+    training = TrainingConfig(total_tokens=total, batch_tokens=args.sae_batch, device=str(model.device))
+    trained = train_dictionary(iter(batches), config, training, progress=False)
+    found = {"sae_tokens_per_second": trained.tokens_per_second}
+    if args.saelens_python:
+        found.update(_saelens_speed(args.saelens_python, batches, config, training, str(model.device)))
+    return found
+
+
+def _saelens_speed(python: str, batches: list, config, training, device: str) -> dict:
+    """SAELens' TopK SAE trained by ``benchmarks/saelens_side.py`` in ``python`` on ``batches``."""
+    import subprocess
+
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as scratch:
+        train = torch.cat([x for x, _ in batches]).float().cpu()
+        save_file({"train": train, "eval": train[-training.batch_tokens:].clone()}, Path(scratch) / "data.safetensors")
+        out = Path(scratch) / "saelens.json"
+        subprocess.run([python, str(ROOT / "benchmarks" / "saelens_side.py"), "--cache", scratch, "--json", str(out),
+                        "--tokens", str(len(train)), "--eval-tokens", str(training.batch_tokens), "--d-sae",
+                        str(config.d_sae), "--k", str(config.k), "--batch", str(training.batch_tokens), "--dead-tokens",
+                        str(config.dead_tokens), "--lr", str(training.lr), "--device", device], check=True)
+        side = json.loads(out.read_text())
+    return {"saelens_tokens_per_second": side["tokens_per_second"], "saelens_version": side["saelens_version"]}
 
 
 def main() -> None:
@@ -270,6 +294,9 @@ def main() -> None:
     parser.add_argument("--gen-batch", type=int, default=None, help="prompts generated from at once (default 8)")
     parser.add_argument("--gen-prompt-length", type=int, default=None,
                         help="prompt tokens for the generation timing (default: the task's prompts as they are)")
+    parser.add_argument("--saelens-python", default=None,
+                        help="a Python with sae-lens installed (its own environment: it pins transformer-lens<4); "
+                             "SAELens' TopK SAE then trains on the same activations (default: not run)")
     parser.add_argument("--tokenizer", default=None,
                         help="a folder holding SmolLM2's tokenizer (default: converted from the bundled GGUF)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu.json"))
@@ -303,13 +330,14 @@ def main() -> None:
                                        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None},
                                       indent=1))
     print(f"\n{'model':18}{'sweep s':>9}{'TL s':>9}{'x TL':>7}{'exh. s':>8}{'AtP* s':>8}{'top-20':>8}"
-          f"{'SAE tok/s':>11}{'gen x':>7}{'FLOPs':>7}{'bytes':>7}")
+          f"{'SAE tok/s':>11}{'SAELens':>9}{'gen x':>7}{'FLOPs':>7}{'bytes':>7}")
     nan = float("nan")
     for r in rows:
         g = r.get
         print(f"{r['model']:18}{g('sweep_seconds', nan):9.2f}{g('transformer_lens_sweep_seconds', nan):9.2f}"
               f"{g('sweep_speedup', nan):7.1f}{g('exhaustive_heads_seconds', nan):8.2f}{g('atp_star_seconds', nan):8.2f}"
               f"{g('atp_star_top20_overlap', nan):8.2f}{g('sae_tokens_per_second', nan):11.0f}"
+              f"{g('saelens_tokens_per_second', nan):9.0f}"
               f"{g('generation_speedup', nan):7.2f}{g('generation_ideal_speedup', nan):7.2f}"
               f"{g('generation_bytes_ideal_speedup', nan):7.2f}")
     print(f"wrote {out}")

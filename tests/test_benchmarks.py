@@ -52,3 +52,36 @@ def test_the_scaling_benchmark_runs_tiny_and_counts_flops_right(tmp_path):
     point = dict(scaling.TINY_BASE, prompts=1, positions=1)
     layer_weights, _ = scaling.parameters(point, 100)
     assert scaling.forward_flops(point, 100) == 2 * layer_weights + 4 * point["layers"] * point["d_model"] + 200 * point["d_model"]
+
+
+def test_the_gpu_benchmark_hands_saelens_the_same_training(tmp_path):
+    """``--saelens-python``: SAELens' side gets our activations, batch size, width, k, learning rate
+    and device (a stand-in interpreter records what it was given; the real side is
+    ``benchmarks/saelens_side.py``, run by ``benchmarks/dictionaries.py``)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import gpu
+    from circuits.dictionary import DictionaryConfig
+    from circuits.dictionary_training import TrainingConfig
+
+    record = tmp_path / "args.json"
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f"""#!{sys.executable}
+import json, sys
+from safetensors.torch import load_file
+args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+train = load_file(args["--cache"] + "/data.safetensors")["train"]
+json.dump({{"args": args, "rows": len(train), "sum": float(train.sum())}}, open({str(record)!r}, "w"))
+json.dump({{"tokens_per_second": 123.0, "saelens_version": "stand-in"}}, open(args["--json"], "w"))
+""")
+    stand_in.chmod(0o755)
+    batches = [(x, x) for x in torch.randn(3, 8, 4)]
+    config = DictionaryConfig(d_in=4, d_sae=16, k=2, kind="sae")
+    found = gpu._saelens_speed(str(stand_in), batches, config, TrainingConfig(total_tokens=24, batch_tokens=8), "cpu")
+    assert found == {"saelens_tokens_per_second": 123.0, "saelens_version": "stand-in"}
+    seen = json.loads(record.read_text())
+    assert seen["rows"] == 24 and abs(seen["sum"] - float(torch.cat([x for x, _ in batches]).sum())) < 1e-4
+    args = seen["args"]
+    assert (args["--tokens"], args["--batch"], args["--d-sae"], args["--k"], args["--device"]) == ("24", "8", "16", "2", "cpu")
+    assert float(args["--lr"]) == TrainingConfig().lr and int(args["--dead-tokens"]) == config.dead_tokens
