@@ -163,7 +163,6 @@ def benchmark(name: str, folder: Path, dtype: str, device: str, args) -> dict:
     def load_bridge() -> None:
         state["tl"] = tl = interp.load_model(str(folder), backend="transformer_lens", device=device,
                                              dtype=getattr(torch, dtype))
-        row["parameters"] = sum(p.numel() for p in tl.hf_model.parameters())
         state["task"] = task = interp.tasks.ioi(tl, n_prompts=args.n_prompts, seed=0)
         row["positions"], row["prompts"] = int(task.clean_tokens.shape[1]), int(task.clean_tokens.shape[0])
         timed(lambda: tl.run(task.clean_tokens))  # warm-up: CUDA context, kernels, allocator
@@ -190,6 +189,7 @@ def benchmark(name: str, folder: Path, dtype: str, device: str, args) -> dict:
         state["model"] = model = interp.load_model(str(folder), device=device, dtype=getattr(torch, dtype),
                                                    attention="auto")
         row["attention"] = model.attention
+        row["parameters"] = sum(p.numel() for p in model.hf_model.parameters())  # the bridge may add its own
         timed(lambda: model.run(state["task"].clean_tokens))  # warm-up
 
     def atp_star() -> None:

@@ -19,13 +19,16 @@ def test_the_gpu_benchmark_runs_tiny(tmp_path):
     for row in rows:
         assert row["sweep_max_abs_difference"] < 1e-4 and not row["errors"]
         assert row["sae_tokens_per_second"] > 0 and 0 <= row["atp_star_top20_overlap"] <= 1
-    # the ceilings, counted by hand for the tiny Llama (d_model 64, 4 heads of 16, 2 KV heads, tied
-    # embeddings): the last attention sublayer holds q, o (64 x 64), k, v (64 x 32) and its norm
-    # (64); every parameter but the input embedding is read once per token, the unembedding
-    # (the tied embedding) included; the KV cache holds 2 x 2 heads x 16 x (14 + 4/2) positions x
-    # 2 prompts per layer
+    # the ceilings, counted by hand for the tiny Llama (3 layers, d_model 64, 4 heads of 16, 2 KV
+    # heads, MLP 128, SmolLM2's 49,152 tokens, tied embeddings): the last attention sublayer holds
+    # q, o (64 x 64), k, v (64 x 32) and its norm (64); every parameter but the input embedding is
+    # read once per token, the unembedding (the tied embedding) included; the KV cache holds 2 x 2
+    # heads x 16 x (14 + 4/2) positions x 2 prompts per layer
     llama = rows[0]
-    weights, removed, kv = llama["parameters"], 2 * 64 * 64 + 2 * 64 * 32 + 64, 2 * 2 * 16 * (14 + 4 / 2) * 2
+    attention = 2 * 64 * 64 + 2 * 64 * 32 + 64
+    weights = 49152 * 64 + 3 * (attention + 3 * 64 * 128 + 64) + 64
+    removed, kv = attention, 2 * 2 * 16 * (14 + 4 / 2) * 2
+    assert llama["parameters"] == weights
     assert (llama["generation_batch"], llama["generation_prompt_length"]) == (2, 14)
     assert abs(llama["generation_ideal_speedup"] - weights / (weights - removed)) < 1e-12
     assert abs(llama["generation_bytes_ideal_speedup"] - (weights + 3 * kv) / (weights + 3 * kv - removed - kv)) < 1e-12
