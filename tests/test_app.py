@@ -201,13 +201,13 @@ def test_dla_page_draws_heads_and_the_largest_parts(app_env):
     # by source: the mean over prompts, then one prompt's own parts, heads and tokens
     sources = _figures(at)[-1]["data"][0]
     assert np.allclose(_array(sources["z"]), _mean_rows(result, None), equal_nan=True)
-    picker = next(s for s in at.selectbox if s.label == "source positions of")
-    picker.select_index(3).run()  # the options: the mean, then prompts 0, 1, 2
-    assert not at.exception, [e.message for e in at.exception]
-    sources = _figures(at)[-1]["data"][0]
-    tokens = result.extra["prompt_tokens"][2]
-    assert np.allclose(_array(sources["z"]), _mean_rows(result, 2))
-    assert list(sources["x"])[-1] == f"-1 {tokens[-1]!r}" and len(sources["x"]) == len(tokens)
+    for prompt in (0, 2):  # the options: the mean, then prompts 0, 1, 2
+        next(s for s in at.selectbox if s.label == "source positions of").select_index(prompt + 1).run()
+        assert not at.exception, [e.message for e in at.exception]
+        sources = _figures(at)[-1]["data"][0]
+        tokens = result.extra["prompt_tokens"][prompt]
+        assert np.allclose(_array(sources["z"]), _mean_rows(result, prompt))
+        assert list(sources["x"])[-1] == f"-1 {tokens[-1]!r}" and len(sources["x"]) == len(tokens)
 
 
 def _mean_rows(result, prompt):

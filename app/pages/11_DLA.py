@@ -17,9 +17,10 @@ st.markdown(f"**{result.task}** on `{result.model}` · {result.settings['n_promp
             f"{result.extra['total']:.4f}; the model's {result.metric} {result.extra['logit_diff']:.4f} · {timing_line(result)}")
 prompt = None
 if "by_source" in result.arrays:
-    texts = ["".join(tokens) for tokens in result.extra.get("prompt_tokens") or []]
-    prompt = st.selectbox("source positions of", [None, *range(len(texts))],
-                          format_func=lambda i: "the mean over prompts" if i is None else f"prompt {i}: {texts[i]}")
+    labels = ["the mean over prompts"] + [f"prompt {i}: {''.join(tokens)}"
+                                          for i, tokens in enumerate(result.extra.get("prompt_tokens") or [])]
+    chosen = labels.index(st.selectbox("source positions of", labels))  # "prompt i: ..." is unique
+    prompt = chosen - 1 if chosen else None
 for figure in dla_figures(result, prompt):
     chart(figure)
 order = result.ranking()[:25]
