@@ -299,6 +299,12 @@ def test_the_cli_dry_run_sends_the_requests_through_the_simulation(ndif_here, tm
     assert cli.main(base + ["--remote-dry-run", "--out", str(tmp_path / "sent")]) == 0
     assert ndif_here  # the forwards went as requests
     np.testing.assert_allclose(Result.load(tmp_path / "sent").scores, Result.load(tmp_path / "local").scores, atol=1e-5)
+    star = base + ["--method", "atp-star"]  # its backwards inside the requests
+    assert cli.main(star + ["--out", str(tmp_path / "star-local")]) == 0
+    ndif_here.clear()
+    assert cli.main(star + ["--remote-dry-run", "--out", str(tmp_path / "star-sent")]) == 0 and ndif_here
+    expected = Result.load(tmp_path / "star-local").scores
+    np.testing.assert_allclose(Result.load(tmp_path / "star-sent").scores, expected, atol=1e-5 * abs(expected).max())
     capsys.readouterr()
     assert cli.main(base + ["--remote", "--remote-dry-run", "--out", str(tmp_path / "both")]) == 2
     assert "give --remote or --remote-dry-run, not both" in capsys.readouterr().err
