@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import interp  # noqa: E402
+from interp import placement  # noqa: E402
 from interp.attribution import attribution_patching  # noqa: E402
 from interp.components import Component  # noqa: E402
 from interp.layer_dropping import parameter_count  # noqa: E402
@@ -85,12 +86,10 @@ def build(folder: Path, class_name: str, shape: dict, dtype: torch.dtype, tokeni
 
 
 def timed(fn):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    placement.synchronize()
     start = time.perf_counter()
     value = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    placement.synchronize()
     return value, time.perf_counter() - start
 
 

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuits.dictionary import DictionaryConfig, DictionaryError, SparseDictionary
+from interp import placement
 
 
 @dataclass
@@ -137,8 +138,7 @@ def train_dictionary(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], confi
                             ev=f"{history['explained_variance'][-1]:.3f}", dead=f"{history['dead_fraction'][-1]:.2f}")
         bar.update()
     bar.close()
-    if torch.device(training.device).type == "cuda":
-        torch.cuda.synchronize(training.device)  # the clock reads finished work
+    placement.synchronize()  # the clock reads finished work
     seconds = time.perf_counter() - start
     dictionary.eval()
     dictionary.to("cpu")

@@ -494,4 +494,3 @@ def verify_layout(model) -> Layout:
     residual = cache[Site("resid_post", 0)]
     adds = (written - residual).abs().max().item() <= rounding_rtol(1e-4, model.dtype, ulps=4) * max(1.0, residual.abs().max().item())
     return replace(layout, writes_add=adds)
-

@@ -382,6 +382,9 @@ class Model:
     def _forward(self, spec: RunSpec, resume: Resume | None) -> RunOutput:
         if self.remote:
             self._check_remote(spec)
+        after = None  # a local model runs ``spec.after`` here, on what comes back; a remote one in the request
+        if spec.after is not None and not self.remote:
+            after, spec = spec.after, dataclasses.replace(spec, after=None)
         virtual_reads: dict[Site, torch.Tensor] = {}
         if self._splices:
             spec = with_splices(spec, self.splices, virtual_reads)
@@ -396,8 +399,8 @@ class Model:
                     out = self.backend.forward(spec)
         out.logits = out.logits.to(self.device)  # a device map unembeds on the last layer's device
         out.activations.update(virtual_reads)
-        if spec.after is not None and not self.remote:  # a remote backend ran it inside the request
-            out.after = spec.after(out.logits, out.activations)
+        if after is not None:
+            out.after = after(out.logits, out.activations)
         return out
 
     @contextmanager

@@ -150,3 +150,10 @@ def devices(hf_model: torch.nn.Module) -> list[torch.device]:
             if device.type != "meta" and device not in seen:
                 seen.append(device)
     return seen
+
+
+def synchronize() -> None:
+    """Wait for the CUDA work already queued (nothing without CUDA): a clock read after it times
+    finished work, not launched work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()

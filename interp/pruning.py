@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interp import placement
 from interp.layer_dropping import DropError, Unit, dropped, parameter_count, sublayer_counts, units_of
 from interp.metrics import measure, next_token_loss
 from interp.redundancy import SimilarityScores, check_tokens, output_change, similarity_scores
@@ -180,16 +181,11 @@ def generation_speed(model, prompts: torch.Tensor, new_tokens: int) -> float:
     """Greedy generation throughput with the KV cache, new tokens per second (whole batch),
     after a one-token warm-up generation (CUDA work finished before each clock read)."""
     model.generate(prompts, 1)
-    _synchronize()
+    placement.synchronize()
     start = time.perf_counter()
     model.generate(prompts, new_tokens)
-    _synchronize()
+    placement.synchronize()
     return prompts.shape[0] * new_tokens / (time.perf_counter() - start)
-
-
-def _synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def speed_comparison(model, units: Sequence[Unit | str], prompts: torch.Tensor, new_tokens: int,

@@ -128,10 +128,10 @@ def attribution_patching(
         source_metric[prompts] = chunk.fold(chunk_metric(source_out.logits)).cpu()
         mask = None if chunk_target.mask is None else chunk_target.mask[:, start:]
 
-        def estimated(run: TracedRun, source=source_out.activations, row_ids=row_ids, mask=mask) -> tuple[list, int, int]:
+        def estimated(run: TracedRun) -> tuple[list, int, int]:
             """Where the forward ran: the estimates of every (layer, unit), the block backwards that
             did arithmetic, and those spent checking the batched ones."""
-            estimator.bind({s: a.detach() for s, a in run.activations.items()}, source, row_ids, mask)
+            estimator.bind({s: a.detach() for s, a in run.activations.items()}, source_out.activations, row_ids, mask)
             found, blocks = [], 0
             for layer, unit, grads in layer_gradients(run, estimator.grad_sites(), drop, lowest):
                 blocks += unit != (layer, "block")  # a block dropped at its own layer: the skip path, no arithmetic

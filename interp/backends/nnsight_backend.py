@@ -12,7 +12,6 @@ cloudpickle to travel by value (their functions' and classes' code, not an impor
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 
@@ -101,8 +100,6 @@ class NNsightBackend(Backend):
             mask = torch.ones(batch, past + length, dtype=torch.long, device=spec.input_ids.device)
         inputs = {"input_ids": spec.input_ids, "attention_mask": mask}
         cache_field = hf_compat.cache_output_field() if spec.return_cache else None
-        if not self.remote:  # the model runs ``after`` on what comes back (``Model._forward``)
-            spec = dataclasses.replace(spec, after=None)
         return functools.partial(run_trace, self.lm, self.layout, c.n_heads, c.n_kv_heads, c.d_head, spec, inputs,
                                  model_kwargs, cache_field, remote, self.unembed)
 
