@@ -88,3 +88,10 @@ json.dump({{"tokens_per_second": 123.0, "saelens_version": "stand-in"}}, open(ar
     args = seen["args"]
     assert (args["--tokens"], args["--batch"], args["--d-sae"], args["--k"], args["--device"]) == ("24", "8", "16", "2", "cpu")
     assert float(args["--lr"]) == TrainingConfig().lr and int(args["--dead-tokens"]) == config.dead_tokens
+
+
+def test_the_gpu_benchmark_names_an_unknown_model_in_one_line():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--tiny", "--models", "llama-tiny,nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("unknown models ['nope']; these are ['gemma2-tiny', 'llama-tiny']")
