@@ -289,22 +289,26 @@ def check_padding(model, n_tokens: int = 6) -> str | None:
     the model's backend; else one line saying what differed (with the installed versions). Padding
     relies on how each transformers release builds the attention mask and position ids."""
     from interp.backends.base import RunSpec
+    from interp.shortcuts import rounding_rtol
 
     tokens = probe_tokens(model, n_tokens)
     short = n_tokens // 2
-    alone = [model.forward(RunSpec(tokens[:1])).logits[0], model.forward(RunSpec(tokens[1:, :short])).logits[0]]
+    specs = [RunSpec(tokens[:1]), RunSpec(tokens[1:, :short])]
+    real = {}
     for side in ("left", "right"):
-        real = torch.zeros(n_tokens, dtype=torch.bool, device=model.device)
-        real[n_tokens - short:] = True
+        real[side] = torch.zeros(n_tokens, dtype=torch.bool, device=model.device)
+        real[side][n_tokens - short:] = True
         if side == "right":
-            real = real.flip(0)
+            real[side] = real[side].flip(0)
         row = torch.zeros(n_tokens, dtype=torch.long, device=model.device)
-        row[real] = tokens[1, :short]
-        mask = torch.stack([torch.ones_like(real), real])
-        logits = model.forward(RunSpec(torch.stack([tokens[0], row]), attention_mask=mask)).logits
-        difference = max((logits[0] - alone[0]).abs().max().item(), (logits[1][real] - alone[1]).abs().max().item())
+        row[real[side]] = tokens[1, :short]
+        specs.append(RunSpec(torch.stack([tokens[0], row]), attention_mask=torch.stack([torch.ones_like(real[side]), real[side]])))
+    outputs = [out.logits for out in model.forwards((spec, None) for spec in specs)]  # a remote model: one request
+    alone = [outputs[0][0], outputs[1][0]]
+    for side, logits in zip(real, outputs[2:]):
+        difference = max((logits[0] - alone[0]).abs().max().item(), (logits[1][real[side]] - alone[1]).abs().max().item())
         scale = max(1.0, alone[0].abs().max().item())
-        if not difference <= 1e-3 * scale:
+        if not difference <= rounding_rtol(1e-3, logits.dtype) * scale:
             return _versions_line(f"{model.config.name} on the {model.backend.name} backend: a {side}-padded row's logits "
                                   f"differ from the same tokens alone by {difference:.3g}, so prompts of different lengths "
                                   "cannot share a batch")

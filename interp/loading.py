@@ -436,8 +436,7 @@ def load_model(spec: str = BUNDLED, backend: str = "nnsight", device: str = "cpu
     if remote:  # the checks below run forwards, which need weights here: the layout's runs on a stand-in
         model.layout = _verify_on_stand_in(model, probe)
         model.full_forwards = True
-        model.padding_problem = ("padded batches are not checked on a remote model (the check runs at load, locally); "
-                                 "use prompts of one length")
+        model.padding_checked = False  # its forwards are requests: checked at the first padded batch
         return model
     unembed_contiguously(hf_model)  # after the backend: TransformerBridge wraps the unembedding in place
     if attention != "eager" and backend == "nnsight":

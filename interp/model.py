@@ -10,8 +10,9 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
 
+from interp import hf_compat
 from interp.architectures import Layout, decoder_layers
-from interp.backends.base import Backend, Edit, RunOutput, RunSpec
+from interp.backends.base import Backend, Edit, RunOutput, RunSpec, appended
 from interp.batch import PADDING_SIDES, PaddingError, Tokens, pad_id
 from interp.components import INDEX_AXIS, POSITION_AXIS, SPLICE_KINDS, Component, ComponentError, Site
 from interp.config import ModelConfig
@@ -87,33 +88,46 @@ def component_edit(component: Component, value: PatchValue) -> Edit:
     return ComponentEdit(component, value)
 
 
-def _check_sampling(new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
-    """One line naming a generation option that is out of range."""
-    if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 0:
-        raise ValueError(f"new_tokens must be a whole number >= 0, got {new_tokens!r}")
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0: no cut), got {top_k!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+@dataclasses.dataclass
+class Sampler:
+    """Chooses each next token from the last position's logits [batch, d_vocab] (float32):
+    greedy unless ``do_sample``; then the logits are divided by ``temperature``, cut to the
+    ``top_k`` most likely (0: all) and to the smallest set holding ``top_p`` of the probability,
+    and sampled with a generator seeded by ``seed``, made on the logits' device at the first call
+    (so a remote generation samples where it runs)."""
 
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    _generator: torch.Generator | None = dataclasses.field(default=None, init=False, repr=False)
 
-def _next_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """The next token [batch] of the last position's logits [batch, d_vocab]."""
-    if not do_sample:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k:
-        cut = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < cut, float("-inf"))
-    if top_p < 1:
-        ordered, order = logits.sort(dim=-1, descending=True)
-        before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # probability of the tokens ranked above
-        logits = logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before >= top_p),
-                                    float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0: no cut), got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token [batch]."""
+        if not self.do_sample:
+            return logits.argmax(-1)
+        if self._generator is None:
+            self._generator = torch.Generator(device=logits.device)
+            self._generator.manual_seed(0 if self.seed is None else self.seed)
+        logits = logits / self.temperature
+        if self.top_k:
+            cut = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < cut, float("-inf"))
+        if self.top_p < 1:
+            ordered, order = logits.sort(dim=-1, descending=True)
+            before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # probability of the tokens ranked above
+            logits = logits.masked_fill(torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before >= self.top_p),
+                                        float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=self._generator)[:, 0]
 
 
 class ActivationCache(Mapping):
@@ -156,6 +170,9 @@ class Model:
         # why padded batches would give wrong numbers on this model (``hf_compat.check_padding`` at
         # load); None: they give each row its own numbers
         self.padding_problem: str | None = None
+        # False: that check has not run yet, and runs at the first padded batch (a remote model: its
+        # forwards are requests, so it is not run at load)
+        self.padding_checked = True
         # the attention implementation runs use ("eager" or "sdpa"; ``interp.loading`` picks it);
         # a run that reads or edits attention probabilities runs eager whatever it is
         self.attention = "eager"
@@ -303,8 +320,16 @@ class Model:
     def _prepared(self, spec: RunSpec, window: tuple[int, int] | None = None) -> RunSpec:
         """``spec`` with the active ``patch`` contexts' edits first (shifted to ``window``); a
         padded batch refused where padding is known to give wrong numbers."""
-        if self.padding_problem and spec.attention_mask is not None and not bool(spec.attention_mask.all()):
-            raise PaddingError(self.padding_problem)
+        if spec.attention_mask is not None and not bool(spec.attention_mask.all()):
+            if not self.padding_checked:
+                self.padding_checked = True  # the check's own padded forwards come through here
+                try:
+                    self.padding_problem = hf_compat.check_padding(self)
+                except BaseException:
+                    self.padding_checked = False
+                    raise
+            if self.padding_problem:
+                raise PaddingError(self.padding_problem)
         if self._active_edits or window is not None:
             merged = {site: list(edits) for site, edits in self._active_edits.items()}
             for site, edits in spec.edits.items():
@@ -449,28 +474,31 @@ class Model:
         (the default) each step runs only the newest token over the KV cache of the edited earlier
         positions; ``use_cache=False`` reruns the whole sequence every step, which gives the same
         tokens for any edit that acts on each position by itself (a test checks it). A model with
-        :attr:`full_forwards` (a remote one) always reruns the whole sequence.
+        :attr:`full_forwards` (a remote one) always reruns the whole sequence; a remote model runs
+        the whole loop, every step and its choice of token, in one request.
 
-        Greedy unless ``do_sample``; then the logits are divided by ``temperature``, cut to the
-        ``top_k`` most likely (0: all) and to the smallest set holding ``top_p`` of the
-        probability, and sampled with a generator seeded by ``seed``.
+        Greedy unless ``do_sample``; then as :class:`Sampler` says (``temperature``, ``top_k``,
+        ``top_p``, ``seed``). A remote model samples on NDIF's device, whose random numbers differ
+        from this machine's for the same seed.
         """
+        if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 0:
+            raise ValueError(f"new_tokens must be a whole number >= 0, got {new_tokens!r}")
+        next_token = Sampler(do_sample, temperature, top_k, top_p, seed)
         ids, mask = self._ids_and_mask(tokens, attention_mask)
-        _check_sampling(new_tokens, temperature, top_k, top_p)
         if mask is None:
             mask = torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
         elif not bool(mask[:, -1].all()):
             raise PaddingError("generation appends after each row's last column, which is padding in some rows: "
                                "pad the prompts on the left (model.tokenize(texts) does)")
         mask = mask.bool()
-        generator = None
-        if do_sample:
-            generator = torch.Generator(device=ids.device)
-            generator.manual_seed(0 if seed is None else seed)
         prompt_length = ids.shape[1]
         use_cache = use_cache and not self.full_forwards
         cache = None
         with self.patch(patches or {}):
+            if self.remote and new_tokens:
+                spec = self._prepared(RunSpec(ids, logits_to_keep=1, attention_mask=mask), window=(0, prompt_length))
+                self._check_remote(spec)
+                return self.backend.generate(spec, new_tokens, next_token).to(ids.device)
             for _ in range(new_tokens):
                 if use_cache:
                     new = ids if cache is None else ids[:, -1:]
@@ -479,9 +507,7 @@ class Model:
                     spec = RunSpec(ids, logits_to_keep=1, attention_mask=mask)
                 out = self.forward(spec, window=(ids.shape[1] - spec.input_ids.shape[1], prompt_length))
                 cache = out.past_key_values
-                step = _next_token(out.logits[:, -1].float(), do_sample, temperature, top_k, top_p, generator)
-                ids = torch.cat([ids, step[:, None]], dim=1)
-                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                ids, mask = appended(ids, mask, next_token(out.logits[:, -1].float()))
         return ids
 
     def generate_text(self, text: Union[str, Sequence[str]], new_tokens: int, patches: Mapping[ComponentLike, PatchValue] | None = None,

@@ -115,3 +115,36 @@ def test_a_model_with_full_forwards_generates_without_a_cache(monkeypatch):
     assert torch.equal(model.generate(tokens, 4, patches), cached)
     assert len(specs) == 4 and all(s.past_key_values is None and not s.return_cache for s in specs)
     assert [s.input_ids.shape[1] for s in specs] == [tokens.ids.shape[1] + k for k in range(4)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_backends_own_loop_gives_the_models_tokens(backend):
+    """``Backend.generate`` (a forward of the whole sequence a step, what a remote model sends as
+    one request) and the nnsight session that does it remotely give ``Model.generate``'s tokens,
+    and each step's logits, padded prompts and position edits included."""
+    from interp.backends.base import RunSpec
+    from interp.model import Sampler
+
+    model = _model("llama", backend)
+    tokens = model.tokenize(PROMPTS)
+    patches = _patches(model.config.d_model)
+    options = {"do_sample": True, "seed": 3, "top_k": 20, "temperature": 0.8}
+    expected = model.generate(tokens, 5, patches, **options)
+    with model.patch(patches):
+        spec = model._prepared(RunSpec(tokens.ids, attention_mask=tokens.mask), window=(0, tokens.ids.shape[1]))
+        length = tokens.ids.shape[1]
+        steps = [model.forward(RunSpec(expected[:, :length + k], logits_to_keep=1,
+                                       attention_mask=torch.cat([tokens.mask, tokens.mask.new_ones(2, k)], 1)),
+                               window=(0, length)).logits[:, -1] for k in range(5)]
+    runs = [lambda *args: model.backend.generate(*args)]
+    if backend == "nnsight":
+        from interp.backends.nnsight_trace import run_generation
+
+        b, c = model.backend, model.config
+        runs.append(lambda *args: run_generation(b.lm, (b.layout, c.n_heads, c.n_kv_heads, c.d_head), *args, False,
+                                                 b.unembed))
+    for run in runs:
+        sampler, seen = Sampler(**options), []
+        assert torch.equal(run(spec, 5, lambda logits: seen.append(logits) or sampler(logits)), expected)
+        for logits, step in zip(seen, steps, strict=True):
+            torch.testing.assert_close(logits, step, rtol=0, atol=1e-5)

@@ -56,7 +56,7 @@ def test_a_hub_model_loads_on_the_meta_device(hub):
     assert model.backend.remote and model.config.n_layers == local.config.n_layers
     assert model.layout == local.layout
     assert model.to_tokens("The cat").tolist() == local.to_tokens("The cat").tolist()
-    assert "padded batches are not checked" in model.padding_problem
+    assert not model.padding_checked and model.padding_problem is None  # checked at the first padded batch
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -229,6 +229,13 @@ def test_generation_caches_and_patches_through_simulated_ndif(ndif_here):
     remote = interp.load_model("random-llama", remote="local")
     ids = local.to_tokens("The cat sat on the mat and")
     assert torch.equal(remote.generate(ids, 4), local.generate(ids, 4))
+    assert len(ndif_here) == 1  # the whole loop, each token chosen where the model ran
+    steer = {"L1.RESID_PRE": lambda x: x + 0.5 * x.norm(dim=-1, keepdim=True).flip(1), "L0.H1@-2": lambda z: -z}
+    options = {"do_sample": True, "temperature": 2.0, "top_k": 40, "seed": 3}
+    sampled = remote.generate(ids, 5, steer, **options)
+    assert torch.equal(sampled, local.generate(ids, 5, steer, use_cache=False, **options))
+    assert not torch.equal(sampled, remote.generate(ids, 5, **options))  # the edits reached the request
+    ndif_here.clear()
     names = ["L1.H2", "L0.MLP", "L1.RESID_PRE"]
     _, theirs = remote.run_with_cache(ids, names)
     _, mine = local.run_with_cache(ids, names)
@@ -236,7 +243,38 @@ def test_generation_caches_and_patches_through_simulated_ndif(ndif_here):
         torch.testing.assert_close(theirs[name], mine[name], rtol=0, atol=1e-6)
     with remote.patch({"L0.H1": lambda z: 3 * z}), local.patch({"L0.H1": lambda z: 3 * z}):
         torch.testing.assert_close(remote.run(ids), local.run(ids), rtol=0, atol=1e-6)
-    assert len(ndif_here) == 4 + 1 + 1  # a request per generated token (no KV cache), the cached run, the run
+    assert len(ndif_here) == 1 + 1  # the cached run, the run
+
+
+def test_padded_prompts_are_checked_on_ndif_at_their_first_batch(ndif_here, monkeypatch):
+    """Padding depends on the transformers release that runs the model, NDIF's here: its check
+    (left and right padding against the rows alone) is one request, sent at the first padded batch;
+    then a sweep over prompts of different lengths gives the local numbers."""
+    from interp import hf_compat
+    from interp.batch import PaddingError, Tokens
+    from interp.tasks import Task
+    from tests.test_padding import PAIRS
+
+    local = interp.load_model("random-llama")
+    remote = interp.load_model("random-llama", remote="local")
+    mixed = Task.from_pairs(local, "mixed", PAIRS)
+    padded = Tokens(mixed.clean_tokens, mixed.attention_mask)
+    assert not bool(padded.mask.all()) and not ndif_here
+    torch.testing.assert_close(remote.run(padded)[padded.mask], local.run(padded)[padded.mask], rtol=0, atol=1e-5)
+    assert len(ndif_here) == 2  # the check's four forwards in one request, then the run
+    expected = activation_patching(local, mixed, "heads", progress=False)
+    found = activation_patching(remote, mixed, "heads", progress=False)
+    np.testing.assert_allclose(found.scores, expected.scores, atol=1e-5)
+    assert abs(expected.scores).max() > 0.05 and remote.padding_checked and remote.padding_problem is None
+    checks = []
+    monkeypatch.setattr(hf_compat, "check_padding", lambda model: checks.append(1))
+    activation_patching(remote, mixed, "heads", progress=False)
+    assert not checks  # once per model
+    other = interp.load_model("random-llama", remote="local")
+    monkeypatch.setattr(hf_compat, "check_padding", lambda model: "NDIF pads differently")
+    with pytest.raises(PaddingError, match="^NDIF pads differently$"):
+        other.run(padded)
+    other.run(padded.ids[:1, -3:])  # unpadded runs still go
 
 
 def test_without_shipping_interp_the_request_fails_on_ndif(ndif_here, monkeypatch):

@@ -8,6 +8,8 @@ MLP neurons.
 
 from __future__ import annotations
 
+import dataclasses
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -81,6 +83,18 @@ class Backend(ABC):
         """``forward`` of each spec, in order (a remote backend sends them in one request)."""
         return [self.forward(spec) for spec in specs]
 
+    def generate(self, spec: RunSpec, new_tokens: int, next_token: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``spec``'s prompts [batch, pos] continued by ``new_tokens`` tokens: ids [batch, pos +
+        new_tokens]. Each step is a forward of the whole sequence so far (``spec``'s edits, its
+        attention mask extended by one real token a step), and ``next_token`` picks the tokens
+        [batch] from the last position's logits [batch, d_vocab] (float32). A remote backend runs
+        the whole loop in one request."""
+        ids, mask = spec.input_ids, spec.attention_mask
+        for _ in range(new_tokens):
+            logits = self.forward(dataclasses.replace(spec, input_ids=ids, attention_mask=mask)).logits
+            ids, mask = appended(ids, mask, next_token(logits[:, -1].float()))
+        return ids
+
     def model_kwargs(self, spec: RunSpec) -> dict:
         """Keyword arguments for the Hugging Face forward shared by every backend. A run that
         returns its cache starts from an empty full-layer cache (``interp.hf_compat``)."""
@@ -94,6 +108,12 @@ class Backend(ABC):
             kwargs["attention_mask"] = spec.attention_mask.long()
             kwargs["position_ids"] = position_ids(spec.attention_mask)[:, -spec.input_ids.shape[1]:]
         return kwargs
+
+
+def appended(ids: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``ids`` [batch, pos] and their attention mask with ``tokens`` [batch] appended as real tokens."""
+    ids = torch.cat([ids, tokens[:, None].to(ids.device, ids.dtype)], dim=1)
+    return ids, None if mask is None else torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

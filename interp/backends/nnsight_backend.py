@@ -12,6 +12,7 @@ cloudpickle to travel by value (their functions' and classes' code, not an impor
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 
@@ -20,7 +21,7 @@ import torch
 from interp import hf_compat
 from interp.architectures import Layout
 from interp.backends.base import Backend, RunOutput, RunSpec
-from interp.backends.nnsight_trace import run_session, run_trace
+from interp.backends.nnsight_trace import run_generation, run_session, run_trace
 from interp.config import ModelConfig
 from interp.errors import first_line
 
@@ -134,6 +135,22 @@ class NNsightBackend(Backend):
         except Exception as exc:
             raise RemoteRunError(f"the request to NDIF failed: {first_line(exc)}") from exc
         return [self._output(spec, *result) for spec, result in zip(specs, results)]
+
+    def generate(self, spec: RunSpec, new_tokens: int, next_token) -> torch.Tensor:
+        """Remote: the whole loop in one request (an nnsight session of a trace per token, each
+        token chosen on NDIF)."""
+        if not self.remote or not new_tokens:
+            return super().generate(spec, new_tokens, next_token)
+        if spec.attention_mask is None:
+            spec = dataclasses.replace(spec, attention_mask=torch.ones_like(spec.input_ids, dtype=torch.bool))
+        self._check(spec)
+        self._check_request()
+        c = self.config
+        try:
+            return run_generation(self.lm, (self.layout, c.n_heads, c.n_kv_heads, c.d_head), spec, new_tokens, next_token,
+                                  self.remote, self.unembed)
+        except Exception as exc:
+            raise RemoteRunError(f"the request to NDIF failed: {first_line(exc)}") from exc
 
 
 class RemoteRunError(ValueError):

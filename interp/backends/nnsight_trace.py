@@ -7,11 +7,13 @@ from the canonical shapes of ``interp.components``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import nnsight
 import torch
 
 from interp.architectures import Layout, get_path, join_fused_qkv, split_fused_qkv
-from interp.backends.base import RunSpec, apply_edits
+from interp.backends.base import RunSpec, appended, apply_edits, position_ids
 from interp.components import ACTIVATION_KINDS, PORT_ORDER, Site
 
 
@@ -122,3 +124,21 @@ def run_session(lm, runs: list, remote: bool | str) -> list:
     with lm.session(remote=remote):
         results = nnsight.save([run() for run in runs])
     return results
+
+
+def run_generation(lm, trace_args: tuple, spec: RunSpec, new_tokens: int, next_token, remote: bool | str, unembed: str):
+    """``spec``'s prompts continued by ``new_tokens`` tokens in one nnsight session (with
+    ``remote``, one request): each step a trace of the whole sequence so far with ``spec``'s edits,
+    then ``next_token`` (logits [batch, d_vocab] -> tokens [batch]) where the trace ran. Returns
+    the ids [batch, pos + new_tokens]. ``trace_args``: :func:`run_trace`'s (layout, n_heads, n_kv,
+    d_head)."""
+    with lm.session(remote=remote):
+        ids, mask = spec.input_ids, spec.attention_mask
+        for _ in range(new_tokens):
+            step = dataclasses.replace(spec, input_ids=ids, attention_mask=mask, logits_to_keep=1)
+            kwargs = {"use_cache": False, "logits_to_keep": 1, "position_ids": position_ids(mask)}
+            logits = run_trace(lm, *trace_args, step, {"input_ids": ids, "attention_mask": mask.long()}, kwargs, None,
+                               False, unembed)[0]
+            ids, mask = appended(ids, mask, next_token(logits[:, -1].float()))
+        result = nnsight.save(ids)
+    return result
