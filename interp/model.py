@@ -322,12 +322,7 @@ class Model:
         padded batch refused where padding is known to give wrong numbers."""
         if spec.attention_mask is not None and not bool(spec.attention_mask.all()):
             if not self.padding_checked:
-                self.padding_checked = True  # the check's own padded forwards come through here
-                try:
-                    self.padding_problem = hf_compat.check_padding(self)
-                except BaseException:
-                    self.padding_checked = False
-                    raise
+                self._check_padding()
             if self.padding_problem:
                 raise PaddingError(self.padding_problem)
         if self._active_edits or window is not None:
@@ -339,6 +334,19 @@ class Model:
                           for site, edits in merged.items()}
             spec = dataclasses.replace(spec, edits=merged)  # the caller's spec stays as it was
         return spec
+
+    def _check_padding(self) -> None:
+        """``hf_compat.check_padding`` on the plain model (the caller's ``patch`` edits set aside
+        meanwhile: an edit at one position would edit other tokens in the padded row)."""
+        edits, self._active_edits = self._active_edits, {}
+        self.padding_checked = True  # the check's own padded forwards come through ``_prepared``
+        try:
+            self.padding_problem = hf_compat.check_padding(self)
+        except BaseException:
+            self.padding_checked = False
+            raise
+        finally:
+            self._active_edits = edits
 
     @property
     def remote(self) -> bool:
