@@ -348,3 +348,23 @@ def test_the_cli_dry_run_sends_the_requests_through_the_simulation(ndif_here, tm
     capsys.readouterr()
     assert cli.main(base + ["--remote", "--remote-dry-run", "--out", str(tmp_path / "both")]) == 2
     assert "give --remote or --remote-dry-run, not both" in capsys.readouterr().err
+
+
+def test_steering_runs_on_simulated_ndif_with_prompts_of_different_lengths(ndif_here, tmp_path):
+    """``interp steer --remote-dry-run`` on the bundled sentiment sets (prompts of different
+    lengths): the vector, the logit differences, the KL and the generated texts are the local
+    ones, each generation one request."""
+    from interp.results import Result
+    from interp.ui import cli
+
+    base = ["steer", "--model", "random-llama", "--site", "L1.RESID_PRE", "--coefficients", "0,8", "--new-tokens", "3",
+            "--neutral-chunks", "2", "--neutral-length", "16", "--no-progress"]
+    assert cli.main(base + ["--out", str(tmp_path / "local")]) == 0 and not ndif_here
+    assert cli.main(base + ["--remote-dry-run", "--out", str(tmp_path / "sent")]) == 0
+    local, sent = Result.load(tmp_path / "local"), Result.load(tmp_path / "sent")
+    for name in ("logit_diff", "kl_neutral"):
+        np.testing.assert_allclose(sent.arrays[name], local.arrays[name], atol=1e-5)
+    assert local.arrays["kl_neutral"][1] > 1e-4  # the vector did something
+    assert sent.extra["steered"] == local.extra["steered"] and sent.extra["unsteered"] == local.extra["unsteered"]
+    assert sent.extra["vector_norm"] == pytest.approx(local.extra["vector_norm"], rel=1e-5)
+    assert len(ndif_here) == 1 + 2 + 4 + 2 * 3  # the padding check, the 2 vector reads, 4 plain runs, 3 a coefficient
