@@ -65,7 +65,7 @@ TINY = {
 }
 
 
-def build(folder: Path, class_name: str, shape: dict, dtype: torch.dtype, tokenizer_folder: str | None) -> Path:
+def build(folder: Path, class_name: str, shape: dict, dtype: torch.dtype, tokenizer_folder: str | None = None) -> Path:
     """A random-weight model of ``shape`` with SmolLM2's tokenizer (from ``tokenizer_folder``, else
     from the bundled GGUF), saved in ``folder``."""
     import transformers

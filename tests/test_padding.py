@@ -87,7 +87,9 @@ def test_a_padded_forward_gives_each_text_its_own_logits(family, backend):
         assert batch.mask is not None and batch.mask.sum(1).tolist() == [len(model.to_tokens(t)[0]) for t in texts]
         logits = model.run(batch)
         for i, text in enumerate(texts):
-            np.testing.assert_allclose(logits[i][batch.mask[i]], model.run(model.to_tokens(text))[0], atol=1e-5, rtol=0)
+            # Mixtral's experts in a batch: 1.0014e-5 from the text alone on an AVX2 processor
+            np.testing.assert_allclose(logits[i][batch.mask[i]], model.run(model.to_tokens(text))[0],
+                                       atol=2e-5 if family == "mixtral" else 1e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------- exact patching
@@ -195,8 +197,9 @@ def test_attribution_of_a_padded_batch_equals_each_prompt_alone(family, method, 
         ones = [attribution_patching(model, one, granularity, method=method, positions="end", progress=False) for one in alone]
         difference = result.corrupt_metric - result.clean_metric
         # Mixtral's padded rows through SDPA and its experts: up to 1.1e-5 relative from the prompt alone
+        # (2.04e-5 on an AVX2 processor)
         _assert_per_prompt(result, ones, "per_prompt", (difference, [one.corrupt_metric - one.clean_metric for one in ones]),
-                           rel=2e-5 if family == "mixtral" else 1e-5)
+                           rel=4e-5 if family == "mixtral" else 1e-5)
         if method == "atp*" and granularity == "heads":  # GradDrop's importance: the mean of each prompt's
             expected = np.mean([one.arrays["importance"] * abs(one.corrupt_metric - one.clean_metric) for one in ones], 0)
             np.testing.assert_allclose(result.arrays["importance"] * abs(difference), expected, atol=1e-5)
