@@ -406,7 +406,9 @@ def test_eap_node_sums_equal_atp_and_edge_patching_endpoints(family):
     for granularity, kind in (("heads", "head"), ("mlp_out", "mlp")):
         atp = attribution_patching(model, task, granularity, method="atp", progress=False)
         rows = [i for i, node in enumerate(graph.upstream) if node.kind == kind]
-        np.testing.assert_allclose(scores.node_scores()[rows], atp.scores, atol=1e-5, rtol=1e-4)
+        # Qwen3 (its query and key norms recomputed from weights): in float64 the two agree to 1.6e-6
+        # relative, in float32 on an AVX2 processor EAP's heads are off by 3.0e-4 (AtP's by 1.5e-5)
+        np.testing.assert_allclose(scores.node_scores()[rows], atp.scores, atol=1e-5, rtol=5e-4 if family == "qwen3" else 1e-4)
     graph = EdgeGraph(model.config)
     with torch.no_grad():
         corrupt = model.forward(RunSpec(task.corrupt_tokens, reads=upstream_sites(graph), logits_to_keep=1))
