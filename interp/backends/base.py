@@ -101,13 +101,20 @@ class Backend(ABC):
         cache = spec.past_key_values
         if cache is None and spec.return_cache:
             cache = hf_compat.new_cache()
-        kwargs: dict = {"use_cache": cache is not None, **hf_compat.cache_kwargs(self.hf_model, cache)}
-        if spec.logits_to_keep:
-            kwargs["logits_to_keep"] = spec.logits_to_keep
-        if spec.attention_mask is not None:
-            kwargs["attention_mask"] = spec.attention_mask.long()
-            kwargs["position_ids"] = position_ids(spec.attention_mask)[:, -spec.input_ids.shape[1]:]
-        return kwargs
+        return {"use_cache": cache is not None, **hf_compat.cache_kwargs(self.hf_model, cache), **spec_kwargs(spec)}
+
+
+def spec_kwargs(spec: RunSpec) -> dict:
+    """The Hugging Face forward's arguments that follow from ``spec`` alone (no KV cache):
+    ``logits_to_keep``, and with a mask the mask and its position ids. A remote loop builds each
+    step's arguments with it, where the backend itself is not at hand."""
+    kwargs: dict = {}
+    if spec.logits_to_keep:
+        kwargs["logits_to_keep"] = spec.logits_to_keep
+    if spec.attention_mask is not None:
+        kwargs["attention_mask"] = spec.attention_mask.long()
+        kwargs["position_ids"] = position_ids(spec.attention_mask)[:, -spec.input_ids.shape[1]:]
+    return kwargs
 
 
 def appended(ids: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

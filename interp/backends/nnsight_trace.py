@@ -13,7 +13,7 @@ import nnsight
 import torch
 
 from interp.architectures import Layout, get_path, join_fused_qkv, split_fused_qkv
-from interp.backends.base import RunSpec, appended, apply_edits, position_ids
+from interp.backends.base import RunSpec, appended, apply_edits, spec_kwargs
 from interp.components import ACTIVATION_KINDS, PORT_ORDER, Site
 
 
@@ -136,9 +136,9 @@ def run_generation(lm, trace_args: tuple, spec: RunSpec, new_tokens: int, next_t
         ids, mask = spec.input_ids, spec.attention_mask
         for _ in range(new_tokens):
             step = dataclasses.replace(spec, input_ids=ids, attention_mask=mask, logits_to_keep=1)
-            kwargs = {"use_cache": False, "logits_to_keep": 1, "position_ids": position_ids(mask)}
-            logits = run_trace(lm, *trace_args, step, {"input_ids": ids, "attention_mask": mask.long()}, kwargs, None,
-                               False, unembed)[0]
+            kwargs = {"use_cache": False, **spec_kwargs(step)}
+            inputs = {"input_ids": ids, "attention_mask": kwargs.pop("attention_mask")}
+            logits = run_trace(lm, *trace_args, step, inputs, kwargs, None, False, unembed)[0]
             ids, mask = appended(ids, mask, next_token(logits[:, -1].float()))
         result = nnsight.save(ids)
     return result
