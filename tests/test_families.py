@@ -58,6 +58,9 @@ EXPECTED = {
     "mixtral": _MOE, "qwen2moe": _MOE, "olmoe": dict(_MOE, **_QK_NORMS),
 }
 MOE = ("mixtral", "qwen2moe", "olmoe")
+# Qwen3's random model amplifies float32 rounding most (its query and key norms): two float32
+# computations of the same number differ by up to this, relative, where other families stay within 1e-4
+QWEN3_FLOAT32_RTOL = 5e-4
 POST_NORMED = ("gemma2", "gemma3", "olmo2")
 
 
@@ -303,8 +306,10 @@ def test_atp_agrees_across_backends_and_with_a_plain_gradient(family):
     granularity = "experts_pos" if family in MOE else "heads_pos"
     results = [attribution_patching(_model(family, b), task, granularity, method="atp", progress=False) for b in BACKENDS]
     per_prompt = results[0].arrays["per_prompt"]
-    # nnsight runs SDPA (the default), the bridge eager: float32 rounding, up to 1.1e-4 of Qwen3's largest values
-    np.testing.assert_allclose(per_prompt, results[1].arrays["per_prompt"], atol=1e-5, rtol=2e-4)
+    # nnsight runs SDPA (the default), the bridge eager: float32 rounding. Qwen3's differ by up to 2.8e-4
+    # relative on an AVX2 processor with one thread (1.1e-4 with two); in float64 the two are equal
+    np.testing.assert_allclose(per_prompt, results[1].arrays["per_prompt"], atol=1e-5,
+                               rtol=QWEN3_FLOAT32_RTOL if family == "qwen3" else 2e-4)
     node = int(np.abs(per_prompt).sum(0).argmax())
     component = interp.Component.parse(results[0].components[node])
     clean_logits, clean = plain_run(family, task.clean_tokens, reads={component.site})
@@ -408,7 +413,8 @@ def test_eap_node_sums_equal_atp_and_edge_patching_endpoints(family):
         rows = [i for i, node in enumerate(graph.upstream) if node.kind == kind]
         # Qwen3 (its query and key norms recomputed from weights): in float64 the two agree to 1.6e-6
         # relative, in float32 on an AVX2 processor EAP's heads are off by 3.0e-4 (AtP's by 1.5e-5)
-        np.testing.assert_allclose(scores.node_scores()[rows], atp.scores, atol=1e-5, rtol=5e-4 if family == "qwen3" else 1e-4)
+        np.testing.assert_allclose(scores.node_scores()[rows], atp.scores, atol=1e-5,
+                                   rtol=QWEN3_FLOAT32_RTOL if family == "qwen3" else 1e-4)
     graph = EdgeGraph(model.config)
     with torch.no_grad():
         corrupt = model.forward(RunSpec(task.corrupt_tokens, reads=upstream_sites(graph), logits_to_keep=1))
