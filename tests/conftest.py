@@ -27,11 +27,30 @@ def _share_the_cores() -> None:
 _share_the_cores()
 
 
+# The tests `.ci/run` repeats at the declared minimum versions (``-m "compat and not slow"``): those
+# that meet a dependency's interface. Every analysis reaches transformers, TransformerLens and
+# nnsight through the Backend, and test_families runs every analysis through it on every family;
+# the others here load models, run their caches and masks, or exercise streamlit, plotly,
+# scikit-learn, pandas, datasets and tracr. The analyses' own tests (patching, attribution, edges,
+# ...) compare our arithmetic with oracles, which the latest releases' run already does. None:
+# the whole file; a set: those tests of it (padded forwards; a padded analysis is checked at run
+# time, hf_compat.check_padding).
+COMPAT = {"test_families": None, "test_backends": None, "test_hf_compat": None, "test_loading": None,
+          "test_generation": None, "test_remote": None, "test_placement": None, "test_attention_implementation": None,
+          "test_precision": None, "test_app": None, "test_figures": None, "test_probes": None, "test_hardening": None,
+          "test_task_sources": None, "test_corpus": None, "test_tracr": None,
+          "test_padding": {"test_a_padded_forward_gives_each_text_its_own_logits"}}
+
+
 def pytest_collection_modifyitems(items):
-    """Every test that loads SmolLM2 (through a ``smollm2*`` fixture) is ``slow``."""
+    """Every test that loads SmolLM2 (through a ``smollm2*`` fixture) is ``slow``; the tests that
+    meet a dependency's interface are ``compat`` (:data:`COMPAT`)."""
     for item in items:
         if any(name.startswith("smollm2") for name in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        module = item.path.stem
+        if module in COMPAT and (COMPAT[module] is None or item.originalname in COMPAT[module]):
+            item.add_marker(pytest.mark.compat)
 
 
 @pytest.fixture(scope="session")
